@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test` (the suite).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# the pure-Python parts that mypy checks (the analyzer, data and orchestration; not kernels)
+TYPED  := cnncli/spec.py cnncli/shapes.py cnncli/stats.py cnncli/render.py cnncli/catalog.py \
+          cnncli/cli.py
+
+.PHONY: install dev demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[dev]'
+	# PyTorch is a test/benchmark reference only: the CPU build that lies on this disk
+	$(BIN)/pip install -q torch==2.13.0 torchinfo
+	touch $@
+
+install: $(VENV)/.installed
+dev: $(VENV)/.dev
+
+demo: install
+	$(BIN)/cnncli check vgg16
+
+test: dev
+	$(BIN)/python -m pytest -q
+	# kernel bodies once more as plain Python, on the smallest cases
+	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -q -k small tests/test_kernels_conv.py \
+	  tests/test_kernels_pool.py tests/test_kernels_norm.py
+
+lint: dev
+	$(BIN)/ruff check cnncli tests
+	$(BIN)/mypy $(TYPED)
+
+bench: dev
+	$(BIN)/python bench/bench_check.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

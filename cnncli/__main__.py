@@ -1,0 +1,3 @@
+from cnncli.cli import main
+
+main()
