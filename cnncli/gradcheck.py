@@ -1,0 +1,181 @@
+"""Centred finite differences in float64, layer by layer and for the whole net.
+
+For each layer alone, with a random input and a random upstream gradient R, the scalar
+L = sum(R * layer(x)) has dL/dx = layer.backward(R); we compare that, and every
+parameter's gradient, with (L(v + h) - L(v - h)) / 2h at sampled coordinates. The whole
+net is then checked the same way through its loss. Plain data out; the CLI renders it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cnncli import layers as L
+from cnncli.network import Network
+
+THRESHOLD = 1e-6
+STEP = 1e-5
+
+
+@dataclass
+class Check:
+    layer: str
+    what: str  # "input" or a parameter name
+    shape: tuple[int, ...]
+    samples: int
+    max_rel_error: float
+    analytic_all_zero: bool
+    numeric_all_zero: bool
+
+    @property
+    def passed(self) -> bool:
+        if self.analytic_all_zero and not self.numeric_all_zero:
+            return False  # a gradient that is never computed is a bug, whatever the error
+        return self.max_rel_error <= THRESHOLD
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "what": self.what, "shape": list(self.shape),
+                "samples": self.samples, "max_rel_error": self.max_rel_error,
+                "analytic_all_zero": self.analytic_all_zero, "passed": self.passed}
+
+
+def rel_error(a: np.ndarray, n: np.ndarray) -> float:
+    """The notes' max |a - n| / max(|a|, |n|), over the sampled entries.
+
+    Entries far below the tensor's own scale cannot be resolved by finite differences
+    (float64 cancellation), so the denominator is floored at 1e-4 of the largest sampled
+    magnitude: an entry 10,000x smaller than its neighbours is compared absolutely."""
+    if not a.size:
+        return 0.0
+    scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(n))))
+    denom = np.maximum(np.maximum(np.abs(a), np.abs(n)), max(1e-4 * scale, 1e-12))
+    return float(np.max(np.abs(a - n) / denom))
+
+
+def _sample(rng: np.random.Generator, size: int, k: int) -> np.ndarray:
+    return rng.choice(size, size=min(k, size), replace=False)
+
+
+def _numeric(fn: Any, array: np.ndarray, index: np.ndarray) -> np.ndarray:
+    flat = array.reshape(-1)
+    out = np.empty(len(index))
+    for j, i in enumerate(index):
+        old = flat[i]
+        flat[i] = old + STEP
+        plus = fn()
+        flat[i] = old - STEP
+        minus = fn()
+        flat[i] = old
+        out[j] = (plus - minus) / (2 * STEP)
+    return out
+
+
+def _freeze_dropout(layer: L.Layer, seed: int) -> None:
+    if isinstance(layer, L.Dropout):  # the same mask on every evaluation
+        layer.rng = np.random.default_rng(seed)
+
+
+def check_layer(layer: L.Layer, in_shape: tuple[int, ...], rng: np.random.Generator,
+                samples: int) -> list[Check]:
+    x = rng.standard_normal(in_shape)
+    _freeze_dropout(layer, 1)
+    y = layer.forward(x.copy(), True)
+    upstream = rng.standard_normal(y.shape)
+    need_dx = layer.need_dx
+    layer.need_dx = True
+    dx = layer.backward(upstream.copy())
+    layer.need_dx = need_dx
+    grads = {k: v.copy() for k, v in layer.grads.items()}
+
+    def objective() -> float:
+        _freeze_dropout(layer, 1)
+        out = float(np.sum(upstream * layer.forward(x.copy(), True)))
+        layer.release()
+        return out
+
+    checks = []
+    idx = _sample(rng, x.size, samples)
+    num = _numeric(objective, x, idx)
+    checks.append(Check(layer.name, "input", x.shape, len(idx),
+                        rel_error(dx.reshape(-1)[idx], num), not np.any(dx), not np.any(num)))
+    for name, p in layer.params.items():
+        idx = _sample(rng, p.size, samples)
+        num = _numeric(objective, p, idx)
+        g = grads[name]
+        checks.append(Check(layer.name, name, p.shape, len(idx),
+                            rel_error(g.reshape(-1)[idx], num), not np.any(g), not np.any(num)))
+    return checks
+
+
+def check_network(net: Network, batch: int = 2, samples: int = 12,
+                  seed: int = 0) -> list[Check]:
+    """Every layer alone, then the whole net through its loss. `net` must be float64."""
+    if net.dtype != np.float64:
+        raise ValueError("gradient checks need a float64 network")
+    rng = np.random.default_rng(seed)
+    rows = {r.name: r for r in net.report.rows}
+    checks: list[Check] = []
+    for layer in net.layers:
+        vin = rows[layer.name].input
+        assert vin is not None
+        n = batch
+        if isinstance(layer, L.BatchNorm):
+            # batch statistics over a handful of numbers are degenerate (with 2 samples
+            # x-hat is +-1 whatever x is): give the check at least 16 per channel
+            n = max(batch, -(-16 // (vin.h * vin.w)))
+        checks.extend(check_layer(layer, (n, vin.h, vin.w, vin.d), rng, samples))
+    bn_areas = [rows[x.name].input.h * rows[x.name].input.w  # type: ignore[union-attr]
+                for x in net.layers if isinstance(x, L.BatchNorm)]
+    if bn_areas:
+        batch = max(batch, -(-16 // min(bn_areas)))
+
+    # the whole net: L = sum(R * net(x)) for a random R, so a saturated softmax cannot hide
+    # an error behind tiny gradients; the losses are checked on their own below
+    x = rng.standard_normal((batch, net.input.h, net.input.w, net.input.d))
+    upstream = rng.standard_normal((batch, net.output.h, net.output.w, net.output.d))
+
+    def objective() -> float:
+        for layer in net.layers:
+            _freeze_dropout(layer, 2)
+        value = float(np.sum(upstream * net.forward(x, training=True)))
+        for layer in net.layers:
+            layer.release()
+        return value
+
+    for layer in net.layers:
+        _freeze_dropout(layer, 2)
+    first = net.layers[0]
+    need_dx, first.need_dx = first.need_dx, True
+    net.forward(x, training=True)
+    dx = net.backward(upstream)
+    first.need_dx = need_dx
+    grads = {k: v.copy() for k, v in net.grads.items()}
+    idx = _sample(rng, x.size, samples)
+    num = _numeric(objective, x, idx)
+    checks.append(Check("(net)", "input", x.shape, len(idx), rel_error(dx.reshape(-1)[idx], num),
+                        not np.any(dx), not np.any(num)))
+    for name, p in net.params.items():
+        idx = _sample(rng, p.size, samples)
+        num = _numeric(objective, p, idx)
+        g = grads[name]
+        checks.append(Check("(net)", name, p.shape, len(idx), rel_error(g.reshape(-1)[idx], num),
+                            not np.any(g), not np.any(num)))
+    checks.extend(check_losses(rng, batch, max(2, net.output.size)))
+    return checks
+
+
+def check_losses(rng: np.random.Generator, batch: int, classes: int) -> list[Check]:
+    """Softmax cross-entropy and the multiclass SVM, on random scores."""
+    checks = []
+    for name, fn in L.LOSSES.items():
+        scores = rng.standard_normal((batch, classes))
+        labels = rng.integers(0, classes, batch)
+        _, grad = fn(scores, labels)
+        idx = np.arange(scores.size)
+        num = _numeric(lambda s=scores, f=fn, y=labels: f(s, y)[0], scores, idx)
+        checks.append(Check(f"(loss {name})", "scores", scores.shape, len(idx),
+                            rel_error(grad.reshape(-1), num), not np.any(grad), not np.any(num)))
+    return checks

@@ -1,0 +1,296 @@
+"""A spec -> a network of layers; forward/backward through sequences and blocks.
+
+The Python API (usable from a notebook):
+
+    >>> net = Network.from_spec("cifar_small")            # a file, a bundled name or a dict
+    >>> scores = net.forward(x, training=True)             # x: [N, H, W, D] (NHWC), float
+    >>> loss, dscores = net.loss(scores, labels)
+    >>> dx = net.backward(dscores)                         # fills net.grads
+    >>> net.params["conv1.weight"].shape                   # (32, 3, 3, 3): PyTorch's OIHW
+
+Layouts: inputs and activations are NHWC (images as they lie on disk; measured faster
+than NCHW on this CPU for every layer with more than 3 input channels). Parameters use
+PyTorch's layouts and names (`conv1.weight` [K, D/groups, F, F], `fc1.weight`
+[units, D*H*W] with the input flattened in (depth, height, width) order), so a
+`state_dict` moves between cnncli and PyTorch with `np.transpose` of inputs only.
+`forward` returns the last volume as [N, H, W, K]: [N, 1, 1, classes] for a classifier,
+a map of class scores for a net whose FC layers were converted to convolutions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnncli import catalog
+from cnncli import layers as L
+from cnncli import spec as S
+from cnncli.spec import SpecInvalid, Volume
+from cnncli.stats import Report, analyze
+
+
+class Sequence:
+    def __init__(self, items: list[Any]):
+        self.items = items
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        for item in self.items:
+            x = item.forward(x, training)
+        return x
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        for item in reversed(self.items):
+            dy = item.backward(dy)
+        return dy
+
+    def leaves(self) -> Iterator[L.Layer]:
+        for item in self.items:
+            if isinstance(item, L.Layer):
+                yield item
+            else:
+                yield from item.leaves()
+
+
+class ResidualBlock:
+    """out = body(x) + shortcut(x): the gradient flows to both and adds up at x."""
+
+    output_reusable = True
+
+    def __init__(self, body: Sequence, shortcut: Sequence):
+        self.body, self.shortcut = body, shortcut
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        out = self.body.forward(x, training)
+        short = self.shortcut.forward(x, training) if self.shortcut.items else x
+        return out + short
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        dx = self.body.backward(dy)
+        return dx + (self.shortcut.backward(dy) if self.shortcut.items else dy)
+
+    def leaves(self) -> Iterator[L.Layer]:
+        yield from self.body.leaves()
+        yield from self.shortcut.leaves()
+
+
+class ConcatBlock:
+    """Depth concatenation: each branch's gradient is its slice of the output's."""
+
+    output_reusable = True
+
+    def __init__(self, branches: list[Sequence]):
+        self.branches = branches
+        self._depths: list[int] = []
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        outs = [b.forward(x, training) for b in self.branches]
+        self._depths = [o.shape[3] for o in outs]
+        return np.concatenate(outs, axis=3)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        dx = None
+        start = 0
+        for branch, depth in zip(self.branches, self._depths, strict=True):
+            part = branch.backward(np.ascontiguousarray(dy[..., start:start + depth]))
+            dx = part if dx is None else dx + part
+            start += depth
+        assert dx is not None
+        return dx
+
+    def leaves(self) -> Iterator[L.Layer]:
+        for b in self.branches:
+            yield from b.leaves()
+
+
+class _Builder:
+    def __init__(self, report: Report, rng: np.random.Generator, dtype: np.dtype):
+        self.rows = {r.name: r for r in report.rows}
+        self.rng = rng
+        self.dtype = dtype
+
+    def sequence(self, nodes: tuple[S.Node, ...], shared_input: bool) -> Sequence:
+        """`shared_input`: the sequence's input is also read elsewhere (a block's branches,
+        or the caller's array), so its first layer must not overwrite it."""
+        items: list[Any] = []
+        reusable = not shared_input
+        for node in nodes:
+            if isinstance(node, S.Repeat):
+                for one_pass in node.passes:
+                    inner = self.sequence(one_pass, shared_input=not reusable)
+                    items.extend(inner.items)
+                    if inner.items:
+                        reusable = _reusable(inner.items[-1])
+                continue
+            item = self.node(node, in_place_ok=reusable)
+            items.append(item)
+            reusable = _reusable(item)
+        return Sequence(items)
+
+    def node(self, node: S.Node, in_place_ok: bool) -> Any:
+        if isinstance(node, S.Residual):
+            return ResidualBlock(self.sequence(node.body, True), self.sequence(node.shortcut, True))
+        if isinstance(node, S.Concat):
+            return ConcatBlock([self.sequence(b, True) for b in node.branches])
+        row = self.rows[node.name]
+        if isinstance(node, S.Conv):
+            return L.Conv(node, row, self.rng, self.dtype)
+        if isinstance(node, S.Local):
+            return L.Local(node, row, self.rng, self.dtype)
+        if isinstance(node, S.FC):
+            return L.FC(node, row, self.rng, self.dtype)
+        if isinstance(node, S.Pool):
+            return L.Pool(node, row)
+        if isinstance(node, S.Activation):
+            return L.Activation(node, in_place=in_place_ok)
+        if isinstance(node, S.Dropout):
+            return L.Dropout(node, self.rng)
+        if isinstance(node, S.BatchNorm):
+            return L.BatchNorm(node, row, self.dtype)
+        if isinstance(node, S.LRN):
+            return L.LRN(node)
+        raise TypeError(f"no engine layer for {type(node).__name__}")  # pragma: no cover
+
+
+def _reusable(item: Any) -> bool:
+    if isinstance(item, L.Activation):
+        return True  # an in-place activation's output is as reusable as its input was
+    if isinstance(item, L.Dropout):
+        return False  # at test time dropout passes its input through unchanged
+    return bool(getattr(item, "output_reusable", True))
+
+
+class Network:
+    """A built net: layers, named parameters, forward/backward, loss."""
+
+    def __init__(self, spec: S.Spec, input_volume: Volume | None = None,
+                 dtype: Any = np.float32, seed: int = 0, rounding: str | None = None):
+        report = analyze(spec, input_volume, rounding)
+        if report.errors:
+            # a spec that `cnncli check` rejects cannot be built
+            raise SpecInvalid(report.errors)
+        self.spec = spec
+        self.report = report
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.input = report.input
+        assert report.output is not None
+        self.output = report.output
+        self.rng = np.random.default_rng(seed)
+        self.body = _Builder(report, self.rng, self.dtype).sequence(spec.layers,
+                                                                     shared_input=True)
+        self.layers: list[L.Layer] = list(self.body.leaves())
+        if self.layers:
+            # nothing upstream of the first layer needs a gradient: skip that work
+            first = self.body.items[0]
+            if isinstance(first, L.Layer):
+                first.need_dx = False
+        self.loss_name = spec.loss or "softmax"
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_spec(cls, source: str | Path | dict[str, Any] | S.Spec, **kwargs: Any) -> Network:
+        """Build from a spec file, a bundled architecture's name, a dict, or a Spec."""
+        if isinstance(source, S.Spec):
+            spec = source
+        elif isinstance(source, dict):
+            spec = S.parse_spec(source)
+        else:
+            spec = S.load_spec(catalog.resolve(str(source)))
+        return cls(spec, **kwargs)
+
+    # ------------------------------------------------------------ parameters
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """Live parameter arrays by name (PyTorch layouts); assign with `set_param`."""
+        return {k: v for layer in self.layers for k, v in layer.params.items()}
+
+    @property
+    def grads(self) -> dict[str, np.ndarray]:
+        return {k: v for layer in self.layers for k, v in layer.grads.items()}
+
+    @property
+    def buffers(self) -> dict[str, np.ndarray]:
+        return {k: v for layer in self.layers for k, v in layer.buffers.items()}
+
+    def _owner(self, name: str) -> L.Layer:
+        for layer in self.layers:
+            if name in layer.params or name in layer.buffers:
+                return layer
+        raise KeyError(f"no parameter or buffer named {name!r}")
+
+    def set_param(self, name: str, value: np.ndarray) -> None:
+        layer = self._owner(name)
+        store = layer.params if name in layer.params else layer.buffers
+        value = np.asarray(value)
+        if value.shape != store[name].shape:
+            raise ValueError(f"{name}: expected shape {store[name].shape}, got {value.shape}")
+        store[name][...] = value.astype(self.dtype)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters and buffers (batchnorm running statistics), copied."""
+        state = {k: v.copy() for k, v in self.params.items()}
+        state.update({k: v.copy() for k, v in self.buffers.items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
+        expected = set(self.params) | set(self.buffers)
+        missing, unexpected = expected - set(state), set(state) - expected
+        if strict and (missing or unexpected):
+            raise ValueError(f"state does not match the net: missing {sorted(missing)}, "
+                             f"unexpected {sorted(unexpected)}")
+        for name in expected & set(state):
+            self.set_param(name, state[name])
+
+    def num_parameters(self) -> int:
+        return sum(v.size for v in self.params.values())
+
+    # ------------------------------------------------------------ running
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """x: [N, H, W, D] NHWC -> the last volume [N, H', W', K]."""
+        x = np.asarray(x)
+        if x.ndim != 4 or x.shape[1:] != (self.input.h, self.input.w, self.input.d):
+            raise ValueError(f"input must be [N, {self.input.h}, {self.input.w}, "
+                             f"{self.input.d}] (NHWC) for {self.spec.name}, got {x.shape}")
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        y = self.body.forward(x, training)
+        if not training:
+            for layer in self.layers:
+                layer.release()
+        return y
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Class scores [N, K] in evaluation mode (for a net that ends in [1x1xK])."""
+        y = self.forward(x, training=False)
+        return y.reshape(y.shape[0], -1)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """Gradient of the output -> gradient of the input; parameter gradients in `grads`."""
+        dy = np.ascontiguousarray(np.asarray(dy, dtype=self.dtype))
+        if dy.ndim == 2:
+            dy = dy.reshape(dy.shape[0], 1, 1, -1)
+        return self.body.backward(dy)
+
+    def loss(self, scores: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+        """Data loss (the spec's `loss`, softmax by default) and d loss / d scores."""
+        flat = scores.reshape(scores.shape[0], -1)
+        return L.LOSSES[self.loss_name](flat, np.asarray(labels))
+
+    def weight_decay(self, reg: float) -> float:
+        """Add the L2 penalty 0.5*reg*sum(W^2) over weights (not biases, not batchnorm)
+        to the gradients; return the penalty to add to the loss."""
+        if reg == 0:
+            return 0.0
+        penalty = 0.0
+        for layer in self.layers:
+            if isinstance(layer, L.BatchNorm):
+                continue
+            for name, w in layer.params.items():
+                if name.endswith(".weight"):
+                    penalty += 0.5 * reg * float(np.vdot(w, w))
+                    if name in layer.grads:
+                        layer.grads[name] = layer.grads[name] + reg * w
+        return penalty
