@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from enum import Enum
-from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
 import typer
@@ -122,7 +121,8 @@ def check(
     else:
         render.print_report(out, report)
         if sliding is not None:
-            render.print_sliding(out, sliding)
+            from cnncli.convert import print_sliding
+            print_sliding(out, sliding)
     if fmt is not Format.table:
         for p in report.errors:
             err.print(render.problem_text(p, "error"))
@@ -173,6 +173,16 @@ def list_architectures(
         table.add_row(r["name"], r["title"], r["input"], f"{r['parameters']:,}",
                       human(r["macs"]), r["output"])
     out.print(table)
+
+
+# Commands that need the engine live in their own modules and import numba lazily.
+from cnncli import cli_engine  # noqa: E402
+
+cli_engine.register(app)
+
+from cnncli import cli_train  # noqa: E402
+
+cli_train.register(app)
 
 
 def main() -> None:

@@ -270,7 +270,7 @@ class Activation(Layer):
         y, self._saved = self._saved, None
         f = self.function
         if f == "relu":
-            return np.where(y > 0, dy, 0).astype(dy.dtype)
+            return dy * (y > 0)
         if f == "leaky_relu":
             return np.where(y > 0, dy, dy * dy.dtype.type(self.slope))
         if f == "tanh":
