@@ -24,8 +24,12 @@ def bundled_names() -> list[str]:
 def resolve(name_or_path: str) -> Path:
     """A path that exists wins; otherwise a bundled architecture's name."""
     path = Path(name_or_path)
-    if path.exists():
-        return path
+    try:
+        if path.exists():
+            return path
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
+        reason = getattr(exc, "strerror", None) or exc
+        raise SpecError(f"{name_or_path[:80]!r}: not a readable path ({reason})") from None
     stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
     candidate = bundled_dir() / f"{stem}.yaml"
     if path.parent == Path(".") and candidate.is_file():

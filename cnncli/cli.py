@@ -8,11 +8,12 @@ never load numba.
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from cnncli import catalog
 from cnncli.spec import ROUNDINGS, Spec, SpecError, SpecInvalid, Volume, load_spec, parse_volume
@@ -24,14 +25,14 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 240)
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
     markdown = "markdown"
 
 
-class Rounding(str, Enum):
+class Rounding(StrEnum):
     strict = "strict"
     floor = "floor"
     ceil = "ceil"
@@ -48,7 +49,9 @@ RoundingOpt = Annotated[Optional[Rounding], typer.Option(
 
 
 def fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}")
+    """One line on stderr and the exit code; the message is printed verbatim (a path like
+    '[/]' is text, not rich markup)."""
+    err.print(Text.assemble(("error: ", "bold red"), message))
     raise typer.Exit(code)
 
 
@@ -59,11 +62,20 @@ def open_spec(name: str) -> Spec:
     except SpecError as exc:
         fail(str(exc), 2)
     except SpecInvalid as exc:
-        from cnncli.render import problem_text
-        for p in exc.problems:
-            err.print(problem_text(p, "error"))
-        err.print(f"{len(exc.problems)} error{'s' if len(exc.problems) > 1 else ''} in {name}")
-        raise typer.Exit(1) from None
+        report_invalid(name, exc)
+
+
+def report_invalid(name: str, exc: SpecInvalid, as_json: bool = False) -> NoReturn:
+    """Every problem of an invalid spec on stderr (and as JSON on stdout if asked); exit 1."""
+    from cnncli.render import problem_text
+    if as_json:
+        import json
+        print(json.dumps({"source": name, "valid": False,
+                          "errors": [p.as_dict() for p in exc.problems]}, indent=2))
+    for p in exc.problems:
+        err.print(problem_text(p, "error"))
+    err.print(Text(f"{len(exc.problems)} error{'s' if len(exc.problems) > 1 else ''} in {name}"))
+    raise typer.Exit(1) from None
 
 
 def input_override(text: str | None) -> Volume | None:
@@ -90,14 +102,19 @@ def check(
     from cnncli import render
     from cnncli.stats import analyze, valid_input_sizes
 
-    net = open_spec(spec)
+    try:
+        net = load_spec(catalog.resolve(spec))
+    except SpecError as exc:
+        fail(str(exc), 2)
+    except SpecInvalid as exc:
+        report_invalid(spec, exc, as_json=fmt is Format.json)
     volume = input_override(input)
     mode = rounding.value if rounding else None
     if fc_to_conv:
         from cnncli.convert import check_sliding, fc_to_conv_spec
         try:
             trained_at = net.input
-            net = fc_to_conv_spec(net)
+            net = fc_to_conv_spec(net, mode)
         except SpecInvalid as exc:
             for p in exc.problems:
                 err.print(render.problem_text(p, "error"))
@@ -119,7 +136,7 @@ def check(
     elif fmt is Format.markdown:
         sys.stdout.write(render.report_markdown(report))
     else:
-        render.print_report(out, report)
+        render.print_report(out, report, errors=err)
         if sliding is not None:
             from cnncli.convert import print_sliding
             print_sliding(out, sliding)
@@ -130,18 +147,19 @@ def check(
         near = volume or net.input
         sizes = valid_input_sizes(net, near, mode)
         if sizes:
-            err.print(f"[green]input sizes near {near} for which every layer is whole: "
-                      f"{', '.join(str(v) for v in sizes)}[/]")
-        err.print(f"{len(report.errors)} error{'s' if len(report.errors) > 1 else ''}: "
-                  f"{net.source} is not a valid net at {near}")
+            err.print(Text(f"input sizes near {near} for which every layer is whole: "
+                           f"{', '.join(str(v) for v in sizes)}", style="green"))
+        err.print(Text(f"{len(report.errors)} error{'s' if len(report.errors) > 1 else ''}: "
+                       f"{net.source} is not a valid net at {near}"))
         raise typer.Exit(1)
-    if sliding is not None and not sliding.get("tiles", True):
+    if sliding is not None and not sliding["usable"]:
         raise typer.Exit(1)
 
 
 @app.command("list")
 def list_architectures(
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="table | json")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", "-f",
+                                        help="table | json | csv | markdown")] = Format.table,
 ) -> None:
     """The bundled architectures, with their parameter counts and MACs."""
     from rich.table import Table
@@ -165,6 +183,19 @@ def list_architectures(
         import json
         print(json.dumps(rows, indent=2))
         return
+    keys = ("name", "title", "input", "parameters", "macs", "output")
+    if fmt is Format.csv:
+        import csv
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(keys)
+        writer.writerows([r[k] for k in keys] for r in rows)
+        return
+    if fmt is Format.markdown:
+        print("| " + " | ".join(keys) + " |\n|---|---|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['name']} | {r['title']} | {r['input']} | {r['parameters']:,} | "
+                  f"{human(r['macs'])} | {r['output']} |")
+        return
     table = Table(header_style="bold", box=None, pad_edge=False)
     for title, justify in (("name", "left"), ("architecture", "left"), ("input", "right"),
                            ("parameters", "right"), ("MACs", "right"), ("output", "right")):
@@ -179,10 +210,17 @@ def list_architectures(
 from cnncli import cli_engine  # noqa: E402
 
 cli_engine.register(app)
+from cnncli import cli_memory  # noqa: E402
+
+cli_memory.register(app)
 
 from cnncli import cli_train  # noqa: E402
 
 cli_train.register(app)
+
+from cnncli import cli_slide  # noqa: E402
+
+cli_slide.register(app)
 
 
 def main() -> None:

@@ -77,6 +77,14 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     @app.command()
+    def warmup() -> None:
+        """Compile the engine's kernels once and cache them on disk (run by `make install`)."""
+        from cnncli.warmup import warm_up
+
+        seconds = warm_up()
+        out.print(f"engine kernels compiled and cached in {seconds:.1f} s")
+
+    @app.command()
     def bench(
         spec: SpecArg,
         input: InputOpt = None,

@@ -73,8 +73,10 @@ def _cells(row: Row, tree: bool) -> list[str]:
 
 
 def report_table(report: Report) -> Table:
-    table = Table(title=f"{report.spec.name}  input {report.input}  rounding {report.rounding}",
-                  title_justify="left", header_style="bold", pad_edge=False, box=None)
+    # Text, not str: rich would read a spec's name like "[/]" as markup (and raise)
+    heading = Text(f"{report.spec.name}  input {report.input}  rounding {report.rounding}")
+    table = Table(title=heading, title_justify="left", header_style="bold", pad_edge=False,
+                  box=None)
     for key, title, justify in COLUMNS:
         # figures never wrap; the free-text settings column folds when the terminal is narrow
         table.add_column(title, justify=justify,  # type: ignore[arg-type]
@@ -83,7 +85,7 @@ def report_table(report: Report) -> Table:
                   "", "", "", "1", "1")
     for row in report.rows:
         style = "dim" if row.is_block else None
-        table.add_row(*_cells(row, tree=True), style=style)
+        table.add_row(*(Text(c) for c in _cells(row, tree=True)), style=style)
     t = report.totals()
     table.add_section()
     table.add_row("total", "", "", str(report.output), f"{t['activations_per_image']:,}",
@@ -119,18 +121,21 @@ def problem_text(p: Problem, kind: str) -> Text:
     return text
 
 
-def print_report(console: Console, report: Report, show_table: bool = True) -> None:
+def print_report(console: Console, report: Report, errors: Console | None = None,
+                 show_table: bool = True) -> None:
+    """The table, summary, rounding notes and hints on `console`; errors on `errors`
+    (stderr in the CLI, so a pipe carries only the report)."""
     if show_table and report.valid:
         console.print(report_table(report))
         console.print()
         for line in summary_lines(report):
-            console.print(line, highlight=False)
+            console.print(Text(line))
     for p in report.rounded:
         console.print(problem_text(p, f"rounding ({report.rounding})"))
     for p in report.warnings:
         console.print(problem_text(p, "hint"))
     for p in report.errors:
-        console.print(problem_text(p, "error"))
+        (errors or console).print(problem_text(p, "error"))
 
 
 def report_json(report: Report) -> str:
@@ -177,4 +182,11 @@ def report_markdown(report: Report) -> str:
                  f"{_pair(report.receptive_field)} | {_pair(report.jump)} |")
     lines.append("")
     lines.extend(f"- {line}" for line in summary_lines(report))
+    # what the table format prints below the table: rounding per layer, hints, errors
+    for kind, found in ((f"rounding ({report.rounding})", report.rounded),
+                        ("hint", report.warnings), ("error", report.errors)):
+        for p in found:
+            where = f"line {p.line}: " if p.line else ""
+            fix = f" (fix: {p.fix})" if p.fix else ""
+            lines.append(f"- {kind}: {where}{p.message}{fix}")
     return "\n".join(lines) + "\n"

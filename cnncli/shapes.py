@@ -67,20 +67,23 @@ def window_output(size_in: int, size: int, pad: int, stride: int, rounding: str,
     f_eff = effective_size(size, dilation)
     span = size_in + 2 * pad - f_eff
     exact = Fraction(span, stride) + 1
-    if span < 0:
-        return WindowOutput(size_in, f_eff, pad, stride, exact, None, rounding)
     floor_out = span // stride + 1
     remainder = span % stride
+    if (rounding == "ceil" and is_pool and remainder and floor_out >= 0
+            and floor_out * stride < size_in + pad):
+        # round up: one more window, hanging past the padded input. Caffe and PyTorch do
+        # this even for a window wider than the whole padded input (span < 0): one output.
+        out = floor_out + 1
+        overhang = (out - 1) * stride + f_eff - (size_in + 2 * pad)
+        return WindowOutput(size_in, f_eff, pad, stride, exact, out, rounding, overhang=overhang)
+    if span < 0:
+        return WindowOutput(size_in, f_eff, pad, stride, exact, None, rounding)
     if remainder == 0:
         return WindowOutput(size_in, f_eff, pad, stride, exact, floor_out, rounding)
     if rounding == "strict":
         return WindowOutput(size_in, f_eff, pad, stride, exact, None, rounding)
-    if rounding == "ceil" and is_pool:
-        out = floor_out + 1
-        if (out - 1) * stride >= size_in + pad:
-            out -= 1  # that window would start in the padding: dropped
-        overhang = max(0, (out - 1) * stride + f_eff - (size_in + 2 * pad))
-        return WindowOutput(size_in, f_eff, pad, stride, exact, out, rounding, overhang=overhang)
+    # floor, a conv under ceil, or a ceil pool whose extra window would start entirely
+    # inside the right padding (dropped, as Caffe and PyTorch's ceil_mode drop it): round down
     dropped = max(0, remainder - pad)  # the right/bottom padding absorbs up to P of it
     return WindowOutput(size_in, f_eff, pad, stride, exact, floor_out, rounding,
                         remainder=remainder, dropped_pixels=dropped)
@@ -88,7 +91,7 @@ def window_output(size_in: int, size: int, pad: int, stride: int, rounding: str,
 
 def rounding_note(dim: str, r: WindowOutput) -> str:
     """One line saying what rounding did, telling harmless from lossy."""
-    if r.overhang or (r.rounding == "ceil" and r.changed and not r.remainder):
+    if r.overhang:
         return (f"{dim}: {r.formula} rounded up to {r.out}; the last window hangs {r.overhang} "
                 "px past the padded input (read as padding)")
     if r.dropped_pixels:

@@ -19,6 +19,9 @@ LOSSES = ("softmax", "svm")
 POOL_TYPES = ("max", "avg", "l2")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu")
 MAX_YAML_NODES = 200_000  # an alias "billion laughs" expands past this; real specs are far below
+MAX_LAYERS = 100_000  # layers after expanding `repeat`; nested repeats can multiply past any memory
+MAX_INT = 2**31 - 1  # sizes beyond int32 are typos, and overflow float formatting downstream
+_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
 class SpecError(Exception):
@@ -214,6 +217,11 @@ def _to_python(node: yaml.Node, loader: _Loader, budget: list[int]) -> Any:
     budget[0] += 1
     if budget[0] > MAX_YAML_NODES:
         raise SpecError(f"the YAML expands to more than {MAX_YAML_NODES:,} nodes (alias bomb?)")
+    if isinstance(node, yaml.CollectionNode) and node.tag not in _COLLECTION_TAGS:
+        # SafeLoader refuses unknown tags only when it constructs; we build collections ourselves
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        raise SpecError(f"line {node.start_mark.line + 1}: the YAML tag {tag} is not "
+                        "allowed in a spec")
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         out: dict[Any, Any] = {}
@@ -244,7 +252,12 @@ def _plain(value: Any) -> Any:
 
 
 def read_yaml(text: str, source: str) -> Any:
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # a str is checked for unprintable characters right here
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, max(0, exc.position)) + 1
+        raise SpecError(f"{source}: not valid YAML at line {line}: "
+                        f"{str(exc).splitlines()[0]}") from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -258,8 +271,18 @@ def read_yaml(text: str, source: str) -> Any:
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(f"{source}: not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise SpecError(f"{source}: the YAML is nested too deeply") from None
+    except SpecError as exc:  # raised by _to_python, which does not know the file's name
+        raise SpecError(f"{source}: {exc}") from None
     finally:
         loader.dispose()
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A value as a message shows it: plain data, one line, cut short if long."""
+    text = repr(_plain(value))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- validation
@@ -271,6 +294,7 @@ class _Reader:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
         self.names: dict[str, int | None] = {}
+        self.layer_count = 0  # layers read so far, repeats expanded (bounded by MAX_LAYERS)
 
     def error(self, message: str, line: int | None, layer: str | None = None) -> None:
         self.problems.append(Problem(message, line, layer))
@@ -278,7 +302,10 @@ class _Reader:
     # scalar readers: return a default after recording the problem, so reading goes on
     def integer(self, where: str, value: Any, line: int, minimum: int = 1) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.error(f"{where}: expected an integer >= {minimum}, got {value!r}", line)
+            self.error(f"{where}: expected an integer >= {minimum}, got {_show(value)}", line)
+            return max(minimum, 1)
+        if value > MAX_INT:
+            self.error(f"{where}: {value} is too large (at most {MAX_INT:,})", line)
             return max(minimum, 1)
         return value
 
@@ -286,16 +313,18 @@ class _Reader:
                lo_open: bool = False, hi_open: bool = False) -> float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok:
-            ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+            ok = ((value > lo if lo_open else value >= lo)
+                  and (value < hi if hi_open else value <= hi))
         if not ok:
             left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-            self.error(f"{where}: expected a number in {left}{lo}, {hi}{right}, got {value!r}", line)
+            self.error(f"{where}: expected a number in {left}{lo}, {hi}{right}, "
+                       f"got {_show(value)}", line)
             return lo if not lo_open else (lo + hi) / 2 if hi != float("inf") else lo + 1
         return float(value)
 
     def boolean(self, where: str, value: Any, line: int) -> bool:
         if not isinstance(value, bool):
-            self.error(f"{where}: expected true or false, got {value!r}", line)
+            self.error(f"{where}: expected true or false, got {_show(value)}", line)
             return True
         return value
 
@@ -307,7 +336,7 @@ class _Reader:
             unknown = set(value) - {"height", "width"}
             if unknown or len(value) != 2:
                 self.error(f"{where}: expected an integer or {{height: H, width: W}}, "
-                           f"got {_plain(value)!r}", loc.line)
+                           f"got {_show(value)}", loc.line)
                 return Pair(default, default)
             h = self.integer(f"{where}.height", value["height"].value, loc.line, minimum)
             w = self.integer(f"{where}.width", value["width"].value, loc.line, minimum)
@@ -318,9 +347,9 @@ class _Reader:
     def rounding(self, where: str, loc: _Located | None) -> str | None:
         if loc is None:
             return None
-        if loc.value not in ROUNDINGS:
-            self.error(f"{where}: rounding must be one of {', '.join(ROUNDINGS)}, got {loc.value!r}",
-                       loc.line)
+        if not isinstance(loc.value, str) or loc.value not in ROUNDINGS:
+            self.error(f"{where}: rounding must be one of {', '.join(ROUNDINGS)}, "
+                       f"got {_show(loc.value)}", loc.line)
             return None
         return str(loc.value)
 
@@ -332,12 +361,14 @@ class _Reader:
             return {}
         if not isinstance(value, dict):
             if shorthand is None:
-                self.error(f"{where}: expected a mapping of settings, got {_plain(value)!r}", loc.line)
+                self.error(f"{where}: expected a mapping of settings, got {_show(value)}",
+                           loc.line)
                 return {}
             return {shorthand: loc}
         for key in value:
             if key not in allowed:
-                self.error(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(allowed))})",
+                self.error(f"{where}: unknown setting {_show(key)} "
+                           f"(known: {', '.join(sorted(allowed))})",
                            value[key].line)
         return {k: v for k, v in value.items() if k in allowed}
 
@@ -371,10 +402,16 @@ class _Scope:
 def _parse_sequence(r: _Reader, items: Any, line: int, scope: _Scope, where: str,
                     rename: str = "") -> tuple[Node, ...]:
     if not isinstance(items, list):
-        r.error(f"{where}: expected a list of layers, got {_plain(items)!r}", line)
+        r.error(f"{where}: expected a list of layers, got {_show(items)}", line)
         return ()
-    nodes = []
+    nodes: list[Node] = []
     for index, item in enumerate(items):
+        r.layer_count += 1
+        if r.layer_count > MAX_LAYERS:
+            if r.layer_count == MAX_LAYERS + 1:  # said once; every enclosing sequence stops
+                r.error(f"{where}[{index}]: the net expands to more than {MAX_LAYERS:,} layers "
+                        "(repeats expanded)", item.line)
+            return tuple(nodes)
         node = _parse_item(r, item, scope, f"{where}[{index}]", rename)
         if node is not None:
             nodes.append(node)
@@ -393,7 +430,7 @@ def _parse_item(r: _Reader, loc: _Located, scope: _Scope, where: str,
             if not isinstance(explicit_loc.value, str) or not re.fullmatch(
                     r"[A-Za-z_][A-Za-z0-9_\-]*", explicit_loc.value):
                 r.error(f"{where}.name: expected a word (letters, digits, _ or -), "
-                        f"got {explicit_loc.value!r}", explicit_loc.line)
+                        f"got {_show(explicit_loc.value)}", explicit_loc.line)
             else:
                 explicit = explicit_loc.value
         kinds = [k for k in value if k != "name"]
@@ -410,10 +447,10 @@ def _parse_item(r: _Reader, loc: _Located, scope: _Scope, where: str,
                                      "layers": value.get("layers", _Located(None, line))}, line)
     else:
         r.error(f"{where}: expected a layer (a word like 'relu' or a mapping like "
-                f"'conv: {{...}}'), got {_plain(value)!r}", line)
+                f"'conv: {{...}}'), got {_show(value)}", line)
         return None
     if not isinstance(kind, str) or kind not in _LAYER_TYPES + _BLOCK_TYPES:
-        r.error(f"{where}: unknown layer type {kind!r} "
+        r.error(f"{where}: unknown layer type {_show(kind)} "
                 f"(known: {', '.join(_LAYER_TYPES + _BLOCK_TYPES)})", line)
         return None
     if explicit is not None:
@@ -444,13 +481,13 @@ def _conv_like(r: _Reader, loc: _Located, name: str, line: int, where: str,
     size = r.pair(f"{where}.size", s.get("size"), 1, 1)
     stride = r.pair(f"{where}.stride", s.get("stride"), 1, 1)
     dilation_loc = s.get("dilation")
-    if dilation_loc is not None and dilation_loc.value == 0:
+    if dilation_loc is not None and type(dilation_loc.value) is int and dilation_loc.value == 0:
         r.error(f"{where}.dilation: 0 is not allowed; dilation 1 is an ordinary convolution "
                 "(the CS231n notes call that 'dilation 0')", dilation_loc.line, name)
         dilation_loc = None
     dilation = r.pair(f"{where}.dilation", dilation_loc, 1, 1)
     pad_loc, pad_same = s.get("pad"), False
-    if pad_loc is not None and pad_loc.value == "same":
+    if pad_loc is not None and isinstance(pad_loc.value, str) and pad_loc.value == "same":
         pad_same = True
         odd = size.h % 2 == 1 and size.w % 2 == 1
         if not odd or stride.h != 1 or stride.w != 1:
@@ -486,9 +523,9 @@ def _parse_pool(r: _Reader, loc: _Located, name: str, line: int, where: str, sco
         if "global" in s else False
     pool_type = "max"
     if "type" in s:
-        if s["type"].value not in POOL_TYPES:
-            r.error(f"{where}.type: expected one of {', '.join(POOL_TYPES)}, got {s['type'].value!r}",
-                    s["type"].line, name)
+        if not isinstance(s["type"].value, str) or s["type"].value not in POOL_TYPES:
+            r.error(f"{where}.type: expected one of {', '.join(POOL_TYPES)}, "
+                    f"got {_show(s['type'].value)}", s["type"].line, name)
         else:
             pool_type = s["type"].value
     rounding = r.rounding(f"{where}.rounding", s.get("rounding"))
@@ -559,6 +596,10 @@ def _parse_lrn(r: _Reader, loc: _Located, name: str, line: int, where: str, scop
 
 def _parse_repeat(r: _Reader, loc: _Located, name: str, line: int, where: str, scope: _Scope,
                   rename: str) -> Repeat:
+    if not isinstance(loc.value, dict):  # a bare `- repeat`
+        r.error(f"{where}: write a repeat block as 'repeat: N' with 'layers:' beside it",
+                line, name)
+        return Repeat(name, line, 1, ())
     count_loc, layers_loc = loc.value["count"], loc.value["layers"]
     count = r.integer(f"{where}.repeat", count_loc.value, count_loc.line)
     if layers_loc.value is None:
@@ -566,11 +607,13 @@ def _parse_repeat(r: _Reader, loc: _Located, name: str, line: int, where: str, s
         return Repeat(name, line, count, ())
     # The copies continue the enclosing sequence's numbering (VGG's conv1..conv13);
     # an explicit name inside gets the pass number appended (name_1, name_2, ...).
-    passes = tuple(
-        _parse_sequence(r, layers_loc.value, layers_loc.line, scope, f"{where}.layers",
-                        rename=f"{rename}_{i + 1}")
-        for i in range(count))
-    return Repeat(name, line, count, passes)
+    passes: list[tuple[Node, ...]] = []
+    for i in range(count):
+        passes.append(_parse_sequence(r, layers_loc.value, layers_loc.line, scope,
+                                      f"{where}.layers", rename=f"{rename}_{i + 1}"))
+        if r.layer_count > MAX_LAYERS:
+            break  # reported by _parse_sequence
+    return Repeat(name, line, count, tuple(passes))
 
 
 def _parse_residual(r: _Reader, loc: _Located, name: str, line: int, where: str, scope: _Scope,
@@ -617,6 +660,8 @@ def parse_volume(text: str, where: str = "input") -> Volume:
     w, h, d = (int(g) for g in m.groups())
     if min(w, h, d) < 1:
         raise ValueError(f"{where}: every size must be >= 1, got {text!r}")
+    if max(w, h, d) > MAX_INT:
+        raise ValueError(f"{where}: every size must be at most {MAX_INT:,}, got {text!r}")
     return Volume(w, h, d)
 
 
@@ -633,7 +678,7 @@ def _parse_input(r: _Reader, loc: _Located | None) -> Volume:
         missing = {"width", "height", "depth"} - set(value)
         extra = set(value) - {"width", "height", "depth"}
         if missing or extra:
-            r.error(f"input: expected {{width: W, height: H, depth: D}}, got {_plain(value)!r}",
+            r.error(f"input: expected {{width: W, height: H, depth: D}}, got {_show(value)}",
                     loc.line)
             return Volume(1, 1, 1)
         w, h, d = (r.integer(f"input.{k}", value[k].value, value[k].line)
@@ -663,15 +708,20 @@ def parse_spec(data: Any, source: str = "<memory>") -> Spec:
     known = {"name", "input", "loss", "rounding", "layers", "description", "classes"}
     for key in top:
         if key not in known:
-            r.error(f"unknown top-level key {key!r} (known: {', '.join(sorted(known))})",
+            r.error(f"unknown top-level key {_show(key)} (known: {', '.join(sorted(known))})",
                     top[key].line)
     name_loc = top.get("name")
-    name = str(name_loc.value) if name_loc is not None else Path(source).stem
+    name = Path(source).stem
+    if name_loc is not None:
+        if isinstance(name_loc.value, (dict, list)) or name_loc.value is None:
+            r.error(f"name: expected text, got {_show(name_loc.value)}", name_loc.line)
+        else:
+            name = str(name_loc.value)
     volume = _parse_input(r, top.get("input"))
     loss = None
     if "loss" in top:
         if top["loss"].value not in LOSSES:
-            r.error(f"loss: expected one of {', '.join(LOSSES)}, got {top['loss'].value!r}",
+            r.error(f"loss: expected one of {', '.join(LOSSES)}, got {_show(top['loss'].value)}",
                     top["loss"].line)
         else:
             loss = top["loss"].value
@@ -709,11 +759,16 @@ def load_spec(path: str | Path) -> Spec:
         raise SpecError(f"{path}: not a text file (not UTF-8)") from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
+    except ValueError as exc:  # e.g. a NUL byte in the path
+        raise SpecError(f"{str(path)!r}: cannot read ({exc})") from None
     data = read_yaml(text, str(path))
     if not isinstance(data, dict):
         raise SpecError(f"{path}: not a cnncli spec (expected a mapping with 'input' and "
                         "'layers')")
-    return parse_spec(_Located(data, 1), str(path))
+    try:
+        return parse_spec(_Located(data, 1), str(path))
+    except RecursionError:
+        raise SpecError(f"{path}: the layers are nested too deeply") from None
 
 
 def walk(nodes: tuple[Node, ...]):  # type: ignore[no-untyped-def]

@@ -8,13 +8,37 @@ normalisation and activations are not counted as MACs.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from cnncli.shapes import (Field, WindowOutput, rounding_note, whole_inputs, whole_paddings,
-                           whole_strides, window_output)
-from cnncli.spec import (FC, LRN, Activation, BatchNorm, Concat, Conv, Dropout, Local, Node,
-                         Pair, Pool, Problem, Repeat, Residual, Spec, Volume)
+from cnncli.shapes import (
+    Field,
+    WindowOutput,
+    effective_size,
+    rounding_note,
+    whole_inputs,
+    whole_paddings,
+    whole_strides,
+    window_output,
+)
+from cnncli.spec import (
+    FC,
+    LRN,
+    Activation,
+    BatchNorm,
+    Concat,
+    Conv,
+    Dropout,
+    Local,
+    Node,
+    Pair,
+    Pool,
+    Problem,
+    Repeat,
+    Residual,
+    Spec,
+    Volume,
+)
 
 BYTES_FLOAT32 = 4
 IN_PLACE = (Activation, Dropout)  # computed in place: no new activation memory
@@ -48,7 +72,9 @@ class Row:
         return self.weights + self.biases
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        # a shallow copy: asdict() deep-copies every field and is the slow part of --format json
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["notes"] = list(self.notes)
         for key in ("input", "output"):
             vol = getattr(self, key)
             d[key] = None if vol is None else {"width": vol.w, "height": vol.h, "depth": vol.d,
@@ -344,7 +370,8 @@ class _Walker:
         out = Volume(ow, oh, layer.filters)
         d_in = vol.d // groups if vol.d % groups == 0 else vol.d
         kernel = layer.size.h * layer.size.w
-        f_eff = (layer.dilation.h * (layer.size.h - 1) + 1, layer.dilation.w * (layer.size.w - 1) + 1)
+        f_eff = (effective_size(layer.size.h, layer.dilation.h),
+                 effective_size(layer.size.w, layer.dilation.w))
         new_rf = (rf[0].through(f_eff[0], layer.stride.h), rf[1].through(f_eff[1], layer.stride.w))
         parts = [f"{layer.filters} filters", f"{layer.size}"
                  + (f"/{layer.stride}" if layer.stride != Pair(1, 1) else "")]

@@ -1,0 +1,44 @@
+"""Compile every kernel once (numba caches the machine code on disk, `cache=True`), so a
+user's first `cnncli train` does not spend seconds compiling. `make install` runs this."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+# One small net that reaches every kernel: conv (GEMM and direct/grouped paths, dilation),
+# local, every pooling type, batchnorm, lrn, and the blocks.
+WARMUP_SPEC = {
+    "name": "warm-up",
+    "input": "12x12x3",
+    "layers": [
+        {"conv": {"filters": 8, "size": 3, "pad": 1}},
+        "relu",
+        {"conv": {"filters": 8, "size": 3, "pad": 1, "groups": 8}},
+        {"batchnorm": {}},
+        {"lrn": {"size": 3}},
+        {"residual": {"layers": [{"conv": {"filters": 8, "size": 3, "pad": 2, "dilation": 2}},
+                                 "tanh"]}},
+        {"concat": [[{"pool": {"size": 3, "stride": 1, "pad": 1, "type": "avg"}}],
+                    [{"pool": {"size": 3, "stride": 1, "pad": 1, "type": "l2"}}]]},
+        {"pool": {"size": 2, "stride": 2}},
+        {"local": {"filters": 4, "size": 3}},
+        {"pool": {"global": True, "type": "max"}},
+        {"fc": 3},
+    ],
+}
+
+
+def warm_up() -> float:
+    """Run one training step in float32 and float64; return the seconds it took."""
+    from cnncli.network import Network
+
+    started = time.perf_counter()
+    for dtype in (np.float32, np.float64):
+        net = Network.from_spec(WARMUP_SPEC, dtype=dtype)
+        x = np.zeros((2, 12, 12, 3), dtype)
+        loss, d = net.loss(net.forward(x, training=True), np.array([0, 1]))
+        net.backward(d)
+        net.forward(x, training=False)
+    return time.perf_counter() - started

@@ -1,0 +1,477 @@
+"""The YAML loader against the contract in shared/spec-format.md.
+
+Two kinds of failure, two exit codes: SpecError (exit 2) when the file cannot be read or
+is not a spec at all; SpecInvalid (exit 1) carrying every problem found in a spec.
+Every message is one line and names the place (key path and line).
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cnncli.cli import app
+from cnncli.spec import (
+    FC,
+    LRN,
+    MAX_INT,
+    Activation,
+    BatchNorm,
+    Concat,
+    Conv,
+    Dropout,
+    Local,
+    Pair,
+    Pool,
+    Repeat,
+    Residual,
+    SpecError,
+    SpecInvalid,
+    Volume,
+    load_spec,
+    parse_spec,
+    parse_volume,
+    walk,
+)
+
+runner = CliRunner()
+
+
+def write(tmp_path: Path, text: str, name: str = "net.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def load(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
+    return load_spec(write(tmp_path, text))
+
+
+def problems(tmp_path: Path, text: str) -> list:  # type: ignore[type-arg]
+    with pytest.raises(SpecInvalid) as info:
+        load(tmp_path, text)
+    return info.value.problems
+
+
+def one_problem(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
+    found = problems(tmp_path, text)
+    assert len(found) == 1, [p.message for p in found]
+    assert "\n" not in found[0].message
+    return found[0]
+
+
+def spec_error(tmp_path: Path, text: str | bytes) -> str:
+    path = tmp_path / "net.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# --------------------------------------------------------------------------- every layer type
+
+EVERY_TYPE = """
+name: every type
+input: 32x24x3
+loss: svm
+rounding: floor
+layers:
+  - name: stem
+    conv: {filters: 8, size: {height: 3, width: 5}, stride: 1, pad: {height: 1, width: 2},
+           dilation: 1, bias: false, groups: 1, rounding: strict}
+  - relu
+  - tanh
+  - sigmoid
+  - leaky_relu: 0.2
+  - batchnorm: {eps: 0.001, momentum: 0.01}
+  - lrn: {size: 3, alpha: 0.0002, beta: 0.5, k: 2}
+  - pool: {size: 2, type: avg, rounding: ceil}
+  - local: {filters: 4, size: 3, pad: 1}
+  - dropout: 0.25
+  - repeat: 2
+    layers:
+      - conv: {filters: 4, size: 3, pad: same}
+      - relu
+  - residual:
+      layers: [{conv: {filters: 4, size: 3, pad: 1}}]
+      shortcut: [{conv: {filters: 4, size: 1}}]
+  - concat:
+      - [{conv: {filters: 2, size: 1}}]
+      - [{pool: {size: 3, stride: 1, pad: 1, type: max}}]
+  - pool: {global: true, type: avg}
+  - fc: {units: 10, bias: false}
+"""
+
+
+def test_every_layer_type_and_block_parses(tmp_path: Path) -> None:
+    spec = load(tmp_path, EVERY_TYPE)
+    assert spec.name == "every type"
+    assert spec.input == Volume(32, 24, 3)  # WIDTH x HEIGHT x DEPTH
+    assert spec.loss == "svm" and spec.rounding == "floor"
+    kinds = [type(n).__name__ for n in spec.layers]
+    assert kinds == ["Conv", "Activation", "Activation", "Activation", "Activation", "BatchNorm",
+                     "LRN", "Pool", "Local", "Dropout", "Repeat", "Residual", "Concat", "Pool",
+                     "FC"]
+    stem = spec.layers[0]
+    assert stem == Conv("stem", 6, 8, Pair(3, 5), Pair(1, 1), Pair(1, 2), Pair(1, 1), 1, False,
+                        "strict")
+    assert [a.function for a in spec.layers[1:5]] == ["relu", "tanh", "sigmoid", "leaky_relu"]
+    assert spec.layers[4].slope == 0.2
+    assert spec.layers[5] == BatchNorm("bn1", 13, 0.001, 0.01)
+    assert spec.layers[6] == LRN("lrn1", 14, 3, 0.0002, 0.5, 2.0)
+    assert spec.layers[7] == Pool("pool1", 15, Pair(2, 2), Pair(2, 2), Pair(0, 0), "avg", False,
+                                  "ceil")
+    assert isinstance(spec.layers[8], Local) and spec.layers[8].pad == Pair(1, 1)
+    assert spec.layers[9] == Dropout("drop1", 17, 0.25)
+    repeat = spec.layers[10]
+    assert isinstance(repeat, Repeat) and repeat.count == 2 and len(repeat.passes) == 2
+    # copies continue the enclosing numbering, as VGG's conv1..conv13
+    assert [n.name for p in repeat.passes for n in p] == ["conv1", "relu2", "conv2", "relu3"]
+    assert repeat.passes[0][0].pad == Pair(1, 1) and repeat.passes[0][0].pad_same
+    residual = spec.layers[11]
+    assert isinstance(residual, Residual)
+    assert [n.name for n in residual.body] == ["res1.conv1"]
+    assert [n.name for n in residual.shortcut] == ["res1.shortcut.conv1"]
+    concat = spec.layers[12]
+    assert isinstance(concat, Concat)
+    assert [[n.name for n in b] for b in concat.branches] == [["concat1.b1.conv1"],
+                                                              ["concat1.b2.pool1"]]
+    assert spec.layers[13].is_global and spec.layers[13].type == "avg"
+    assert spec.layers[14] == FC("fc1", 29, 10, False)
+    assert len(list(walk(spec.layers))) == 20
+
+
+def test_defaults(tmp_path: Path) -> None:
+    spec = load(tmp_path, """
+        input: 8x8x1
+        layers:
+          - conv: {filters: 2, size: 3}
+          - pool: {size: 2}
+          - leaky_relu
+          - batchnorm
+          - dropout
+          - lrn
+          - fc: 3
+        """)
+    conv, pool, leaky, bn, drop, lrn, fc = spec.layers
+    assert spec.name == "net" and spec.loss is None and spec.rounding == "strict"
+    assert conv == Conv("conv1", 3, 2, Pair(3, 3), Pair(1, 1), Pair(0, 0), Pair(1, 1), 1, True,
+                        None)
+    assert pool.stride == Pair(2, 2) and pool.type == "max" and pool.pad == Pair(0, 0)
+    assert isinstance(leaky, Activation) and leaky.slope == 0.01
+    assert (bn.eps, bn.momentum) == (1e-5, 0.1)
+    assert drop.p == 0.5
+    assert (lrn.size, lrn.alpha, lrn.beta, lrn.k) == (5, 1e-4, 0.75, 1.0)
+    assert fc.units == 3 and fc.bias
+
+
+def test_pad_same_is_half_the_effective_filter(tmp_path: Path) -> None:
+    spec = load(tmp_path, """
+        input: 8x8x1
+        layers:
+          - conv: {filters: 2, size: 5, pad: same}
+          - conv: {filters: 2, size: 3, dilation: 2, pad: same}
+        """)
+    assert spec.layers[0].pad == Pair(2, 2)
+    assert spec.layers[1].pad == Pair(2, 2)  # F_eff = 2*(3-1)+1 = 5
+
+
+@pytest.mark.parametrize("settings", ["{filters: 2, size: 4, pad: same}",
+                                      "{filters: 2, size: 3, stride: 2, pad: same}"])
+def test_pad_same_needs_odd_size_and_stride_1(tmp_path: Path, settings: str) -> None:
+    p = one_problem(tmp_path, f"input: 8x8x1\nlayers:\n  - conv: {settings}\n")
+    assert "'same' needs an odd size and stride 1" in p.message and p.line == 3
+
+
+def test_dilation_0_is_an_error_that_explains_the_notes_convention(tmp_path: Path) -> None:
+    p = one_problem(tmp_path, "input: 8x8x1\nlayers:\n  - conv: {filters: 2, size: 3, "
+                              "dilation: 0}\n")
+    assert p.message.startswith("layers[0] (conv1).dilation: 0 is not allowed")
+    assert "dilation 1 is an ordinary convolution" in p.message and "'dilation 0'" in p.message
+    assert p.line == 3
+
+
+# --------------------------------------------------------------------------- input
+
+
+def test_input_forms(tmp_path: Path) -> None:
+    assert load(tmp_path, "input: 300x200x3\nlayers: [relu]\n").input == Volume(300, 200, 3)
+    spec = load(tmp_path, "input: {width: 300, height: 200, depth: 3}\nlayers: [relu]\n")
+    assert spec.input == Volume(300, 200, 3)
+    assert str(spec.input) == "[300x200x3]"
+    assert parse_volume(" 7 X 5 x 1 ") == Volume(7, 5, 1)
+
+
+def test_bare_list_input_is_rejected_because_its_order_is_ambiguous(tmp_path: Path) -> None:
+    p = one_problem(tmp_path, "input: [224, 224, 3]\nlayers: [relu]\n")
+    assert p.line == 1 and "bare list is ambiguous" in p.message
+    assert "WIDTH x HEIGHT x DEPTH" in p.message
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("224x224", "expected WIDTHxHEIGHTxDEPTH like 224x224x3, got '224x224'"),
+    ("0x224x3", "every size must be >= 1"),
+    ("{width: 2, height: 2}", "expected {width: W, height: H, depth: D}"),
+    ("{width: 2, height: 2, depth: 0}", "input.depth: expected an integer >= 1, got 0"),
+    ("{width: two, height: 2, depth: 1}", "input.width: expected an integer >= 1, got 'two'"),
+])
+def test_bad_input(tmp_path: Path, value: str, expected: str) -> None:
+    p = one_problem(tmp_path, f"input: {value}\nlayers: [relu]\n")
+    assert expected in p.message and p.line == 1
+
+
+def test_missing_input(tmp_path: Path) -> None:
+    assert "input: required" in one_problem(tmp_path, "layers: [relu]\n").message
+
+
+# --------------------------------------------------------------------------- wrong keys and values
+
+
+@pytest.mark.parametrize("layer, line, message", [
+    ("- conv: {filters: two, size: 3}", 3,
+     "layers[0] (conv1).filters: expected an integer >= 1, got 'two'"),
+    ("- conv: {filters: 2, size: 3, stride: 0}", 3,
+     "layers[0] (conv1).stride: expected an integer >= 1, got 0"),
+    ("- conv: {filters: 2, size: 3, pad: -1}", 3,
+     "layers[0] (conv1).pad: expected an integer >= 0, got -1"),
+    ("- conv: {filters: 2.5, size: 3}", 3,
+     "layers[0] (conv1).filters: expected an integer >= 1, got 2.5"),
+    ("- conv: {filters: true, size: 3}", 3,
+     "layers[0] (conv1).filters: expected an integer >= 1, got True"),
+    ("- conv: {filters: [1, 2], size: 3}", 3,
+     "layers[0] (conv1).filters: expected an integer >= 1, got [1, 2]"),
+    ("- conv: {filters: 2, size: {height: 3}}", 3,
+     "layers[0] (conv1).size: expected an integer or {height: H, width: W}, got {'height': 3}"),
+    ("- conv: {filters: 2, size: 3, bias: 'no'}", 3,
+     "layers[0] (conv1).bias: expected true or false, got 'no'"),
+    ("- conv: {filters: 2, size: 3, rounding: up}", 3,
+     "layers[0] (conv1).rounding: rounding must be one of strict, floor, ceil, got 'up'"),
+    ("- conv: {filters: 3, size: 3, groups: 2}", 3,
+     "layers[0] (conv1): filters (3) must be divisible by groups (2)"),
+    ("- conv: {size: 3}", 3, "layers[0] (conv1): 'filters' is required"),
+    ("- conv: {filters: 2, size: 3, padding: 1}", 3,
+     "layers[0] (conv1): unknown setting 'padding' (known: bias, dilation, filters, groups, "
+     "pad, rounding, size, stride)"),
+    ("- local: {filters: 2, size: 3, groups: 2}", 3, "unknown setting 'groups'"),
+    ("- pool: {size: 2, type: median}", 3,
+     "layers[0] (pool1).type: expected one of max, avg, l2, got 'median'"),
+    ("- pool: {stride: 2}", 3, "layers[0] (pool1): 'size' is required (or global: true)"),
+    ("- pool: {global: true, size: 2}", 3, "'size' has no meaning with global: true"),
+    ("- fc: {bias: false}", 3, "layers[0] (fc1): 'units' is required (or write fc: 4096)"),
+    ("- fc: 0", 3, "layers[0] (fc1).units: expected an integer >= 1, got 0"),
+    ("- dropout: 1.0", 3, "layers[0] (drop1).p: expected a number in [0.0, 1.0), got 1.0"),
+    ("- dropout: .nan", 3, "layers[0] (drop1).p: expected a number in [0.0, 1.0), got nan"),
+    ("- batchnorm: {eps: 0}", 3, "layers[0] (bn1).eps: expected a number in (0.0, 1.0], got 0"),
+    ("- leaky_relu: {slope: -1}", 3, "layers[0] (lrelu1).slope: expected a number in [0.0, 1.0]"),
+    ("- relu: {slope: 1}", 3, "layers[0] (relu1): unknown setting 'slope' (known: )"),
+    ("- conv2d: {filters: 2}", 3, "layers[0]: unknown layer type 'conv2d' (known: conv, local"),
+    ("- {conv: {filters: 2, size: 3}, relu: null}", 3,
+     "layers[0]: a layer is one type key"),
+    ("- 42", 3, "layers[0]: expected a layer (a word like 'relu' or a mapping like "
+                "'conv: {...}'), got 42"),
+    ("- name: 'conv 1'\n    conv: {filters: 2, size: 3}", 3,
+     "layers[0].name: expected a word (letters, digits, _ or -), got 'conv 1'"),
+    ("- repeat: 2", 3, "layers[0] (repeat1): a repeat block needs 'layers:' beside 'repeat: N'"),
+    ("- repeat: 0\n    layers: [relu]", 3,
+     "layers[0] (repeat1).repeat: expected an integer >= 1, got 0"),
+    ("- residual: {shortcut: [relu]}", 3, "a residual block needs 'layers:' (its body)"),
+    ("- concat: [[relu]]", 3, "concat takes a list of two or more branches"),
+    ("- concat: [[relu], relu]", 3, "layers[0] (concat1)[1]: expected a list of layers, "
+                                    "got 'relu'"),
+])
+def test_wrong_values_name_the_place(tmp_path: Path, layer: str, line: int, message: str) -> None:
+    p = one_problem(tmp_path, f"input: 8x8x4\nlayers:\n  {layer}\n")
+    assert message in p.message
+    assert p.line == line
+
+
+def test_top_level_problems(tmp_path: Path) -> None:
+    found = problems(tmp_path, """
+        name: [a, b]
+        input: 8x8x1
+        loss: hinge
+        rounding: nearest
+        optimizer: sgd
+        layers: relu
+        """)
+    messages = sorted(p.message for p in found)
+    assert messages == sorted([
+        "name: expected text, got ['a', 'b']",
+        "loss: expected one of softmax, svm, got 'hinge'",
+        "rounding: rounding must be one of strict, floor, ceil, got 'nearest'",
+        "unknown top-level key 'optimizer' (known: classes, description, input, layers, loss, "
+        "name, rounding)",
+        "layers: expected a list of layers, got 'relu'",
+    ])
+    assert next(p.line for p in found if "optimizer" in p.message) == 5
+    assert next(p.line for p in found if p.message.startswith("layers:")) == 6
+
+
+def test_empty_layer_list(tmp_path: Path) -> None:
+    assert one_problem(tmp_path, "input: 8x8x1\nlayers: []\n").message == \
+        "layers: the net has no layers"
+
+
+def test_all_errors_at_once(tmp_path: Path) -> None:
+    found = problems(tmp_path, """
+        input: 8x8x1
+        layers:
+          - conv: {filters: 0, size: 3}
+          - pool: {size: x}
+          - fc: -1
+          - dropout: 2
+        """)
+    assert [p.line for p in found] == [3, 4, 5, 6]
+
+
+def test_values_are_bounded(tmp_path: Path) -> None:
+    p = one_problem(tmp_path, f"input: 8x8x1\nlayers:\n  - fc: {MAX_INT + 1}\n")
+    assert "is too large" in p.message
+    with pytest.raises(ValueError, match="at most"):
+        parse_volume(f"{10 ** 40}x1x1")
+
+
+def test_duplicate_names(tmp_path: Path) -> None:
+    p = one_problem(tmp_path, """
+        input: 8x8x1
+        layers:
+          - name: features
+            conv: {filters: 2, size: 3, pad: 1}
+          - relu
+          - name: features
+            conv: {filters: 2, size: 3, pad: 1}
+        """)
+    assert p.message == ("layers[2]: the name 'features' is used twice (first at line "
+                         "3); names must be unique in a net")
+    assert p.line == 6
+
+
+def test_names_inside_repeats_get_the_pass_number(tmp_path: Path) -> None:
+    spec = load(tmp_path, """
+        input: 8x8x1
+        layers:
+          - repeat: 2
+            layers:
+              - name: block
+                conv: {filters: 2, size: 3, pad: 1}
+        """)
+    assert [n.name for n in walk(spec.layers)] == ["block_1", "block_2"]
+
+
+def test_repeat_that_would_exhaust_memory_is_refused_quickly(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    found = problems(tmp_path, """
+        input: 8x8x1
+        layers:
+          - repeat: 100000
+            layers:
+              - repeat: 100000
+                layers: [relu]
+        """)
+    assert time.perf_counter() - start < 5
+    assert any("the net expands to more than 100,000 layers" in p.message for p in found)
+
+
+def test_parse_spec_accepts_plain_python_data() -> None:
+    spec = parse_spec({"input": "5x5x3", "layers": [{"conv": {"filters": 2, "size": 3}}]})
+    assert spec.input == Volume(5, 5, 3) and spec.layers[0].filters == 2
+    with pytest.raises(SpecInvalid, match="filters: expected an integer"):
+        parse_spec({"input": "5x5x3", "layers": [{"conv": {"filters": "x", "size": 3}}]})
+
+
+# --------------------------------------------------------------------------- not a spec (exit 2)
+
+
+def test_yaml_python_tags_are_refused(tmp_path: Path) -> None:
+    message = spec_error(tmp_path, "!!python/object/apply:os.system ['echo pwned']\n")
+    assert "!!python/object/apply:os.system is not allowed" in message
+    message = spec_error(tmp_path, "input: !!python/object:os.system {a: 1}\nlayers: [relu]\n")
+    assert "line 1: the YAML tag !!python/object:os.system is not allowed" in message
+    message = spec_error(tmp_path, "input: !!python/name:os.system ''\nlayers: [relu]\n")
+    assert "python/name:os.system" in message
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    start = time.perf_counter()
+    message = spec_error(tmp_path, "\n".join(lines) + "\nlayers: *a8\n")
+    assert time.perf_counter() - start < 5
+    assert "expands to more than 200,000 nodes" in message
+
+
+def test_deeply_nested_yaml_is_refused(tmp_path: Path) -> None:
+    message = spec_error(tmp_path, "input: 8x8x1\nlayers: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert message.endswith("the YAML is nested too deeply")
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("", "the file is empty"),
+    ("# only a comment\n", "the file is empty"),
+    ("- relu\n- relu\n", "not a cnncli spec (expected a mapping with 'input' and 'layers')"),
+    ("just words\n", "not a cnncli spec"),
+    ("input: 8x8x1\n", "not a cnncli spec (no 'layers:' key"),
+    ("input: [8, 8\n", "not valid YAML"),
+    ("a: 1\n---\nb: 2\n", "not valid YAML"),
+    ("a: b: c\n", "not valid YAML at line 1"),
+    (b"input: 8x8x1\nlayers: [relu]\n\xff\xfe\n", "not a text file (not UTF-8)"),
+    ("input: 8x8x1\nlayers: [relu]\n\x00\n",
+     "not valid YAML at line 3: unacceptable character #x0000"),
+])
+def test_not_a_spec(tmp_path: Path, content: str | bytes, expected: str) -> None:
+    assert expected in spec_error(tmp_path, content)
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="no such file"):
+        load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match="is a directory"):
+        load_spec(tmp_path)
+
+
+def test_utf8_bom_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "bom.yaml"
+    path.write_text("input: 8x8x1\nlayers: [relu]\n", encoding="utf-8-sig")
+    assert load_spec(path).input == Volume(8, 8, 1)
+
+
+# --------------------------------------------------------------------------- exit codes via the CLI
+
+EXIT_CASES = [
+    ("valid", "input: 8x8x1\nlayers: [relu]\n", 0),
+    ("invalid net", "input: 10x10x1\nlayers:\n  - conv: {filters: 1, size: 3, stride: 2}\n", 1),
+    ("bad value", "input: 8x8x1\nlayers:\n  - conv: {filters: x, size: 3}\n", 1),
+    ("bare list input", "input: [8, 8, 1]\nlayers: [relu]\n", 1),
+    ("empty", "", 2),
+    ("a list", "[1, 2]\n", 2),
+    ("not yaml", "input: [\n", 2),
+    ("tag", "!!python/object/apply:os.system ['true']\n", 2),
+]
+
+
+@pytest.mark.parametrize("content, code", [c[1:] for c in EXIT_CASES],
+                         ids=[c[0] for c in EXIT_CASES])
+def test_exit_codes(tmp_path: Path, content: str, code: int) -> None:
+    path = tmp_path / "net.yaml"
+    path.write_text(content, encoding="utf-8")
+    result = runner.invoke(app, ["check", str(path)])
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    if code == 2:
+        assert result.stdout == ""
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+def test_exit_2_for_missing_file_and_directory(tmp_path: Path) -> None:
+    for target in (str(tmp_path / "nope.yaml"), str(tmp_path)):
+        result = runner.invoke(app, ["check", target])
+        assert result.exit_code == 2 and "Traceback" not in result.output
