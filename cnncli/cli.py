@@ -206,21 +206,12 @@ def list_architectures(
     out.print(table)
 
 
-# Commands that need the engine live in their own modules and import numba lazily.
-from cnncli import cli_engine  # noqa: E402
+# The other commands live in their own modules, each importing its heavy parts (numpy,
+# numba, the engine) inside the command, so `check` and `memory` stay fast.
+from cnncli import cli_engine, cli_memory, cli_slide, cli_train  # noqa: E402
 
-cli_engine.register(app)
-from cnncli import cli_memory  # noqa: E402
-
-cli_memory.register(app)
-
-from cnncli import cli_train  # noqa: E402
-
-cli_train.register(app)
-
-from cnncli import cli_slide  # noqa: E402
-
-cli_slide.register(app)
+for _module in (cli_engine, cli_memory, cli_train, cli_slide):
+    _module.register(app)
 
 
 def main() -> None:

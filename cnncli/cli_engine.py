@@ -33,9 +33,10 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
-        """Centred finite-difference gradient check in float64, layer by layer and for the
-        whole net; fails (exit 1) if any relative error exceeds 1e-6 or an analytic gradient
-        is identically zero where the numeric one is not."""
+        """Finite-difference gradient check in float64, every layer and the whole net.
+
+        Centred differences at sampled entries; fails (exit 1) if any relative error exceeds
+        1e-6 or an analytic gradient is identically zero where the numeric one is not."""
         import numpy as np
 
         from cnncli.gradcheck import THRESHOLD, check_network
@@ -95,8 +96,9 @@ def register(app: typer.Typer) -> None:
         = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
-        """Per-layer forward and backward time and GFLOP/s, like `caffe time`: find the slow
-        layer of any spec."""
+        """Per-layer forward and backward time and GFLOP/s, like `caffe time`.
+
+        Find the slow layer of any spec (plain chains of layers)."""
         from cnncli.profile import profile_layers
 
         net_spec = open_spec(spec)

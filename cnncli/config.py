@@ -1,0 +1,96 @@
+"""Thread and JIT settings for the Numba engine: the one place that decides thread counts.
+
+On this 2-core machine numba's thread pool and BLAS (the OpenBLAS of numpy and of
+scipy; numba's ``np.dot`` calls scipy's) must never both run several threads at once:
+idle threads spin and the measured slowdown is 2-3x. The engine's kernels call BLAS
+from inside ``prange`` bodies, so BLAS is pinned to one thread and numba owns the cores.
+For the rare large single GEMM done from plain Python (a big fully connected layer),
+``blas_threads`` lends the cores to BLAS for the duration of a ``with`` block.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+# Options shared by every @njit kernel. fastmath stays off: it lets LLVM reassociate
+# sums, which changes results in the last bits and buys nothing measurable here (the
+# heavy lifting is BLAS); gradient checks compare float64 results to ~1e-10.
+JIT_OPTIONS: dict[str, Any] = dict(cache=True, nogil=True, fastmath=False)
+PARALLEL_JIT_OPTIONS: dict[str, Any] = dict(JIT_OPTIONS, parallel=True)
+
+# Note: OpenBLAS picks its kernels from OPENBLAS_CORETYPE when numpy first loads it. This
+# machine's environment pins OPENBLAS_CORETYPE=Haswell (AVX2); unset, OpenBLAS detects the
+# EPYC's AVX-512 as SkylakeX and single-thread sgemm goes 113 -> 215 GFLOP/s (conv layers
+# ~1.7x faster). We leave that choice to whoever sets the environment.
+
+_configured: int | None = None
+_blas_limiter: Any = None  # keeps the threadpoolctl limiter (and its saved state) alive
+
+
+def _load_blas_libraries() -> None:
+    """Load the OpenBLAS copies threadpoolctl must see before it can limit them."""
+    import numpy  # noqa: F401  (numpy's OpenBLAS)
+
+    try:  # scipy's OpenBLAS: numba's np.dot calls it via scipy.linalg.cython_blas
+        import scipy.linalg.cython_blas  # noqa: F401
+    except ImportError:  # pragma: no cover - numba then has no np.dot anyway
+        pass
+
+
+def configure_threads(n: int | None = None) -> int:
+    """Give numba ``n`` threads (default: all cores) and BLAS one thread; return ``n``.
+
+    ``n`` is clamped to [1, NUMBA_NUM_THREADS] (the pool size fixed at numba import).
+    Safe to call again to change the count.
+    """
+    global _configured, _blas_limiter
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    if n is None:
+        n = os.cpu_count() or 1
+    n = max(1, min(int(n), int(numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
+    numba.set_num_threads(n)
+    _load_blas_libraries()
+    if _blas_limiter is None:
+        _blas_limiter = threadpool_limits(limits=1, user_api="blas")
+    else:
+        threadpool_limits(limits=1, user_api="blas")
+    _configured = n
+    return n
+
+
+def ensure_configured() -> int:
+    """Call ``configure_threads()`` once with defaults unless the caller already did."""
+    if _configured is None:
+        return configure_threads()
+    return _configured
+
+
+def num_threads() -> int:
+    """The numba thread count currently in force (configuring defaults if needed)."""
+    import numba
+
+    ensure_configured()
+    return int(numba.get_num_threads())
+
+
+@contextmanager
+def blas_threads(n: int | None = None) -> Iterator[int]:
+    """Let BLAS use ``n`` threads (default: the configured count) inside the block.
+
+    For a big GEMM called from Python while numba's pool is idle; BLAS goes back to one
+    thread on exit. Do not call numba parallel kernels inside the block.
+    """
+    from threadpoolctl import threadpool_limits
+
+    if n is None:
+        n = ensure_configured()
+    else:
+        ensure_configured()
+    _load_blas_libraries()
+    with threadpool_limits(limits=int(n), user_api="blas"):
+        yield int(n)

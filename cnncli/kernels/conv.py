@@ -1,0 +1,734 @@
+"""Convolution and locally connected kernels (forward and backward), NHWC, float32/float64.
+
+Public wrappers (plain Python: validate, allocate, call the @njit kernels):
+
+    conv2d_forward(x, w, b, stride, pad, dilation, groups, out_hw) -> y
+    conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True) -> (dx|None, dw, db)
+    local2d_forward(x, w, b, stride, pad, dilation, out_hw) -> y
+    local2d_backward(x, w, dy, stride, pad, dilation, need_dx=True) -> (dx|None, dw, db)
+
+Shapes: x[N, H, W, C], y/dy[N, OH, OW, K]. Conv weights OIHW ``w[K, C//groups, Fh, Fw]``,
+bias ``b[K]``; locally connected weights ``w[K, OH, OW, C, Fh, Fw]``, bias ``b[K, OH, OW]``.
+``stride``, ``pad`` (top/left zero padding), ``dilation`` are (h, w) int pairs; an input
+index outside [0, H) x [0, W) reads as zero, so bottom/right padding is implicit.
+``b`` may be None. ``db`` is always returned (accumulated in float64, cast to the dtype).
+Same semantics as ``torch.nn.functional.conv2d`` on NCHW.
+
+Design (measured on the 2-core target, see bench/bench_conv.py):
+
+* Conv (GEMM path): ``prange`` over a fixed number of chunks; each chunk walks its tasks
+  (an image, or a band of output rows of an image), builds that band's column matrix
+  ``cols[g, rows, Fh*Fw*Cg]`` (row order p, q, c: contiguous channel runs in NHWC; the
+  band is sized to stay in L2) and calls ``np.dot`` (single-threaded BLAS, see
+  cnncli.config) straight into ``y``. Groups: one GEMM per group on its slice.
+* Conv backward: chunks own whole images. dW/db accumulate into per-chunk partials that
+  are summed in chunk order at the end; dx is a GEMM into a column buffer then col2im
+  into the chunk's own images. No racy accumulation: results are bit-identical run to
+  run, and, because the chunk count is ``min(N, max(threads, 8))``, also across thread
+  counts up to 8.
+* Depthwise-like groups (C//groups * K//groups <= 8) use a direct loop kernel instead,
+  vectorised over groups (tiny per-group GEMMs are all call overhead).
+* Locally connected: forward and dW are one small GEMM per output position over the
+  batch (parallel over positions, no reduction needed); dx is parallel over chunks of
+  images, each scattering into its own images.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from cnncli.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, ensure_configured
+
+__all__ = [
+    "conv2d_forward",
+    "conv2d_backward",
+    "local2d_forward",
+    "local2d_backward",
+]
+
+# Column band target size in bytes (per chunk buffer; 2 MiB L2 per core on the target,
+# 1 MiB measured best, 256 KiB 10-20% slower).
+COL_BLOCK_BYTES = 1024 * 1024
+# Backward dW partial sums: at least this many chunks, so results do not depend on the
+# thread count (up to this many threads).
+MIN_CHUNKS = 8
+# Use the direct kernel when a group's GEMM would be this small (Cg * Kg).
+DIRECT_MAX_CG_KG = 8
+
+
+# ----------------------------------------------------------------------------------
+# njit helpers (called from inside prange bodies)
+# ----------------------------------------------------------------------------------
+
+
+@njit(**JIT_OPTIONS)
+def _q_range(j0, Fw, dw, W):
+    """Kernel columns q with 0 <= j0 + q * dw < W, as the half-open range [qlo, qhi)."""
+    qlo = 0
+    if j0 < 0:
+        qlo = (-j0 + dw - 1) // dw
+    qhi = Fw
+    if j0 + (Fw - 1) * dw >= W:
+        qhi = max(0, (W - 1 - j0) // dw + 1)
+    return min(qlo, qhi), qhi
+
+
+# Copies below go through 1-d views indexed by a range() variable: LLVM then knows the
+# index is non-negative, drops numba's wraparound check and vectorises the loop (flat
+# indexing with computed offsets measured 4-8x slower).
+
+
+@njit(**JIT_OPTIONS)
+def _im2col_band(x, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw, G, Cg, cols):
+    """cols[g, (i - r0) * OW + j, (p * Fw + q) * Cg + c] = x[n, ii, jj, g * Cg + c]."""
+    H = x.shape[1]
+    W = x.shape[2]
+    C = x.shape[3]
+    xf = x[n].reshape(H * W * C)
+    zero = x.dtype.type(0)
+    FwCg = Fw * Cg
+    for i in range(r0, r1):
+        for j in range(OW):
+            r = (i - r0) * OW + j
+            j0 = j * sw - pw
+            qlo, qhi = _q_range(j0, Fw, dw, W)
+            for g in range(G):
+                crow = cols[g, r]
+                for p in range(Fh):
+                    ii = i * sh - ph + p * dh
+                    dst = crow[p * FwCg:(p + 1) * FwCg]
+                    if ii < 0 or ii >= H:
+                        for t in range(FwCg):
+                            dst[t] = zero
+                        continue
+                    for t in range(qlo * Cg):
+                        dst[t] = zero
+                    for t in range(qhi * Cg, FwCg):
+                        dst[t] = zero
+                    if G == 1 and dw == 1:  # one contiguous run of (qhi - qlo) pixels
+                        L = (qhi - qlo) * C
+                        s0 = (ii * W + j0 + qlo) * C
+                        src = xf[s0:s0 + L]
+                        d = dst[qlo * C:qlo * C + L]
+                        for t in range(L):
+                            d[t] = src[t]
+                    else:
+                        for q in range(qlo, qhi):
+                            s0 = (ii * W + j0 + q * dw) * C + g * Cg
+                            src = xf[s0:s0 + Cg]
+                            d = dst[q * Cg:(q + 1) * Cg]
+                            for t in range(Cg):
+                                d[t] = src[t]
+
+
+@njit(**JIT_OPTIONS)
+def _col2im_band(dcols, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw, G, Cg, dx):
+    """Adjoint of _im2col_band: dx[n, ii, jj, g * Cg + c] += dcols[g, row, col]."""
+    H = dx.shape[1]
+    W = dx.shape[2]
+    C = dx.shape[3]
+    xf = dx[n].reshape(H * W * C)
+    FwCg = Fw * Cg
+    for i in range(r0, r1):
+        for j in range(OW):
+            r = (i - r0) * OW + j
+            j0 = j * sw - pw
+            qlo, qhi = _q_range(j0, Fw, dw, W)
+            for g in range(G):
+                crow = dcols[g, r]
+                for p in range(Fh):
+                    ii = i * sh - ph + p * dh
+                    if ii < 0 or ii >= H:
+                        continue
+                    src = crow[p * FwCg:(p + 1) * FwCg]
+                    if G == 1 and dw == 1:
+                        L = (qhi - qlo) * C
+                        s0 = (ii * W + j0 + qlo) * C
+                        d = xf[s0:s0 + L]
+                        sv = src[qlo * C:qlo * C + L]
+                        for t in range(L):
+                            d[t] += sv[t]
+                    else:
+                        for q in range(qlo, qhi):
+                            s0 = (ii * W + j0 + q * dw) * C + g * Cg
+                            d = xf[s0:s0 + Cg]
+                            sv = src[q * Cg:(q + 1) * Cg]
+                            for t in range(Cg):
+                                d[t] += sv[t]
+
+
+# ----------------------------------------------------------------------------------
+# conv, GEMM path
+# ----------------------------------------------------------------------------------
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nthreads, y):
+    """y[N, OH, OW, K] = conv(x, W2) (+ b); W2[G, Fh*Fw*Cg, Kg] rows ordered (p, q, c)."""
+    N = x.shape[0]
+    G = W2.shape[0]
+    kdim = W2.shape[1]
+    Kg = W2.shape[2]
+    Cg = x.shape[3] // G
+    OH = y.shape[1]
+    OW = y.shape[2]
+    K = y.shape[3]
+    nblk = (OH + rb - 1) // rb
+    ntask = N * nblk
+    T = min(nthreads, ntask)
+    y2 = y.reshape(N * OH * OW, K)
+    for t in prange(T):
+        t0 = t * ntask // T
+        t1 = (t + 1) * ntask // T
+        cols = np.empty((G, rb * OW, kdim), dtype=x.dtype)
+        tmp = np.empty((rb * OW, Kg), dtype=x.dtype)
+        for task in range(t0, t1):
+            n = task // nblk
+            r0 = (task % nblk) * rb
+            r1 = min(OH, r0 + rb)
+            rows = (r1 - r0) * OW
+            base = (n * OH + r0) * OW
+            _im2col_band(x, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw, G, Cg, cols)
+            out = y2[base:base + rows]
+            if G == 1:
+                np.dot(cols[0, :rows], W2[0], out)
+            else:
+                for g in range(G):
+                    tg = tmp[:rows]
+                    np.dot(cols[g, :rows], W2[g], tg)
+                    k0 = g * Kg
+                    for r in range(rows):
+                        dst = out[r, k0:k0 + Kg]
+                        src = tg[r]
+                        for k in range(Kg):
+                            dst[k] = src[k]
+            if has_bias:
+                for r in range(rows):
+                    orow = out[r]
+                    for k in range(K):
+                        orow[k] += b[k]
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _conv_bwd_gemm(x, W2, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, need_dx,
+                   dx, dWp, dbp):
+    """dWp[chunk, G, kdim, Kg] and dbp[chunk, K] (zeroed) get per-chunk partial sums;
+    dx (zeroed, when need_dx) gets the input gradient. Chunks own whole images."""
+    N = x.shape[0]
+    G = W2.shape[0]
+    kdim = W2.shape[1]
+    Kg = W2.shape[2]
+    Cg = x.shape[3] // G
+    OH = dy.shape[1]
+    OW = dy.shape[2]
+    K = dy.shape[3]
+    nblk = (OH + rb - 1) // rb
+    dy2 = dy.reshape(N * OH * OW, K)
+    for t in prange(nchunk):
+        n0 = t * N // nchunk
+        n1 = (t + 1) * N // nchunk
+        cols = np.empty((G, rb * OW, kdim), dtype=x.dtype)
+        dcols = np.empty((G, rb * OW, kdim), dtype=x.dtype)
+        dyg = np.empty((rb * OW, Kg), dtype=x.dtype)
+        tw = np.empty((kdim, Kg), dtype=x.dtype)
+        for n in range(n0, n1):
+            for blk in range(nblk):
+                r0 = blk * rb
+                r1 = min(OH, r0 + rb)
+                rows = (r1 - r0) * OW
+                base = (n * OH + r0) * OW
+                dyb = dy2[base:base + rows]
+                dbt = dbp[t]
+                for r in range(rows):
+                    drow = dyb[r]
+                    for k in range(K):
+                        dbt[k] += drow[k]
+                _im2col_band(x, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw, G, Cg, cols)
+                for g in range(G):
+                    if G == 1:
+                        d = dyb
+                    else:
+                        d = dyg[:rows]
+                        k0 = g * Kg
+                        for r in range(rows):
+                            dst = d[r]
+                            src = dyb[r, k0:k0 + Kg]
+                            for k in range(Kg):
+                                dst[k] = src[k]
+                    np.dot(cols[g, :rows].T, d, tw)
+                    acc = dWp[t, g].reshape(kdim * Kg)
+                    twf = tw.reshape(kdim * Kg)
+                    for a in range(kdim * Kg):
+                        acc[a] += twf[a]
+                    if need_dx:
+                        np.dot(d, W2[g].T, dcols[g, :rows])
+                if need_dx:
+                    _col2im_band(dcols, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw,
+                                 G, Cg, dx)
+
+
+# ----------------------------------------------------------------------------------
+# conv, direct path (depthwise and other tiny groups)
+# ----------------------------------------------------------------------------------
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _conv_fwd_direct(x, Wd, b, has_bias, sh, sw, ph, pw, dh, dw, nthreads, y):
+    """Wd[Fh, Fw, Cg, Kg, G]; y[n, i, j, g*Kg + t] = sum x[n, ii, jj, g*Cg + c] Wd[p,q,c,t,g].
+
+    Innermost loops run over the groups through 1-d views (contiguous when Cg == Kg == 1,
+    i.e. depthwise), so they vectorise.
+    """
+    N, H, W, _ = x.shape
+    Fh, Fw, Cg, Kg, G = Wd.shape
+    OH = y.shape[1]
+    OW = y.shape[2]
+    ntask = N * OH
+    T = min(nthreads, ntask)
+    for t in prange(T):
+        acc = np.empty((Kg, G), dtype=x.dtype)
+        for task in range(t * ntask // T, (t + 1) * ntask // T):
+            n = task // OH
+            i = task % OH
+            for j in range(OW):
+                for tk in range(Kg):
+                    arow = acc[tk]
+                    for g in range(G):
+                        arow[g] = b[g * Kg + tk] if has_bias else 0
+                for p in range(Fh):
+                    ii = i * sh - ph + p * dh
+                    if ii < 0 or ii >= H:
+                        continue
+                    for q in range(Fw):
+                        jj = j * sw - pw + q * dw
+                        if jj < 0 or jj >= W:
+                            continue
+                        xrow = x[n, ii, jj]
+                        for tk in range(Kg):
+                            arow = acc[tk]
+                            for c in range(Cg):
+                                wv = Wd[p, q, c, tk]
+                                if Cg == 1:
+                                    for g in range(G):
+                                        arow[g] += xrow[g] * wv[g]
+                                else:
+                                    for g in range(G):
+                                        arow[g] += xrow[g * Cg + c] * wv[g]
+                yrow = y[n, i, j]
+                for tk in range(Kg):
+                    arow = acc[tk]
+                    for g in range(G):
+                        yrow[g * Kg + tk] = arow[g]
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _conv_bwd_direct(x, Wd, dy, sh, sw, ph, pw, dh, dw, nchunk, need_dx, dx, dWp, dbp):
+    """Adjoint of _conv_fwd_direct; dWp[chunk, Fh, Fw, Cg, Kg, G], dbp[chunk, K] partials."""
+    N, H, W, _ = x.shape
+    Fh, Fw, Cg, Kg, G = Wd.shape
+    OH = dy.shape[1]
+    OW = dy.shape[2]
+    K = dy.shape[3]
+    for t in prange(nchunk):
+        dbt = dbp[t]
+        dyt = np.empty((Kg, G), dtype=dy.dtype)
+        for n in range(t * N // nchunk, (t + 1) * N // nchunk):
+            for i in range(OH):
+                for j in range(OW):
+                    dyrow = dy[n, i, j]
+                    for k in range(K):
+                        dbt[k] += dyrow[k]
+                    for tk in range(Kg):  # regroup dy[.., g*Kg + tk] as dyt[tk, g]
+                        drow = dyt[tk]
+                        for g in range(G):
+                            drow[g] = dyrow[g * Kg + tk]
+                    for p in range(Fh):
+                        ii = i * sh - ph + p * dh
+                        if ii < 0 or ii >= H:
+                            continue
+                        for q in range(Fw):
+                            jj = j * sw - pw + q * dw
+                            if jj < 0 or jj >= W:
+                                continue
+                            xrow = x[n, ii, jj]
+                            dxrow = dx[n, ii, jj] if need_dx else dx[0, 0, 0]  # dummy dx
+                            for tk in range(Kg):
+                                drow = dyt[tk]
+                                for c in range(Cg):
+                                    dwrow = dWp[t, p, q, c, tk]
+                                    wv = Wd[p, q, c, tk]
+                                    if Cg == 1:
+                                        for g in range(G):
+                                            dwrow[g] += drow[g] * xrow[g]
+                                        if need_dx:
+                                            for g in range(G):
+                                                dxrow[g] += drow[g] * wv[g]
+                                    else:
+                                        for g in range(G):
+                                            dwrow[g] += drow[g] * xrow[g * Cg + c]
+                                        if need_dx:
+                                            for g in range(G):
+                                                dxrow[g * Cg + c] += drow[g] * wv[g]
+
+
+# ----------------------------------------------------------------------------------
+# locally connected
+# ----------------------------------------------------------------------------------
+
+
+@njit(**JIT_OPTIONS)
+def _gather_patches(x, i, j, Fh, Fw, sh, sw, ph, pw, dh, dw, patch):
+    """patch[n, (p * Fw + q) * C + c] = x[n, i*sh - ph + p*dh, j*sw - pw + q*dw, c]."""
+    N, H, W, C = x.shape
+    zero = x.dtype.type(0)
+    for n in range(N):
+        for p in range(Fh):
+            ii = i * sh - ph + p * dh
+            for q in range(Fw):
+                jj = j * sw - pw + q * dw
+                off = (p * Fw + q) * C
+                if ii >= 0 and ii < H and jj >= 0 and jj < W:
+                    for c in range(C):
+                        patch[n, off + c] = x[n, ii, jj, c]
+                else:
+                    for c in range(C):
+                        patch[n, off + c] = zero
+
+
+@njit(**JIT_OPTIONS)
+def _local_w_at(w, i, j, Wt):
+    """Wt[k, (p * Fw + q) * C + c] = w[k, i, j, c, p, q] (one position's weights, in cache)."""
+    K = w.shape[0]
+    C = w.shape[3]
+    Fh = w.shape[4]
+    Fw = w.shape[5]
+    for k in range(K):
+        src = w[k, i, j]
+        dst = Wt[k]
+        for c in range(C):
+            for p in range(Fh):
+                for q in range(Fw):
+                    dst[(p * Fw + q) * C + c] = src[c, p, q]
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _local_fwd(x, w, b, has_bias, sh, sw, ph, pw, dh, dw, nthreads, y):
+    """w[K, OH, OW, C, Fh, Fw], b[K, OH, OW]; y[N, OH, OW, K]. Parallel over positions."""
+    N = x.shape[0]
+    K, OH, OW, C, Fh, Fw = w.shape
+    kdim = Fh * Fw * C
+    P = OH * OW
+    T = min(nthreads, P)
+    for t in prange(T):
+        patch = np.empty((N, kdim), dtype=x.dtype)
+        Wt = np.empty((K, kdim), dtype=x.dtype)
+        out = np.empty((N, K), dtype=x.dtype)
+        for pos in range(t * P // T, (t + 1) * P // T):
+            i = pos // OW
+            j = pos % OW
+            _gather_patches(x, i, j, Fh, Fw, sh, sw, ph, pw, dh, dw, patch)
+            _local_w_at(w, i, j, Wt)
+            np.dot(patch, Wt.T, out)
+            for n in range(N):
+                orow = out[n]
+                yrow = y[n, i, j]
+                for k in range(K):
+                    yrow[k] = orow[k] + b[k, i, j] if has_bias else orow[k]
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _local_bwd_w(x, dy, sh, sw, ph, pw, dh, dw, nthreads, dwt, db):
+    """dwt[K, OH, OW, C, Fh, Fw] and db[K, OH, OW] (float64, zeroed); parallel over
+    positions (each owns its weights: no reduction across threads)."""
+    N = x.shape[0]
+    K, OH, OW, C, Fh, Fw = dwt.shape
+    kdim = Fh * Fw * C
+    P = OH * OW
+    T = min(nthreads, P)
+    for t in prange(T):
+        patch = np.empty((N, kdim), dtype=x.dtype)
+        d = np.empty((N, K), dtype=x.dtype)
+        g = np.empty((K, kdim), dtype=x.dtype)
+        for pos in range(t * P // T, (t + 1) * P // T):
+            i = pos // OW
+            j = pos % OW
+            _gather_patches(x, i, j, Fh, Fw, sh, sw, ph, pw, dh, dw, patch)
+            for n in range(N):
+                src = dy[n, i, j]
+                drow = d[n]
+                for k in range(K):
+                    drow[k] = src[k]
+                    db[k, i, j] += src[k]
+            np.dot(d.T, patch, g)
+            for k in range(K):
+                dst = dwt[k, i, j]
+                grow = g[k]
+                for c in range(C):
+                    for p in range(Fh):
+                        for q in range(Fw):
+                            dst[c, p, q] = grow[(p * Fw + q) * C + c]
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _local_bwd_x(w, dy, sh, sw, ph, pw, dh, dw, nchunk, dx):
+    """dx[N, H, W, C] (zeroed) += scatter of dy[n, i, j, :] @ w[:, i, j]; chunks own images
+    (so the result does not depend on the chunking)."""
+    N, H, W, C = dx.shape
+    K, OH, OW, _, Fh, Fw = w.shape
+    kdim = Fh * Fw * C
+    for t in prange(nchunk):
+        n0 = t * N // nchunk
+        n1 = (t + 1) * N // nchunk
+        m = n1 - n0
+        d = np.empty((m, K), dtype=dx.dtype)
+        dp = np.empty((m, kdim), dtype=dx.dtype)
+        Wt = np.empty((K, kdim), dtype=dx.dtype)
+        for i in range(OH):
+            for j in range(OW):
+                for a in range(m):
+                    src = dy[n0 + a, i, j]
+                    drow = d[a]
+                    for k in range(K):
+                        drow[k] = src[k]
+                _local_w_at(w, i, j, Wt)
+                np.dot(d, Wt, dp)
+                for p in range(Fh):
+                    ii = i * sh - ph + p * dh
+                    if ii < 0 or ii >= H:
+                        continue
+                    for q in range(Fw):
+                        jj = j * sw - pw + q * dw
+                        if jj < 0 or jj >= W:
+                            continue
+                        off = (p * Fw + q) * C
+                        for a in range(m):
+                            dst = dx[n0 + a, ii, jj]
+                            src = dp[a, off:off + C]
+                            for c in range(C):
+                                dst[c] += src[c]
+
+
+# ----------------------------------------------------------------------------------
+# Python wrappers
+# ----------------------------------------------------------------------------------
+
+
+def _pair(v, name):
+    try:
+        a, b = (int(t) for t in v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair of ints, got {v!r}") from None
+    return a, b
+
+
+def _check_x(x):
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"x must be NHWC (4-d), got shape {x.shape}")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+    return np.ascontiguousarray(x)
+
+
+def _as(a, dtype, name):
+    a = np.asarray(a)
+    if a.dtype != dtype:
+        raise TypeError(f"{name} has dtype {a.dtype}, expected {dtype} (same as x)")
+    return np.ascontiguousarray(a)
+
+
+def _geometry(stride, pad, dilation):
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(pad, "pad")
+    dh, dw = _pair(dilation, "dilation")
+    if sh < 1 or sw < 1 or dh < 1 or dw < 1 or ph < 0 or pw < 0:
+        raise ValueError(f"bad geometry stride={stride} pad={pad} dilation={dilation}")
+    return sh, sw, ph, pw, dh, dw
+
+
+def _check_conv_w(x, w, groups):
+    w = _as(w, x.dtype, "w")
+    if w.ndim != 4:
+        raise ValueError(f"conv weight must be OIHW (4-d), got shape {w.shape}")
+    G = int(groups)
+    C = x.shape[3]
+    K, Cg, Fh, Fw = w.shape
+    if G < 1 or C % G or K % G or Cg != C // G:
+        raise ValueError(
+            f"groups={groups}: need C={C} and K={K} divisible by groups and "
+            f"w.shape[1] == C // groups, got w.shape={w.shape}"
+        )
+    return w, G
+
+
+def _use_direct(Cg, Kg, G):
+    return G > 1 and Cg * Kg <= DIRECT_MAX_CG_KG
+
+
+def _gemm_weights(w, G):
+    """OIHW -> W2[G, Fh*Fw*Cg, Kg] with rows ordered (p, q, c)."""
+    K, Cg, Fh, Fw = w.shape
+    Kg = K // G
+    return np.ascontiguousarray(
+        w.reshape(G, Kg, Cg, Fh, Fw).transpose(0, 3, 4, 2, 1).reshape(G, Fh * Fw * Cg, Kg)
+    )
+
+
+def _direct_weights(w, G):
+    """OIHW -> Wd[Fh, Fw, Cg, Kg, G]."""
+    K, Cg, Fh, Fw = w.shape
+    return np.ascontiguousarray(w.reshape(G, K // G, Cg, Fh, Fw).transpose(3, 4, 2, 1, 0))
+
+
+def _band_rows(OH, OW, G, kdim, itemsize):
+    per_row = max(1, OW * G * kdim * itemsize)
+    return max(1, min(OH, COL_BLOCK_BYTES // per_row))
+
+
+def _threads():
+    return int(numba.get_num_threads())
+
+
+def _nchunk(N):
+    return max(1, min(N, max(_threads(), MIN_CHUNKS)))
+
+
+def _out_hw(out_hw):
+    OH, OW = _pair(out_hw, "out_hw")
+    if OH < 1 or OW < 1:
+        raise ValueError(f"out_hw must be positive, got {out_hw}")
+    return OH, OW
+
+
+def conv2d_forward(x, w, b, stride, pad, dilation, groups, out_hw):
+    """y[N, OH, OW, K] = conv2d(x[N, H, W, C], w[K, C//groups, Fh, Fw]) + b[K]."""
+    ensure_configured()
+    x = _check_x(x)
+    w, G = _check_conv_w(x, w, groups)
+    sh, sw, ph, pw, dh, dw = _geometry(stride, pad, dilation)
+    OH, OW = _out_hw(out_hw)
+    N = x.shape[0]
+    K, Cg, Fh, Fw = w.shape
+    has_bias = b is not None
+    bb = _as(b, x.dtype, "b").reshape(-1) if has_bias else np.zeros(K, x.dtype)
+    if bb.shape != (K,):
+        raise ValueError(f"bias must have shape ({K},), got {np.shape(b)}")
+    y = np.empty((N, OH, OW, K), dtype=x.dtype)
+    if N == 0:
+        return y
+    if _use_direct(Cg, K // G, G):
+        Wd = _direct_weights(w, G)
+        _conv_fwd_direct(x, Wd, bb, has_bias, sh, sw, ph, pw, dh, dw, _threads(), y)
+    else:
+        W2 = _gemm_weights(w, G)
+        rb = _band_rows(OH, OW, G, W2.shape[1], x.itemsize)
+        _conv_fwd_gemm(x, W2, bb, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, _threads(), y)
+    return y
+
+
+def conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True):
+    """Gradients of conv2d_forward: (dx[N,H,W,C] or None, dw[K,C//g,Fh,Fw], db[K])."""
+    ensure_configured()
+    x = _check_x(x)
+    w, G = _check_conv_w(x, w, groups)
+    sh, sw, ph, pw, dh, dw = _geometry(stride, pad, dilation)
+    dy = _as(dy, x.dtype, "dy")
+    N = x.shape[0]
+    K, Cg, Fh, Fw = w.shape
+    Kg = K // G
+    if dy.ndim != 4 or dy.shape[0] != N or dy.shape[3] != K:
+        raise ValueError(f"dy must have shape (N={N}, OH, OW, K={K}), got {dy.shape}")
+    OH, OW = dy.shape[1], dy.shape[2]
+    dx = np.zeros_like(x) if need_dx else np.zeros((1, 1, 1, 1), x.dtype)
+    nchunk = _nchunk(N)
+    dbp = np.zeros((nchunk, K), dtype=np.float64)
+    if N == 0 or OH == 0 or OW == 0:
+        dwt = np.zeros_like(w)
+    elif _use_direct(Cg, Kg, G):
+        Wd = _direct_weights(w, G)
+        dWp = np.zeros((nchunk,) + Wd.shape, dtype=x.dtype)
+        _conv_bwd_direct(x, Wd, dy, sh, sw, ph, pw, dh, dw, nchunk, bool(need_dx), dx, dWp,
+                         dbp)
+        dWd = _sum_chunks(dWp)  # [Fh, Fw, Cg, Kg, G]
+        dwt = np.ascontiguousarray(dWd.transpose(4, 3, 2, 0, 1).reshape(K, Cg, Fh, Fw))
+    else:
+        W2 = _gemm_weights(w, G)
+        kdim = W2.shape[1]
+        rb = _band_rows(OH, OW, G, kdim, x.itemsize)
+        dWp = np.zeros((nchunk, G, kdim, Kg), dtype=x.dtype)
+        _conv_bwd_gemm(x, W2, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, bool(need_dx),
+                       dx, dWp, dbp)
+        dW2 = _sum_chunks(dWp)  # [G, (p, q, c), Kg]
+        dwt = np.ascontiguousarray(
+            dW2.reshape(G, Fh, Fw, Cg, Kg).transpose(0, 4, 3, 1, 2).reshape(K, Cg, Fh, Fw)
+        )
+    db = dbp.sum(axis=0).astype(x.dtype)
+    return (dx if need_dx else None), dwt, db
+
+
+def _sum_chunks(parts):
+    """Sum per-chunk partials in chunk order (deterministic)."""
+    out = parts[0].copy()
+    for t in range(1, parts.shape[0]):
+        out += parts[t]
+    return out
+
+
+def _check_local_w(x, w, out_hw):
+    w = _as(w, x.dtype, "w")
+    if w.ndim != 6:
+        raise ValueError(f"local weight must be [K, OH, OW, C, Fh, Fw], got shape {w.shape}")
+    if w.shape[3] != x.shape[3]:
+        raise ValueError(f"local weight has C={w.shape[3]}, input has C={x.shape[3]}")
+    if out_hw is not None and tuple(w.shape[1:3]) != tuple(out_hw):
+        raise ValueError(f"local weight is for output {w.shape[1:3]}, out_hw={out_hw}")
+    return w
+
+
+def local2d_forward(x, w, b, stride, pad, dilation, out_hw):
+    """Locally connected layer: y[N, OH, OW, K], weights w[K, OH, OW, C, Fh, Fw],
+    bias b[K, OH, OW] (or None)."""
+    ensure_configured()
+    x = _check_x(x)
+    OH, OW = _out_hw(out_hw)
+    w = _check_local_w(x, w, (OH, OW))
+    sh, sw, ph, pw, dh, dw = _geometry(stride, pad, dilation)
+    N = x.shape[0]
+    K, _, _, C, Fh, Fw = w.shape
+    has_bias = b is not None
+    if has_bias:
+        bb = _as(b, x.dtype, "b")
+        if bb.shape != (K, OH, OW):
+            raise ValueError(f"local bias must have shape {(K, OH, OW)}, got {bb.shape}")
+    else:
+        bb = np.zeros((1, 1, 1), x.dtype)
+    y = np.empty((N, OH, OW, K), dtype=x.dtype)
+    if N == 0:
+        return y
+    _local_fwd(x, w, bb, has_bias, sh, sw, ph, pw, dh, dw, _threads(), y)
+    return y
+
+
+def local2d_backward(x, w, dy, stride, pad, dilation, need_dx=True):
+    """Gradients of local2d_forward: (dx or None, dw[K, OH, OW, C, Fh, Fw], db[K, OH, OW])."""
+    ensure_configured()
+    x = _check_x(x)
+    w = _check_local_w(x, w, None)
+    sh, sw, ph, pw, dh, dw = _geometry(stride, pad, dilation)
+    dy = _as(dy, x.dtype, "dy")
+    N = x.shape[0]
+    K, OH, OW, C, Fh, Fw = w.shape
+    if dy.shape != (N, OH, OW, K):
+        raise ValueError(f"dy must have shape {(N, OH, OW, K)}, got {dy.shape}")
+    dwt = np.zeros_like(w)
+    dbl = np.zeros((K, OH, OW), dtype=np.float64)
+    dx = np.zeros_like(x) if need_dx else None
+    if N > 0:
+        _local_bwd_w(x, dy, sh, sw, ph, pw, dh, dw, _threads(), dwt, dbl)
+        if dx is not None:
+            nchunk = max(1, min(N, _threads()))  # chunks own images: any count gives the same bits
+            _local_bwd_x(w, dy, sh, sw, ph, pw, dh, dw, nchunk, dx)
+    db = dbl.astype(x.dtype)
+    return dx, dwt, db
