@@ -1,0 +1,214 @@
+"""`cnncli memory`: will this net fit, and where does the memory go?
+
+The estimate (cnncli.memory) is pure Python: no numpy, no numba. Only `--measure`
+imports the engine, inside the command.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cnncli.cli import InputOpt, RoundingOpt, SpecArg, err, fail, input_override, open_spec, out
+from cnncli.memory import (
+    SHORT,
+    MemoryOptionError,
+    MemoryReport,
+    default_threads,
+    estimate,
+    largest_batch,
+    parse_bytes,
+)
+from cnncli.spec import SpecInvalid
+
+
+class Mode(StrEnum):
+    train = "train"
+    infer = "infer"
+
+
+class Dtype(StrEnum):
+    float32 = "float32"
+    float64 = "float64"
+    float16 = "float16"
+
+
+class Optimizer(StrEnum):
+    sgd = "sgd"
+    momentum = "momentum"
+    nesterov = "nesterov"
+    adagrad = "adagrad"
+    rmsprop = "rmsprop"
+    adam = "adam"
+
+
+class MemFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def size(n: float) -> str:
+    """Binary units, stated: 1 KiB = 1024 bytes, 1 MiB = 2**20, 1 GiB = 2**30."""
+    for factor, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f} {suffix}"
+    return f"{n:.0f} B"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def memory(
+        spec: SpecArg,
+        batch: Annotated[int, typer.Option(help="Images per step.", min=1)] = 64,
+        mode: Annotated[Mode, typer.Option(
+            help="train: one training step; infer: a forward pass that keeps only the live "
+                 "activations (the notes' test-time trick).")] = Mode.train,
+        optimizer: Annotated[Optimizer, typer.Option(
+            help="State per parameter: sgd none, momentum/nesterov/adagrad/rmsprop 1x, "
+                 "adam 2x.")] = Optimizer.momentum,
+        dtype: Annotated[Dtype, typer.Option(
+            help="Bytes per number: float32 4, float64 8, float16 2.")] = Dtype.float32,
+        budget: Annotated[Optional[str], typer.Option(
+            help="Find the largest batch whose peak fits, e.g. 12GiB, 512MiB, 8GB.")] = None,
+        threads: Annotated[Optional[int], typer.Option(
+            help="Engine threads (per-thread work buffers); default: all cores.",
+            min=1)] = None,
+        input: InputOpt = None,
+        rounding: RoundingOpt = None,
+        fmt: Annotated[MemFormat, typer.Option("--format", "-f", help="table | json")]
+        = MemFormat.table,
+        measure: Annotated[bool, typer.Option(
+            "--measure", help="Also run one real step of the engine on random data and "
+                              "report its measured peak (tracemalloc) next to the "
+                              "estimate.")] = False,
+    ) -> None:
+        """Itemised memory of a training step or inference pass; the peak and a budget.
+
+        Input, activations kept
+        for backward, their gradients at the worst moment, parameters, their gradients,
+        optimizer state, workspace; the total, and the peak at one moment."""
+        net = open_spec(spec)
+        volume = input_override(input)
+        mode_s = rounding.value if rounding else None
+        n_threads = threads or default_threads()
+        fit: dict[str, Any] | None = None
+        try:
+            if budget is not None:
+                limit = parse_bytes(budget)
+                best, best_peak, next_peak = largest_batch(
+                    net, limit, dtype.value, optimizer.value, mode.value, n_threads, volume,
+                    mode_s)
+                fit = {"budget": budget, "budget_bytes": limit, "largest_batch": best,
+                       "peak_bytes": best_peak, "next_batch_peak_bytes": next_peak}
+                if best == 0:
+                    fit["peak_bytes"] = None
+                else:
+                    batch = best
+            report = estimate(net, batch, dtype.value, optimizer.value, mode.value, n_threads,
+                              volume, mode_s)
+        except MemoryOptionError as exc:
+            fail(str(exc), 2)
+        except SpecInvalid as exc:
+            fail(f"{spec} is not valid at {volume or net.input}: {exc.problems[0].message} "
+                 "(see `cnncli check`)", 1)
+        measured: dict[str, Any] | None = None
+        if measure and (fit is None or fit["largest_batch"]):
+            from cnncli.measure import MeasureError
+            from cnncli.measure import measure as run_measure
+            try:
+                measured = run_measure(net, batch, dtype.value, optimizer.value, mode.value,
+                                       threads, volume, mode_s)
+            except MeasureError as exc:
+                fail(str(exc), 2)
+            measured["estimate_error"] = report.peak / measured["peak_bytes"] - 1
+        if fmt is MemFormat.json:
+            data = report.as_dict()
+            if fit is not None:
+                data["budget"] = fit
+            if measured is not None:
+                data["measured"] = measured
+            print(json.dumps(data, indent=2))
+        else:
+            print_memory(out, report, fit, measured)
+        if fit is not None and fit["largest_batch"] == 0:
+            need = size(fit["next_batch_peak_bytes"])
+            err.print(f"[bold red]does not fit:[/] one image needs {need} at its peak, "
+                      f"more than {budget}")
+            raise typer.Exit(1)
+
+
+def print_memory(console: Console, r: MemoryReport, fit: dict[str, Any] | None = None,
+                 measured: dict[str, Any] | None = None) -> None:
+    what = "training step" if r.mode == "train" else "inference (forward only, test time)"
+    opt = f", {r.optimizer}" if r.optimizer else ""
+    console.print(f"[bold]{r.name}[/] {r.input}: {what}, batch {r.batch}, {r.dtype} "
+                  f"({r.bytes_per_number} bytes per number){opt}, {r.threads} threads")
+    if fit is not None:
+        if fit["largest_batch"]:
+            nxt = (f"; batch {fit['largest_batch'] + 1} needs "
+                   f"{size(fit['next_batch_peak_bytes'])}" if fit["next_batch_peak_bytes"]
+                   else "")
+            console.print(f"[bold green]largest batch that fits in {fit['budget']} "
+                          f"({size(fit['budget_bytes'])}): {fit['largest_batch']}[/] "
+                          f"(peak {size(fit['peak_bytes'])}{nxt})")
+        else:
+            console.print(f"[bold red]not even one image fits in {fit['budget']}[/]")
+    table = Table(header_style="bold", box=None, pad_edge=False)
+    table.add_column("item")
+    table.add_column("numbers", justify="right")
+    table.add_column("per image", justify="right")
+    table.add_column(f"batch of {r.batch}", justify="right")
+    for it in r.items:
+        table.add_row(it.label, f"{it.numbers:,}",
+                      size(it.bytes_per_image) if it.bytes_per_image else "-", size(it.bytes))
+    table.add_section()
+    table.add_row("total (each item at its own peak)", "", "", size(r.total))
+    table.add_row(f"[bold]peak (most alive at one moment: {r.peak_where})[/]", "", "",
+                  f"[bold]{size(r.peak)}[/]")
+    console.print(table)
+    short = dict(SHORT, flight="live activations") if r.mode == "infer" else SHORT
+    parts = [f"{short[k]} {size(v)}" for k, v in r.peak_parts.items() if v]
+    console.print("at the peak: " + " + ".join(parts))
+    if measured is not None:
+        console.print(f"[bold]measured peak: {size(measured['peak_bytes'])}[/] (tracemalloc, "
+                      f"one real step of the engine on random data, {measured['threads']} "
+                      f"threads); estimate {size(r.peak)}: "
+                      f"{measured['estimate_error']:+.1%}")
+    if r.rules:
+        console.print()
+        rules = Table(title="the notes' rules of thumb, next to the exact items",
+                      title_justify="left", header_style="bold", box=None, pad_edge=False)
+        rules.add_column("rule")
+        rules.add_column("rule gives", justify="right")
+        rules.add_column("exact", justify="right")
+        rules.add_column("exact is")
+        for rule in r.rules:
+            rules.add_row(rule["rule"], size(rule["bytes"]),
+                          size(rule["exact"]) if "exact" in rule else "",
+                          rule.get("exact_is", f"{rule.get('numbers_per_image', 0):,} numbers "
+                                               "per image"))
+        console.print(rules)
+    console.print()
+    layers = Table(title="per layer (kept: what the layer allocates that backward reads; "
+                   "parameters: with gradients and optimizer state)", title_justify="left",
+                   header_style="bold", box=None, pad_edge=False)
+    for title, justify in (("layer", "left"), ("type", "left"), ("output", "right"),
+                           ("kept", "left"), ("kept/image", "right"),
+                           (f"kept, batch {r.batch}", "right"), ("parameters", "right"),
+                           ("param. memory", "right"), ("workspace", "right")):
+        layers.add_column(title, justify=justify)  # type: ignore[arg-type]
+    for lm in r.layers:
+        layers.add_row("  " * lm.depth + lm.name, lm.kind, lm.output, ", ".join(lm.kept),
+                       size(lm.kept_bytes_per_image) if lm.kept_bytes else "",
+                       size(lm.kept_bytes) if lm.kept_bytes else "",
+                       f"{lm.parameters:,}" if lm.parameters else "",
+                       size(lm.parameter_bytes) if lm.parameters else "",
+                       size(lm.workspace_bytes) if lm.workspace_bytes else "")
+    console.print(layers)
+    for note in r.notes:
+        console.print(f"- {note}")
