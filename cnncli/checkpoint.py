@@ -1,0 +1,176 @@
+"""Checkpoints as `.npz` files (no pickle), written atomically.
+
+A checkpoint holds everything a run needs to continue bit for bit:
+
+| npz entry            | what                                                           |
+|----------------------|----------------------------------------------------------------|
+| `weights/NAME`       | parameters and buffers, PyTorch names and layouts              |
+| `optim/SLOT/NAME`    | optimizer state arrays (velocity, caches, moments)             |
+| `norm/mean`, `norm/std` | per-channel normalisation of the training set, [C] float32  |
+| `meta`               | one JSON string (below)                                        |
+
+`meta` holds the format and version, the spec's sha256 and text, the training config,
+the position (epochs completed, batches into the next), the RNG states, the optimizer's
+step count and lr, the metric history and the best result so far.
+
+It is written to a temporary file in the same directory, flushed and fsync'd, then
+`os.replace`d over the old one: a kill at any moment leaves either the old or the new
+checkpoint, never half of one. Loading checks the format and, when asked, that the
+checkpoint was trained on the same spec text (sha256).
+
+`export_npz` writes the weights alone (`NAME` -> array, PyTorch layouts: conv
+[K, D/groups, Fh, Fw], fc [units, D*H*W] over a (depth, height, width) flattening), so
+
+    sd = {k: torch.from_numpy(v) for k, v in np.load("w.npz").items()}
+    module.load_state_dict(sd)
+
+works for a torch module whose attributes carry the same names (e.g. `conv1`, `fc1`).
+BatchNorm layers also get PyTorch's `NAME.num_batches_tracked` (the training step count),
+so a strict `load_state_dict` accepts them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "cnncli-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be read or does not fit; the message is one line naming the file."""
+
+
+def spec_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Checkpoint:
+    weights: dict[str, np.ndarray]
+    optimizer: dict[str, np.ndarray]
+    mean: np.ndarray
+    std: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed."""
+        return int(self.meta.get("position", {}).get("epoch", 0))
+
+
+def _atomic_write(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # make the rename itself durable (best effort: not every file system allows this)
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {f"weights/{k}": v for k, v in ckpt.weights.items()}
+    arrays.update({f"optim/{k}": v for k, v in ckpt.optimizer.items()})
+    arrays["norm/mean"] = np.asarray(ckpt.mean, dtype=np.float32)
+    arrays["norm/std"] = np.asarray(ckpt.std, dtype=np.float32)
+    meta = dict(ckpt.meta, format=FORMAT, version=VERSION)
+    arrays["meta"] = np.array(json.dumps(meta))
+    _atomic_write(path, arrays)
+    return path
+
+
+def load_checkpoint(path: str | Path, spec_text: str | None = None,
+                    spec_source: str = "the spec") -> Checkpoint:
+    """Read a checkpoint; with `spec_text`, refuse one trained on another spec."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory; pass a checkpoint file such as "
+                              f"{path / 'last.npz'}")
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if magic != b"PK\x03\x04":
+        raise CheckpointError(f"{path}: not a checkpoint (not an .npz archive: it does not "
+                              "start with a zip header)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            entries = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated .npz: "
+                              f"{exc})") from None
+    if "meta" not in entries:
+        hint = " (an exported weights file? eval needs a training checkpoint)" if any(
+            "." in k for k in entries) else ""
+        raise CheckpointError(f"{path}: not a cnncli checkpoint (no 'meta' entry){hint}")
+    try:
+        meta = json.loads(str(entries.pop("meta")))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a cnncli checkpoint (format is "
+                              f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {meta.get('version')} is not "
+                              f"supported (this cnncli reads version {VERSION})")
+    if "norm/mean" not in entries or "norm/std" not in entries:
+        raise CheckpointError(f"{path}: checkpoint has no normalisation statistics")
+    ckpt = Checkpoint(
+        weights={k[len("weights/"):]: v for k, v in entries.items() if k.startswith("weights/")},
+        optimizer={k[len("optim/"):]: v for k, v in entries.items() if k.startswith("optim/")},
+        mean=entries["norm/mean"], std=entries["norm/std"], meta=meta)
+    if spec_text is not None:
+        check_spec(ckpt, spec_text, path, spec_source)
+    return ckpt
+
+
+def check_spec(ckpt: Checkpoint, spec_text: str, path: str | Path, spec_source: str) -> None:
+    want = ckpt.meta.get("spec_sha256", "")
+    got = spec_sha256(spec_text)
+    if want != got:
+        raise CheckpointError(
+            f"{path}: this checkpoint belongs to another spec: it was trained on "
+            f"'{ckpt.meta.get('spec_name', '?')}' (spec sha256 {want[:12]}), but {spec_source} "
+            f"has sha256 {got[:12]}; pass the spec the run used (saved as spec.yaml in its "
+            "run directory)")
+
+
+def export_npz(ckpt: Checkpoint | str | Path, path: str | Path) -> Path:
+    """Weights and buffers only, `NAME` -> array in PyTorch names and layouts (atomic)."""
+    if not isinstance(ckpt, Checkpoint):
+        ckpt = load_checkpoint(ckpt)
+    out = Path(path)
+    arrays = {k: np.ascontiguousarray(v) for k, v in ckpt.weights.items()}
+    steps = int(ckpt.meta.get("optimizer", {}).get("t", 0))
+    for k in list(arrays):
+        if k.endswith(".running_mean"):  # PyTorch's BatchNorm keeps a step counter too
+            arrays[k[:-len("running_mean")] + "num_batches_tracked"] = np.array(steps, np.int64)
+    _atomic_write(out, arrays)
+    return out

@@ -1,0 +1,418 @@
+"""`cnncli train`, `cnncli eval` and `cnncli export`: thin commands over `cnncli.train`.
+
+Every problem is one line on stderr: exit 2 for bad input (options, data, spec,
+checkpoint), 1 for a run that failed (the loss diverged), 130 after Ctrl-C (the run is
+saved first: `--resume` continues it).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cnncli.cli import SpecArg, err, open_spec, out
+
+DEFAULTS: dict[str, Any] = dict(
+    val_fraction=0.2, train_size=8000, epochs=10, batch=64, lr=0.01, optimizer="momentum",
+    momentum=0.9, weight_decay=0.0, schedule="constant", seed=0, augment=False,
+    dtype="float32")
+# Options a resumed run may change: how long it goes on and how it is shown.
+RESUME_MAY_CHANGE = {"epochs", "threads", "quiet"}
+EVAL_SIZE = 2000   # built-in test images for `eval` without --data (seed 1: unseen in training)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors_as_exit() -> Iterator[None]:
+    """Library errors -> one line and an exit code (2: bad input; 1: the run failed)."""
+    from cnncli.checkpoint import CheckpointError
+    from cnncli.data import DataError
+    from cnncli.train import TrainError
+
+    try:
+        yield
+    except (DataError, CheckpointError, TrainError, ValueError) as exc:
+        _fail(str(exc), 2)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}", 1)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train(
+    spec: SpecArg,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", help="Training data: a file or folder (MNIST, CIFAR, .npz; see "
+        "docs/data-formats.md). Default: the built-in synthetic shapes, sized to the spec.",
+        show_default=False)] = None,
+    val_data: Annotated[Optional[str], typer.Option(
+        "--val-data", help="A separate validation/test set (a folder's test split).",
+        show_default=False)] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(
+        "--val-fraction", help="Part of the data held out for validation (0 for none). "
+        "\\[default: 0.2]", show_default=False)] = None,
+    train_size: Annotated[Optional[int], typer.Option(
+        "--train-size", help="Training images of the built-in dataset (plus a validation "
+        "part of --val-fraction of this). \\[default: 8000]", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option(
+        "--epochs", help="Epochs to train (with --resume: the new total). \\[default: 10]",
+        show_default=False)] = None,
+    batch: Annotated[Optional[int], typer.Option(
+        "--batch", help="Minibatch size. \\[default: 64]", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        "--lr", help="Learning rate. \\[default: 0.01]", show_default=False)] = None,
+    optimizer: Annotated[Optional[str], typer.Option(
+        "--optimizer", help="sgd | momentum | nesterov | adagrad | rmsprop | adam. "
+        "\\[default: momentum]", show_default=False)] = None,
+    momentum: Annotated[Optional[float], typer.Option(
+        "--momentum", help="Momentum (momentum, nesterov). \\[default: 0.9]",
+        show_default=False)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(
+        "--weight-decay", help="L2 regularisation strength on weights. \\[default: 0]",
+        show_default=False)] = None,
+    schedule: Annotated[Optional[str], typer.Option(
+        "--schedule", help="Learning-rate schedule: constant | step (x0.5 every 5 epochs) | "
+        "exp (x0.9 per epoch) | cosine (towards 0). \\[default: constant]",
+        show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", help="Seeds initial weights, shuffling, augmentation and dropout. "
+        "\\[default: 0]", show_default=False)] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", help="Threads for the engine. \\[default: all cores]",
+        show_default=False)] = None,
+    augment: Annotated[Optional[bool], typer.Option(
+        "--augment/--no-augment", help="Random crops (padding an eighth of the side) and "
+        "horizontal flips. \\[default: no-augment]", show_default=False)] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", help="Run directory (spec, config, metrics, last.npz, best.npz). "
+        "\\[default: runs/SPEC-NAME]", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out from its last.npz.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Start over in a run directory that already holds a run.")]
+    = False,
+    dtype: Annotated[Optional[str], typer.Option(
+        "--dtype", help="float32 | float64. \\[default: float32]", show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Only the final line.")] = False,
+) -> None:
+    """Train a spec on a dataset; Ctrl-C stops after saving, --resume continues."""
+    given = {k: v for k, v in dict(
+        data=data, val_data=val_data, val_fraction=val_fraction, train_size=train_size,
+        epochs=epochs, batch=batch, lr=lr, optimizer=optimizer, momentum=momentum,
+        weight_decay=weight_decay, schedule=schedule, seed=seed, augment=augment,
+        dtype=dtype, threads=threads).items() if v is not None}
+    net_spec = open_spec(spec)
+    with _errors_as_exit():
+        _train(spec, net_spec, given, out_dir, resume, overwrite, quiet)
+
+
+def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | None,
+           resume: bool, overwrite: bool, quiet: bool) -> None:
+    from cnncli.checkpoint import check_spec, load_checkpoint
+    from cnncli.config import configure_threads
+    from cnncli.network import Network
+    from cnncli.train import RunDir, TrainConfig, Trainer, load_training_data, spec_text_of
+
+    spec_text = spec_text_of(net_spec)
+    run = RunDir(out_dir or Path("runs") / Path(net_spec.source).stem)
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(run.last)
+        check_spec(ckpt, spec_text, run.last, spec_arg)
+        stored = dict(ckpt.meta["info"]["options"])
+        for key, value in given.items():
+            if key not in RESUME_MAY_CHANGE and stored.get(key) != value:
+                raise ValueError(
+                    f"--{key.replace('_', '-')} {value} differs from the run's "
+                    f"{stored.get(key)}; --resume continues a run with its own settings "
+                    "(drop the option, or start a new run with another --out)")
+        # the run's thread count unless told otherwise: the same count, the same numbers
+        options = dict(stored, threads=ckpt.meta["info"].get("threads"))
+        options.update({k: v for k, v in given.items() if k in RESUME_MAY_CHANGE})
+        if ckpt.epoch >= options["epochs"]:
+            out.print(f"nothing to do: {run.path} has finished {ckpt.epoch} epochs "
+                      f"(pass --epochs N with N > {ckpt.epoch} to train longer)")
+            return
+    else:
+        if "val_data" in given and "val_fraction" in given:
+            raise ValueError("--val-fraction and --val-data exclude each other: the "
+                             "validation set is either held out of --data or given")
+        if run.last.exists() and not overwrite:
+            raise ValueError(f"{run.path} already holds a run ({run.last.name}); pass --resume "
+                             "to continue it, --overwrite to start over, or another --out")
+        options = dict(DEFAULTS, threads=None, data=None, val_data=None)
+        options.update(given)
+    config = TrainConfig.from_dict(options)
+    config.validate()
+    threads = configure_threads(options.get("threads"))
+    net = Network(net_spec, dtype=config.dtype, seed=config.seed)
+    train_ds, val_ds = load_training_data(net, options["data"], options["val_data"],
+                                          options["val_fraction"], options["train_size"])
+    info = {"options": {k: v for k, v in options.items() if k != "threads"},
+            "threads": threads, "data": train_ds.source,
+            "val_data": val_ds.source if val_ds else None}
+    trainer = Trainer(net, train_ds, val_ds, config, spec_text, run.path, info)
+    if ckpt is not None:
+        trainer.load(ckpt)
+    elif overwrite and run.path.exists():
+        for old in (run.last, run.best, run.jsonl, run.csv):
+            old.unlink(missing_ok=True)
+    display = TrainDisplay(quiet, sys.stdout.isatty())
+    if not quiet:
+        verb = f"resuming at epoch {ckpt.epoch + 1}:" if ckpt else "training"
+        source = (f"the built-in synthetic shapes ({net.input})" if options["data"] is None
+                  else options["data"])
+        display.line(
+            f"{verb} {net_spec.name} ({net.num_parameters():,} parameters) on {source}: "
+            f"{len(train_ds)} training / {len(val_ds) if val_ds else 0} validation images,"
+            f" {net.output.d} classes; {config.optimizer} lr {config.lr:g}, batch "
+            f"{config.batch}, {config.epochs} epochs, {threads} thread(s); run in {run.path}")
+    stopped = display.show(trainer, _sigint_stops(trainer, display))
+    if stopped.reason == "diverged":
+        _fail(stopped.message, 1)
+    if stopped.reason == "interrupted":
+        err.print(escape(f"{stopped.message}; continue with: cnncli train {spec_arg} "
+                         f"--out {run.path} --resume"), soft_wrap=True)
+        raise typer.Exit(130)
+    out.print(escape(f"{stopped.message}; run saved in {run.path}"), soft_wrap=True)
+
+
+@contextmanager
+def _sigint_stops(trainer: Any, display: TrainDisplay) -> Iterator[None]:
+    """First Ctrl-C: stop at the next batch boundary after saving. Second: abort now."""
+
+    def handler(signum: int, frame: Any) -> None:
+        trainer.request_stop()
+        display.note("stopping after this batch and saving (Ctrl-C again to abort)")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: no signal handling
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class TrainDisplay:
+    """Rich progress (per-batch bar with loss, accuracy, images/s, ETA) and one row per
+    epoch; plain rows when stdout is not a terminal; only the final line with --quiet."""
+
+    HEADER = (f"{'epoch':>7}  {'train loss':>10}  {'train acc':>9}  {'val loss':>9}  "
+              f"{'val acc':>8}  {'lr':>9}  {'time':>7}  {'img/s':>7}")
+
+    def __init__(self, quiet: bool, tty: bool):
+        self.quiet, self.tty = quiet, tty
+        self.progress: Any = None
+        self.task: Any = None
+        self.epochs = 0
+        self._loss = self._acc = 0.0
+        self._images, self._seconds = 0, 0.0
+
+    def line(self, text: str) -> None:
+        if self.tty:
+            out.print(escape(text), soft_wrap=True)
+        else:
+            print(text, flush=True)
+
+    def note(self, text: str) -> None:
+        err.print(escape(text), soft_wrap=True)
+
+    def row(self, m: Any, epochs: int) -> str:
+        val_loss = "-" if m.val_loss is None else f"{m.val_loss:.4f}"
+        val_acc = "-" if m.val_acc is None else f"{100 * m.val_acc:.2f}%"
+        mark = " *" if m.best else ""
+        return (f"{m.epoch:>3}/{epochs:<3}  {m.train_loss:>10.4f}  {100 * m.train_acc:>8.2f}%  "
+                f"{val_loss:>9}  {val_acc:>8}  {m.lr:>9.3g}  {m.seconds:>6.1f}s  "
+                f"{m.images_per_s:>7.0f}{mark}")
+
+    def show(self, trainer: Any, sigint: Any) -> Any:
+        from cnncli.train import BatchDone, EpochDone, Stopped
+
+        self.epochs = trainer.config.epochs
+        if not self.quiet:
+            self.line(self.HEADER)
+        stopped = None
+        with sigint:
+            try:
+                for event in trainer.run():
+                    if isinstance(event, BatchDone):
+                        self._batch(event)
+                    elif isinstance(event, EpochDone):
+                        self._close_bar()
+                        if not self.quiet:
+                            self.line(self.row(event.metrics, event.epochs))
+                    elif isinstance(event, Stopped):
+                        stopped = event
+            finally:
+                self._close_bar()
+        assert stopped is not None
+        return stopped
+
+    def _batch(self, e: Any) -> None:
+        if self.quiet or not self.tty:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        if self.progress is None:
+            self.progress = Progress(
+                TextColumn(f"epoch {e.epoch + 1}/{self.epochs}"), BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.1%}  "
+                           "{task.fields[ips]:.0f} img/s"), TimeRemainingColumn(),
+                console=out, transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("", total=e.batches, completed=e.batch,
+                                               loss=e.loss, acc=e.accuracy, ips=0.0)
+            self._loss, self._acc = e.loss, e.accuracy
+            self._images, self._seconds = 0, 0.0
+        # loss and accuracy smoothed over the last ~10 batches; images/s over the epoch
+        a = 0.1
+        self._loss = (1 - a) * self._loss + a * e.loss
+        self._acc = (1 - a) * self._acc + a * e.accuracy
+        self._images += e.images
+        self._seconds += e.seconds
+        self.progress.update(self.task, completed=e.batch + 1, loss=self._loss, acc=self._acc,
+                             ips=self._images / self._seconds if self._seconds > 0 else 0.0)
+
+    def _close_bar(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+# --------------------------------------------------------------------------- eval, export
+
+
+def evaluate(
+    spec: SpecArg,
+    weights: Annotated[Path, typer.Option(
+        "--weights", help="A checkpoint written by `cnncli train` (e.g. runs/NAME/best.npz).",
+        show_default=False)],
+    data: Annotated[Optional[str], typer.Option(
+        "--data", help=f"Test data (a folder's test split). Default: {EVAL_SIZE} built-in "
+        "synthetic images not used in training.", show_default=False)] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+    batch: Annotated[int, typer.Option("--batch", help="Images per forward pass.")] = 256,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", help="Threads for the engine. \\[default: all cores]",
+        show_default=False)] = None,
+) -> None:
+    """Loss, accuracy, per-class accuracy and the confusion matrix of a checkpoint."""
+    if fmt not in ("table", "json"):
+        _fail(f"--format must be table or json, got {fmt!r}", 2)
+    net_spec = open_spec(spec)
+    with _errors_as_exit():
+        if batch < 1:
+            raise ValueError(f"--batch must be >= 1, got {batch}")
+        result = _evaluate(spec, net_spec, weights, data, batch, threads)
+    if fmt == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        _print_eval(result)
+
+
+def _evaluate(spec_arg: str, net_spec: Any, weights: Path, data: str | None, batch: int,
+              threads: int | None) -> dict[str, Any]:
+    from cnncli import data as D
+    from cnncli.checkpoint import load_checkpoint
+    from cnncli.config import configure_threads
+    from cnncli.network import Network
+    from cnncli.train import builtin_dataset, evaluate, num_classes_of, spec_text_of
+
+    ckpt = load_checkpoint(weights, spec_text_of(net_spec), spec_arg)
+    configure_threads(threads)
+    net = Network(net_spec, dtype=ckpt.meta.get("dtype", "float32"))
+    net.load_state_dict(ckpt.weights)
+    k = num_classes_of(net)
+    if data is None:
+        ds = builtin_dataset(net, EVAL_SIZE, seed=1)
+    else:
+        ds = D.load_dataset(data, split="test")
+        D.check_against_input(ds, net.input.w, net.input.h, net.input.d, k, data)
+    result = evaluate(net, ds, ckpt.mean, ckpt.std, batch)
+    assert result is not None
+    names = ds.class_names or ckpt.meta.get("classes") or [str(i) for i in range(k)]
+    names = (list(names) + [str(i) for i in range(len(names), k)])[:k]
+    return {"spec": net_spec.name, "weights": str(weights), "data": ds.source,
+            "images": result.images, "loss": result.loss, "accuracy": result.accuracy,
+            "classes": names, "per_class_accuracy": result.per_class_accuracy,
+            "per_class_images": result.confusion.sum(axis=1).tolist(),
+            "confusion": result.confusion.tolist()}
+
+
+def _print_eval(r: dict[str, Any]) -> None:
+    out.print(escape(f"{r['spec']} ({r['weights']}) on {r['data']}"), soft_wrap=True)
+    out.print(f"loss {r['loss']:.4f}   accuracy {100 * r['accuracy']:.2f}% "
+              f"({round(r['accuracy'] * r['images'])}/{r['images']})")
+    per_class = Table(header_style="bold", box=None, pad_edge=False, title_justify="left")
+    for title, justify in (("class", "left"), ("images", "right"), ("accuracy", "right")):
+        per_class.add_column(title, justify=justify)  # type: ignore[arg-type]
+    for name, n, acc in zip(r["classes"], r["per_class_images"], r["per_class_accuracy"],
+                            strict=True):
+        per_class.add_row(escape(name), str(n), "-" if acc is None else f"{100 * acc:.2f}%")
+    out.print()
+    out.print(per_class)
+    confusion = r["confusion"]
+    if len(confusion) > 20:
+        out.print(f"\n(confusion matrix of {len(confusion)} classes: see --format json)")
+        return
+    table = Table(header_style="bold", box=None, pad_edge=False)
+    table.add_column("true \\ predicted", justify="left")
+    for i in range(len(confusion)):
+        table.add_column(str(i), justify="right")
+    for i, (name, row) in enumerate(zip(r["classes"], confusion, strict=True)):
+        cells = [f"[bold]{v}[/]" if j == i else (str(v) if v else "[dim].[/]")
+                 for j, v in enumerate(row)]
+        table.add_row(escape(f"{i} {name}"), *cells)
+    out.print("\nconfusion matrix (rows: true class, columns: predicted class)")
+    out.print(table)
+
+
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by `cnncli train`.")],
+    output: Annotated[Path, typer.Argument(help="The .npz to write: weights only, PyTorch "
+                                                "names and layouts.")],
+) -> None:
+    """Export a checkpoint's weights as .npz for NumPy / PyTorch (`load_state_dict`)."""
+    from cnncli.checkpoint import export_npz, load_checkpoint
+
+    with _errors_as_exit():
+        ckpt = load_checkpoint(checkpoint)
+        export_npz(ckpt, output)
+    out.print(escape(f"wrote {output}: {len(ckpt.weights)} arrays of {ckpt.meta.get('spec_name')}"
+                     f" (epoch {ckpt.epoch}); in PyTorch: module.load_state_dict("
+                     "{k: torch.from_numpy(v) for k, v in np.load(path).items()})"),
+              soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("eval")(evaluate)
+    app.command("export")(export)
+

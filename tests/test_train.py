@@ -1,0 +1,492 @@
+"""Training: optimizers, schedules, the loop (determinism, resume, NaN, Ctrl-C),
+checkpoints (atomic writes, spec check, export to PyTorch) and the train/eval/export CLI.
+
+Small nets at 12x12 and a few hundred images keep the file fast; the one end-to-end
+accuracy run on cifar_small is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cnncli import checkpoint as C
+from cnncli import data as D
+from cnncli import optim
+from cnncli.cli import app
+from cnncli.network import Network
+from cnncli.train import (
+    BatchDone,
+    CheckpointSaved,
+    EpochDone,
+    Stopped,
+    TrainConfig,
+    Trainer,
+    TrainError,
+    load_training_data,
+    spec_text_of,
+)
+
+runner = CliRunner()
+
+TINY: dict[str, Any] = {
+    "name": "tiny", "input": "12x12x3", "loss": "softmax",
+    "layers": [
+        {"conv": {"filters": 6, "size": 3, "pad": 1}}, "relu", {"pool": {"size": 2}},
+        {"dropout": 0.25},
+        {"fc": 3},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def shapes() -> D.Dataset:
+    return D.synthetic_shapes(200, width=12, height=12, depth=3, num_classes=3, seed=0)
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def make_trainer(ds: D.Dataset, run_dir: Path | None = None, **cfg: Any) -> Trainer:
+    config = TrainConfig(**{"epochs": 2, "batch": 50, "lr": 0.05, "augment": True, **cfg})
+    net = Network.from_spec(TINY, seed=config.seed, dtype=config.dtype)
+    train, val = D.split_validation(ds, 0.2, seed=0)
+    return Trainer(net, train, val, config, spec_text_of(net.spec), run_dir)
+
+
+def run_all(trainer: Trainer, stop_after: int | None = None) -> list[Any]:
+    """All events; with stop_after, request a stop after that many batches."""
+    events = []
+    for e in trainer.run():
+        events.append(e)
+        if isinstance(e, BatchDone) and stop_after is not None:
+            stop_after -= 1
+            if stop_after == 0:
+                trainer.request_stop()
+    return events
+
+
+def losses(events: list[Any]) -> list[float]:
+    return [e.loss for e in events if isinstance(e, BatchDone)]
+
+
+def untimed(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    timing = ("seconds", "images_per_s", "val_seconds")
+    return [{k: v for k, v in row.items() if k not in timing} for row in history]
+
+
+def one_line_error(result: Any, code: int, *fragments: str) -> None:
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+# --------------------------------------------------------------------------- optimizers
+
+P0 = np.array([1.0, -2.0])
+G = np.array([0.5, 0.25])
+
+# Two steps with the same gradient, worked by hand from the notes' update rules (lr 0.1).
+HAND = {
+    # x += -lr*dx
+    "sgd": ([0.95, -2.025], [0.9, -2.05]),
+    # v = 0.9v - 0.1dx: v1 = (-0.05, -0.025), v2 = (-0.095, -0.0475)
+    "momentum": ([0.95, -2.025], [0.855, -2.0725]),
+    # x += -0.9 v_prev + 1.9 v: 1.9*v1 = (-0.095, -0.0475); -0.9*v1 + 1.9*v2 = (-0.1355, -0.06775)
+    "nesterov": ([0.905, -2.0475], [0.7695, -2.11525]),
+    # cache = dx^2, then 2dx^2: steps of 0.1 and 0.1/sqrt(2)
+    "adagrad": ([0.9, -2.1], [0.9 - 0.1 / np.sqrt(2), -2.1 - 0.1 / np.sqrt(2)]),
+    # cache = 0.01dx^2: step 0.1/0.1 = 1; then cache = 0.0199dx^2: step 0.1/sqrt(0.0199)
+    "rmsprop": ([0.0, -3.0], [-0.1 / np.sqrt(0.0199), -3.0 - 0.1 / np.sqrt(0.0199)]),
+    # bias-corrected moments of a constant gradient are dx and dx^2: steps of exactly lr
+    "adam": ([0.9, -2.1], [0.8, -2.2]),
+}
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_optimizer_rules_match_hand_computed_steps(name: str) -> None:
+    params = {"w": P0.copy()}
+    opt = optim.make_optimizer(name, params, lr=0.1, momentum=0.9)
+    first, second = HAND[name]
+    opt.step({"w": G.copy()})
+    np.testing.assert_allclose(params["w"], first, rtol=1e-7, atol=1e-6)  # eps shifts by ~1e-7
+    opt.step({"w": G.copy()})
+    np.testing.assert_allclose(params["w"], second, rtol=1e-7, atol=1e-6)  # eps shifts by ~1e-7
+
+
+def test_optimizer_updates_in_place_and_skips_params_without_grads() -> None:
+    w, b = np.ones(3, np.float32), np.ones(2, np.float32)
+    opt = optim.Adam({"w": w, "b": b}, lr=0.1)
+    opt.step({"w": np.ones(3, np.float32)})
+    assert w.dtype == np.float32 and np.allclose(w, 0.9)
+    assert np.array_equal(b, np.ones(2))
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_optimizer_state_round_trip(name: str) -> None:
+    rng = np.random.default_rng(0)
+    grads = [{"w": rng.standard_normal(4)} for _ in range(4)]
+    a = {"w": np.zeros(4)}
+    opt_a = optim.make_optimizer(name, a, lr=0.01)
+    for g in grads[:2]:
+        opt_a.step(g)
+    b = {"w": a["w"].copy()}
+    opt_b = optim.make_optimizer(name, b, lr=0.5)
+    opt_b.load_state_dict(opt_a.state_dict())
+    for g in grads[2:]:
+        opt_a.step(g)
+        opt_b.step(g)
+    assert np.array_equal(a["w"], b["w"]) and opt_b.lr == 0.01
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: optim.SGD(p, lr=-1), "learning rate must be > 0, got -1"),
+    (lambda p: optim.SGD(p, lr=float("nan")), "learning rate must be > 0, got nan"),
+    (lambda p: optim.Momentum(p, lr=0.1, momentum=1.5), "momentum must be in [0, 1), got 1.5"),
+    (lambda p: optim.Adam(p, lr=0.1, beta2=1.0), "beta2 must be in [0, 1), got 1.0"),
+    (lambda p: optim.RMSProp(p, lr=0.1, eps=0), "eps must be > 0, got 0"),
+    (lambda p: optim.make_optimizer("lbfgs", p, 0.1), "got 'lbfgs'"),
+])
+def test_bad_optimizer_arguments_fail_early_with_the_value(make: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")
+                       .replace(")", r"\)")):
+        make({"w": np.zeros(2)})
+
+
+def test_schedules() -> None:
+    lrs = lambda s: [s(e) for e in range(5)]  # noqa: E731
+    assert lrs(optim.Schedule("constant", 0.1)) == [0.1] * 5
+    assert lrs(optim.Schedule("step", 0.1, step_size=2, gamma=0.5)) == pytest.approx(
+        [0.1, 0.1, 0.05, 0.05, 0.025])
+    assert lrs(optim.Schedule("exp", 0.1, gamma=0.5)) == pytest.approx(
+        [0.1, 0.05, 0.025, 0.0125, 0.00625])
+    cosine = lrs(optim.Schedule("cosine", 0.1, epochs=4))
+    assert cosine == pytest.approx([0.1, 0.1 * (1 + np.cos(np.pi / 4)) / 2, 0.05,
+                                    0.1 * (1 + np.cos(3 * np.pi / 4)) / 2, 0.0])
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        optim.Schedule("linear", 0.1)
+    with pytest.raises(ValueError, match="gamma must be in"):
+        optim.Schedule("step", 0.1, gamma=0)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def test_training_is_deterministic(shapes: D.Dataset) -> None:
+    a, b = make_trainer(shapes), make_trainer(shapes)
+    ea, eb = run_all(a), run_all(b)
+    assert losses(ea) == losses(eb) and len(losses(ea)) == 8
+    for k, v in a.net.state_dict().items():
+        assert np.array_equal(v, b.net.state_dict()[k]), k
+    c = run_all(make_trainer(shapes, seed=1))
+    assert losses(c) != losses(ea)
+
+
+def test_events_and_run_directory(shapes: D.Dataset, tmp_path: Path) -> None:
+    events = run_all(make_trainer(shapes, tmp_path / "run"))
+    epochs = [e for e in events if isinstance(e, EpochDone)]
+    assert [e.metrics.epoch for e in epochs] == [1, 2]
+    m = epochs[-1].metrics
+    assert m.val_acc is not None and 0 <= m.val_acc <= 1 and m.images_per_s > 0
+    assert {e.kind for e in events if isinstance(e, CheckpointSaved)} == {"last", "best"}
+    assert isinstance(events[-1], Stopped) and events[-1].reason == "finished"
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss")
+    ckpt = C.load_checkpoint(run / "last.npz", spec_text=spec_text_of(Network.from_spec(TINY)
+                                                                        .spec))
+    assert ckpt.epoch == 2 and ckpt.mean.shape == (3,) and ckpt.meta["history"] == rows
+
+
+@pytest.mark.parametrize("stop_after", [3, 4, 6])  # mid-epoch, at the boundary, mid-epoch 2
+def test_stopped_and_resumed_run_ends_with_the_same_weights(
+        shapes: D.Dataset, tmp_path: Path, stop_after: int) -> None:
+    cfg = dict(optimizer="adam", lr=0.01, weight_decay=1e-3)
+    straight = make_trainer(shapes, **cfg)
+    full = run_all(straight)
+
+    first = make_trainer(shapes, tmp_path / "run", **cfg)
+    part1 = run_all(first, stop_after=stop_after)
+    assert part1[-1].reason == "interrupted"
+    second = make_trainer(shapes, tmp_path / "run", **cfg)
+    second.load(C.load_checkpoint(tmp_path / "run" / "last.npz"))
+    part2 = run_all(second)
+    assert losses(part1) + losses(part2) == losses(full)
+    for k, v in straight.net.state_dict().items():
+        assert np.array_equal(v, second.net.state_dict()[k]), k
+    assert untimed(second.progress.history) == untimed(straight.progress.history)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shapes: D.Dataset,
+                                                           tmp_path: Path) -> None:
+    trainer = make_trainer(shapes, tmp_path / "run", epochs=3)
+    events = []
+    for e in trainer.run():
+        events.append(e)
+        if isinstance(e, EpochDone) and e.metrics.epoch == 1:
+            good = trainer.net.state_dict()
+            trainer.net.params["fc1.weight"][0, 0] = np.inf  # the next batch's loss is NaN
+    stop = events[-1]
+    assert isinstance(stop, Stopped) and stop.reason == "diverged"
+    assert "loss is nan at epoch 2, batch 1" in stop.message
+    assert "lower learning rate" in stop.message and "last.npz (epoch 1) is kept" in stop.message
+    ckpt = C.load_checkpoint(tmp_path / "run" / "last.npz")
+    assert ckpt.epoch == 1
+    for k, v in good.items():
+        assert np.array_equal(ckpt.weights[k], v)
+
+
+def test_config_and_data_are_checked(shapes: D.Dataset) -> None:
+    with pytest.raises(TrainError, match="batch size must be >= 1, got 0"):
+        make_trainer(shapes, batch=0)
+    with pytest.raises(TrainError, match="optimizer must be one of .* got 'foo'"):
+        make_trainer(shapes, optimizer="foo")
+    net = Network.from_spec(TINY)
+    with pytest.raises(TrainError, match="validation fraction must be in"):
+        load_training_data(net, None, None, 1.5, 100)
+    train, val = load_training_data(net, None, None, 0.25, 40)
+    assert (len(train), len(val or [])) == (40, 10) and train.image_shape == (12, 12, 3)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_write_is_atomic(shapes: D.Dataset, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = make_trainer(shapes)
+    path = tmp_path / "last.npz"
+    before = trainer.checkpoint()
+    C.save_checkpoint(path, before)
+    run_all(trainer)  # the weights move on
+
+    def crash(src: str, dst: str) -> None:
+        raise OSError("simulated crash before the rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        C.save_checkpoint(path, trainer.checkpoint())
+    monkeypatch.undo()
+    loaded = C.load_checkpoint(path)
+    for k, v in before.weights.items():
+        assert np.array_equal(loaded.weights[k], v)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.npz"]  # no temp file left
+
+
+def test_checkpoint_checks_its_spec_and_format(shapes: D.Dataset, tmp_path: Path) -> None:
+    trainer = make_trainer(shapes)
+    path = C.save_checkpoint(tmp_path / "c.npz", trainer.checkpoint())
+    with pytest.raises(C.CheckpointError, match="belongs to another spec"):
+        C.load_checkpoint(path, spec_text="name: other\n", spec_source="other.yaml")
+    truncated = tmp_path / "t.npz"
+    truncated.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(C.CheckpointError, match="corrupt or truncated"):
+        C.load_checkpoint(truncated)
+    with pytest.raises(C.CheckpointError, match="no such checkpoint"):
+        C.load_checkpoint(tmp_path / "missing.npz")
+    exported = C.export_npz(path, tmp_path / "w.npz")
+    with pytest.raises(C.CheckpointError, match="exported weights file"):
+        C.load_checkpoint(exported)
+
+
+def test_export_loads_into_a_torch_module(shapes: D.Dataset, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    trainer = make_trainer(shapes, epochs=1)
+    run_all(trainer)
+    path = C.export_npz(trainer.checkpoint(), tmp_path / "w.npz")
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(3, 6, 3, padding=1)
+            self.fc1 = torch.nn.Linear(6 * 6 * 6, 3)
+
+        def forward(self, x: Any) -> Any:
+            x = torch.nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+            return self.fc1(torch.flatten(x, 1))
+
+    module = Tiny()
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in np.load(path).items()})
+    x = D.normalize(shapes.x[:16], trainer.mean, trainer.std)
+    ours = trainer.net.scores(x)
+    theirs = module.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).detach().numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def cli_train(spec_file: Path, out: Path, *extra: str) -> Any:
+    return runner.invoke(app, ["train", str(spec_file), "--train-size", "160", "--batch", "40",
+                               "--lr", "0.05", "--augment", "--out", str(out), *extra])
+
+
+def test_cli_train_resume_matches_an_uninterrupted_run(spec_file: Path, tmp_path: Path) -> None:
+    straight = cli_train(spec_file, tmp_path / "a", "--epochs", "2")
+    assert straight.exit_code == 0, straight.output
+    assert "epoch" in straight.stdout and "finished 2 epochs" in straight.stdout
+    assert cli_train(spec_file, tmp_path / "b", "--epochs", "1").exit_code == 0
+    resumed = runner.invoke(app, ["train", str(spec_file), "--out", str(tmp_path / "b"),
+                                  "--resume", "--epochs", "2"])
+    assert resumed.exit_code == 0, resumed.output
+    a = C.load_checkpoint(tmp_path / "a" / "last.npz")
+    b = C.load_checkpoint(tmp_path / "b" / "last.npz")
+    for k, v in a.weights.items():
+        assert np.array_equal(v, b.weights[k]), k
+    for name in ("spec.yaml", "config.json", "metrics.jsonl", "metrics.csv", "best.npz"):
+        assert (tmp_path / "b" / name).is_file()
+    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2
+    # a second start in the same directory is refused; --resume with other settings too
+    one_line_error(cli_train(spec_file, tmp_path / "b", "--epochs", "3"), 2,
+                   "already holds a run", "--resume")
+    one_line_error(runner.invoke(app, ["train", str(spec_file), "--out", str(tmp_path / "b"),
+                                       "--resume", "--epochs", "3", "--lr", "0.5"]), 2,
+                   "--lr 0.5 differs from the run's 0.05")
+
+
+def test_cli_ctrl_c_saves_and_exits_130(spec_file: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnncli import cli_train as CT
+
+    shown = CT.TrainDisplay._batch
+
+    def batch_then_ctrl_c(self: Any, event: Any) -> None:
+        shown(self, event)
+        if event.epoch == 0 and event.batch == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(CT.TrainDisplay, "_batch", batch_then_ctrl_c)
+    result = cli_train(spec_file, tmp_path / "run", "--epochs", "2")
+    assert result.exit_code == 130, result.output
+    assert "--resume" in result.stderr
+    ckpt = C.load_checkpoint(tmp_path / "run" / "last.npz")
+    assert (ckpt.epoch, ckpt.meta["position"]["batch"]) == (0, 2)
+    monkeypatch.undo()
+    resumed = runner.invoke(app, ["train", str(spec_file), "--out", str(tmp_path / "run"),
+                                  "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    straight = cli_train(spec_file, tmp_path / "straight", "--epochs", "2")
+    assert straight.exit_code == 0
+    a = C.load_checkpoint(tmp_path / "straight" / "last.npz")
+    b = C.load_checkpoint(tmp_path / "run" / "last.npz")
+    assert all(np.array_equal(v, b.weights[k]) for k, v in a.weights.items())
+
+
+def test_cli_nan_exits_1_with_advice(spec_file: Path, tmp_path: Path) -> None:
+    result = cli_train(spec_file, tmp_path / "run", "--epochs", "5", "--lr", "1e30",
+                       "--optimizer", "sgd")
+    one_line_error(result, 1, "training diverged", "lower learning rate")
+
+
+def test_cli_data_errors_are_one_line(spec_file: Path, tmp_path: Path) -> None:
+    mnist_like = D.Dataset(x=np.zeros((20, 28, 28, 1), np.uint8), y=np.arange(20) % 3,
+                           num_classes=3, class_names=None, source="m")
+    D.write_npz(tmp_path / "mnist.npz", mnist_like)
+    one_line_error(cli_train(spec_file, tmp_path / "r1", "--data", str(tmp_path / "mnist.npz")),
+                   2, "images are 28x28x1 but the spec's input is 12x12x3")
+    labels = D.Dataset(x=np.zeros((20, 12, 12, 3), np.uint8), y=np.arange(20) % 5,
+                       num_classes=5, class_names=None, source="l")
+    D.write_npz(tmp_path / "labels.npz", labels)
+    one_line_error(cli_train(spec_file, tmp_path / "r2", "--data", str(tmp_path / "labels.npz")),
+                   2, "labels go from 0 to 4", "3 classes")
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    one_line_error(cli_train(spec_file, tmp_path / "r3", "--data", str(tmp_path / "corrupt.npz")),
+                   2, "corrupt.npz")
+    one_line_error(cli_train(spec_file, tmp_path / "r4", "--data", str(tmp_path / "none")),
+                   2, "no such file")
+    assert not (tmp_path / "r1").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--lr", "-1"], "learning rate must be > 0, got -1.0"),
+    (["--batch", "0"], "batch size must be >= 1, got 0"),
+    (["--epochs", "0"], "epochs must be >= 1, got 0"),
+    (["--optimizer", "foo"], "optimizer must be one of sgd, momentum"),
+    (["--schedule", "linear"], "schedule must be one of constant"),
+    (["--dtype", "float16"], "dtype must be float32 or float64"),
+    (["--val-fraction", "1"], "validation fraction must be in [0, 1), got 1.0"),
+    (["--momentum", "2"], "momentum must be in [0, 1), got 2.0"),
+])
+def test_cli_bad_option_values(spec_file: Path, tmp_path: Path, args: list[str],
+                               fragment: str) -> None:
+    one_line_error(cli_train(spec_file, tmp_path / "run", *args), 2, fragment)
+
+
+def test_cli_eval_and_export(spec_file: Path, tmp_path: Path) -> None:
+    assert cli_train(spec_file, tmp_path / "run", "--epochs", "1").exit_code == 0
+    best = tmp_path / "run" / "best.npz"
+    table = runner.invoke(app, ["eval", str(spec_file), "--weights", str(best)])
+    assert table.exit_code == 0, table.output
+    for text in ("accuracy", "disc", "square", "confusion matrix", "true \\ predicted"):
+        assert text in table.stdout
+    js = runner.invoke(app, ["eval", str(spec_file), "--weights", str(best), "-f", "json"])
+    r = json.loads(js.stdout)
+    assert r["images"] == 2000 and np.array(r["confusion"]).sum() == 2000
+    assert r["accuracy"] == pytest.approx(np.trace(np.array(r["confusion"])) / 2000)
+    assert len(r["per_class_accuracy"]) == 3 and r["classes"][0] == "disc"
+
+    one_line_error(runner.invoke(app, ["eval", str(spec_file), "--weights",
+                                       str(tmp_path / "nope.npz")]), 2, "no such checkpoint")
+    other = tmp_path / "other.yaml"
+    other.write_text(spec_file.read_text().replace("filters: 6", "filters: 7"))
+    one_line_error(runner.invoke(app, ["eval", str(other), "--weights", str(best)]), 2,
+                   "belongs to another spec")
+
+    exported = runner.invoke(app, ["export", str(best), str(tmp_path / "w.npz")])
+    assert exported.exit_code == 0, exported.output
+    with np.load(tmp_path / "w.npz") as z:
+        assert sorted(z.files) == ["conv1.bias", "conv1.weight", "fc1.bias", "fc1.weight"]
+        assert z["conv1.weight"].shape == (6, 3, 3, 3) and z["fc1.weight"].shape == (3, 216)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_cifar_small_learns_the_builtin_dataset(tmp_path: Path) -> None:
+    """The demo's claim (`make demo` trains 3 epochs), in 2 epochs: cifar_small on the
+    built-in 10-class shapes (8000 training / 1600 validation images) beats 90%."""
+    result = runner.invoke(app, ["train", "cifar_small", "--epochs", "2",
+                                 "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    best = C.load_checkpoint(tmp_path / "run" / "best.npz").meta["best"]
+    assert best["val_acc"] >= 0.90, best
+
+
+def test_cli_val_data_and_eval_data(spec_file: Path, tmp_path: Path) -> None:
+    train = D.synthetic_shapes(120, width=12, height=12, num_classes=3, seed=5)
+    test = D.synthetic_shapes(30, width=12, height=12, num_classes=3, seed=6)
+    D.write_npz(tmp_path / "train.npz", train)
+    D.write_npz(tmp_path / "test.npz", test)
+    result = cli_train(spec_file, tmp_path / "run", "--epochs", "1", "--data",
+                       str(tmp_path / "train.npz"), "--val-data", str(tmp_path / "test.npz"))
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["train_images"], config["val_images"]) == (120, 30)
+    js = runner.invoke(app, ["eval", str(spec_file), "--weights", str(tmp_path / "run" /
+                                                                      "last.npz"),
+                             "--data", str(tmp_path / "test.npz"), "--format", "json"])
+    assert json.loads(js.stdout)["images"] == 30
+    grey = D.synthetic_shapes(10, width=12, height=12, depth=1, num_classes=3)
+    D.write_npz(tmp_path / "grey.npz", grey)
+    one_line_error(runner.invoke(app, ["eval", str(spec_file), "--weights",
+                                       str(tmp_path / "run" / "last.npz"),
+                                       "--data", str(tmp_path / "grey.npz")]),
+                   2, "images are 12x12x1 but the spec's input is 12x12x3")
+    one_line_error(cli_train(spec_file, tmp_path / "r2", "--val-fraction", "0.1",
+                             "--val-data", str(tmp_path / "test.npz")), 2, "exclude each other")
