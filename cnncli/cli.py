@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from enum import StrEnum
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -167,7 +167,7 @@ def list_architectures(
     from cnncli.render import human
     from cnncli.stats import analyze
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in catalog.bundled_names():
         path = catalog.bundled_dir() / f"{name}.yaml"
         try:
