@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from cnncli.cli import InputOpt, RoundingOpt, SpecArg, err, fail, input_override, open_spec, out
-from cnncli.memory import (
-    SHORT,
-    MemoryOptionError,
-    MemoryReport,
-    default_threads,
-    estimate,
-    largest_batch,
-    parse_bytes,
-)
 from cnncli.spec import SpecInvalid
+
+if TYPE_CHECKING:
+    from cnncli.memory import MemoryReport
 
 
 class Mode(StrEnum):
@@ -95,6 +89,15 @@ def register(app: typer.Typer) -> None:
         net = open_spec(spec)
         volume = input_override(input)
         mode_s = rounding.value if rounding else None
+        # imported here, not at the top: every other command starts without it
+        from cnncli.memory import (
+            MemoryOptionError,
+            default_threads,
+            estimate,
+            largest_batch,
+            parse_bytes,
+        )
+
         n_threads = threads or default_threads()
         fit: dict[str, Any] | None = None
         try:
@@ -171,6 +174,8 @@ def print_memory(console: Console, r: MemoryReport, fit: dict[str, Any] | None =
     table.add_row(f"[bold]peak (most alive at one moment: {r.peak_where})[/]", "", "",
                   f"[bold]{size(r.peak)}[/]")
     console.print(table)
+    from cnncli.memory import SHORT
+
     short = dict(SHORT, flight="live activations") if r.mode == "infer" else SHORT
     parts = [f"{short[k]} {size(v)}" for k, v in r.peak_parts.items() if v]
     console.print("at the peak: " + " + ".join(parts))

@@ -40,6 +40,41 @@ def _load_blas_libraries() -> None:
         pass
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_malloc_tuned = False
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed activation buffers for reuse instead of returning them.
+
+    A training step allocates and frees the same multi-MiB arrays every step. By default
+    glibc serves those with mmap and unmaps them on free, so every step page-faults its
+    activations in again, and its dynamic threshold made every other step ~50% slower
+    (measured: 34/52 ms alternating on cifar_small at batch 64; 32 ms steady with this).
+    Arrays up to 32 MiB (glibc's ceiling for the threshold) now come from the heap, and
+    the heap is trimmed only when 256 MiB lie free at its top. Other platforms: no-op.
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return True
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, 256 * 2**20))
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return False
+    _malloc_tuned = ok
+    return ok
+
+
 def configure_threads(n: int | None = None) -> int:
     """Give numba ``n`` threads (default: all cores) and BLAS one thread; return ``n``.
 
@@ -54,6 +89,7 @@ def configure_threads(n: int | None = None) -> int:
         n = os.cpu_count() or 1
     n = max(1, min(int(n), int(numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
     numba.set_num_threads(n)
+    keep_freed_memory()
     _load_blas_libraries()
     if _blas_limiter is None:
         _blas_limiter = threadpool_limits(limits=1, user_api="blas")
