@@ -40,7 +40,7 @@ test: dev
 	  tests/test_kernels_pool.py tests/test_kernels_norm.py
 
 lint: dev
-	$(BIN)/ruff check cnncli tests
+	$(BIN)/ruff check cnncli tests bench
 	$(BIN)/mypy $(TYPED)
 
 # The figures behind BENCHMARKS.md (each script prints its table; see BENCHMARKS.md).
