@@ -61,18 +61,24 @@ def register(app: typer.Typer) -> None:
             table = Table(title=f"gradient check of {net_spec.name} at {volume}, float64, "
                           f"centred differences, {samples} samples per tensor",
                           title_justify="left", header_style="bold", box=None)
-            for title in ("layer", "gradient of", "shape", "max rel. error", ""):
-                table.add_column(title, justify="right" if title == "max rel. error" else "left")
+            for title in ("layer", "gradient of", "shape", "samples", "kinks", "max rel. error",
+                          ""):
+                table.add_column(title, justify="left" if title in ("layer", "gradient of", "")
+                                 else "right")
             for c in checks:
                 mark = "[green]ok[/]" if c.passed else "[bold red]FAIL[/]"
                 if c.analytic_all_zero and not c.numeric_all_zero:
                     mark = "[bold red]FAIL (analytic gradient is all zero)[/]"
-                table.add_row(c.layer, c.what, "x".join(map(str, c.shape)),
-                              f"{c.max_rel_error:.2e}", mark)
+                table.add_row(c.layer, c.what, "x".join(map(str, c.shape)), str(c.samples),
+                              str(c.kinks) if c.kinks else "", f"{c.max_rel_error:.2e}", mark)
             out.print(table)
             worst = max(checks, key=lambda c: c.max_rel_error)
+            kinks = sum(c.kinks for c in checks)
             out.print(f"{len(checks)} checks in {elapsed:.1f} s; worst {worst.max_rel_error:.2e} "
-                      f"({worst.layer} {worst.what}); threshold {THRESHOLD:g}")
+                      f"({worst.layer} {worst.what}); threshold {THRESHOLD:g}"
+                      + (f"; {kinks} sampled entries skipped: their +-h steps flipped a ReLU "
+                         "or max-pool winner (a kink), where differences measure the jump"
+                         if kinks else ""))
         if failed:
             err.print(f"[bold red]{len(failed)} gradient check(s) failed[/]")
             raise typer.Exit(1)

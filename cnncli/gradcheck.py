@@ -29,6 +29,7 @@ class Check:
     max_rel_error: float
     analytic_all_zero: bool
     numeric_all_zero: bool
+    kinks: int = 0  # sampled entries dropped because the +-h evaluations crossed a kink
 
     @property
     def passed(self) -> bool:
@@ -39,7 +40,8 @@ class Check:
     def as_dict(self) -> dict[str, Any]:
         return {"layer": self.layer, "what": self.what, "shape": list(self.shape),
                 "samples": self.samples, "max_rel_error": self.max_rel_error,
-                "analytic_all_zero": self.analytic_all_zero, "passed": self.passed}
+                "analytic_all_zero": self.analytic_all_zero, "kinks_skipped": self.kinks,
+                "passed": self.passed}
 
 
 def rel_error(a: np.ndarray, n: np.ndarray) -> float:
@@ -60,8 +62,14 @@ def _sample(rng: np.random.Generator, size: int, k: int) -> np.ndarray:
 
 
 def _numeric(fn: Any, array: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Centred differences of fn() (a float, or (float, kink signature)) at flat `index`.
+
+    Where fn also returns a signature of its kinks (which ReLUs are on, which max-pool
+    inputs win), an entry whose +h or -h evaluation changes the signature straddles a kink:
+    its finite difference measures the jump, not the gradient, and comes back as NaN."""
     flat = array.reshape(-1)
     out = np.empty(len(index))
+    base = fn()
     for j, i in enumerate(index):
         old = flat[i]
         flat[i] = old + STEP
@@ -69,8 +77,35 @@ def _numeric(fn: Any, array: np.ndarray, index: np.ndarray) -> np.ndarray:
         flat[i] = old - STEP
         minus = fn()
         flat[i] = old
-        out[j] = (plus - minus) / (2 * STEP)
+        if isinstance(base, tuple):
+            crossed = plus[1] != base[1] or minus[1] != base[1]
+            out[j] = np.nan if crossed else (plus[0] - minus[0]) / (2 * STEP)
+        else:
+            out[j] = (plus - minus) / (2 * STEP)
     return out
+
+
+def _compare(layer: str, what: str, analytic: np.ndarray, index: np.ndarray,
+             numeric: np.ndarray) -> Check:
+    a = analytic.reshape(-1)[index]
+    keep = ~np.isnan(numeric)
+    return Check(layer, what, analytic.shape, int(keep.sum()),
+                 rel_error(a[keep], numeric[keep]), not np.any(analytic),
+                 not np.any(numeric[keep]), kinks=int((~keep).sum()))
+
+
+def kink_signature(layers: list[L.Layer]) -> int:
+    """A hash of every non-differentiable choice a training forward made: the sign pattern
+    of each ReLU / leaky ReLU and the winners of each max pool (read from what the layers
+    saved for backward, before they are released)."""
+    parts = []
+    for layer in layers:
+        if isinstance(layer, L.Activation) and layer.function in ("relu", "leaky_relu"):
+            if layer._saved is not None:
+                parts.append(np.packbits(layer._saved > 0).tobytes())
+        elif isinstance(layer, L.Pool) and layer.type == "max" and layer._saved:
+            parts.append(np.asarray(layer._saved[0]).tobytes())
+    return hash(tuple(parts))
 
 
 def _freeze_dropout(layer: L.Layer, seed: int) -> None:
@@ -90,45 +125,48 @@ def check_layer(layer: L.Layer, in_shape: tuple[int, ...], rng: np.random.Genera
     layer.need_dx = need_dx
     grads = {k: v.copy() for k, v in layer.grads.items()}
 
-    def objective() -> float:
+    def objective() -> tuple[float, int]:
         _freeze_dropout(layer, 1)
         out = float(np.sum(upstream * layer.forward(x.copy(), True)))
+        kinks = kink_signature([layer])
         layer.release()
-        return out
+        return out, kinks
 
-    checks = []
     idx = _sample(rng, x.size, samples)
-    num = _numeric(objective, x, idx)
-    checks.append(Check(layer.name, "input", x.shape, len(idx),
-                        rel_error(dx.reshape(-1)[idx], num), not np.any(dx), not np.any(num)))
+    checks = [_compare(layer.name, "input", dx, idx, _numeric(objective, x, idx))]
     for name, p in layer.params.items():
         idx = _sample(rng, p.size, samples)
-        num = _numeric(objective, p, idx)
-        g = grads[name]
-        checks.append(Check(layer.name, name, p.shape, len(idx),
-                            rel_error(g.reshape(-1)[idx], num), not np.any(g), not np.any(num)))
+        checks.append(_compare(layer.name, name, grads[name], idx,
+                               _numeric(objective, p, idx)))
     return checks
+
+
+# Batch statistics over a handful of numbers are degenerate (with 2 samples x-hat is +-1
+# whatever x is, and its gradient is float64 noise): batchnorm checks see at least this
+# many numbers per channel.
+BATCHNORM_MIN_COUNT = 64
 
 
 def check_network(net: Network, batch: int = 2, samples: int = 12,
                   seed: int = 0) -> list[Check]:
-    """Every layer alone, then the whole net through its loss. `net` must be float64."""
+    """Every layer alone, then the whole net. `net` must be float64.
+
+    Entries whose +-h evaluations flip a ReLU or a max-pool winner anywhere in the net
+    ("kinks", the notes' warning about gradient checks) are dropped and counted."""
     if net.dtype != np.float64:
         raise ValueError("gradient checks need a float64 network")
     rng = np.random.default_rng(seed)
     rows = {r.name: r for r in net.report.rows}
     checks: list[Check] = []
+    bn_areas = []
     for layer in net.layers:
         vin = rows[layer.name].input
         assert vin is not None
         n = batch
         if isinstance(layer, L.BatchNorm):
-            # batch statistics over a handful of numbers are degenerate (with 2 samples
-            # x-hat is +-1 whatever x is): give the check at least 16 per channel
-            n = max(batch, -(-16 // (vin.h * vin.w)))
+            bn_areas.append(vin.h * vin.w)
+            n = max(batch, -(-BATCHNORM_MIN_COUNT // (vin.h * vin.w)))
         checks.extend(check_layer(layer, (n, vin.h, vin.w, vin.d), rng, samples))
-    bn_areas = [rows[x.name].input.h * rows[x.name].input.w  # type: ignore[union-attr]
-                for x in net.layers if isinstance(x, L.BatchNorm)]
     if bn_areas:
         batch = max(batch, -(-16 // min(bn_areas)))
 
@@ -137,13 +175,14 @@ def check_network(net: Network, batch: int = 2, samples: int = 12,
     x = rng.standard_normal((batch, net.input.h, net.input.w, net.input.d))
     upstream = rng.standard_normal((batch, net.output.h, net.output.w, net.output.d))
 
-    def objective() -> float:
+    def objective() -> tuple[float, int]:
         for layer in net.layers:
             _freeze_dropout(layer, 2)
         value = float(np.sum(upstream * net.forward(x, training=True)))
+        kinks = kink_signature(net.layers)
         for layer in net.layers:
             layer.release()
-        return value
+        return value, kinks
 
     for layer in net.layers:
         _freeze_dropout(layer, 2)
@@ -154,15 +193,10 @@ def check_network(net: Network, batch: int = 2, samples: int = 12,
     first.need_dx = need_dx
     grads = {k: v.copy() for k, v in net.grads.items()}
     idx = _sample(rng, x.size, samples)
-    num = _numeric(objective, x, idx)
-    checks.append(Check("(net)", "input", x.shape, len(idx), rel_error(dx.reshape(-1)[idx], num),
-                        not np.any(dx), not np.any(num)))
+    checks.append(_compare("(net)", "input", dx, idx, _numeric(objective, x, idx)))
     for name, p in net.params.items():
         idx = _sample(rng, p.size, samples)
-        num = _numeric(objective, p, idx)
-        g = grads[name]
-        checks.append(Check("(net)", name, p.shape, len(idx), rel_error(g.reshape(-1)[idx], num),
-                            not np.any(g), not np.any(num)))
+        checks.append(_compare("(net)", name, grads[name], idx, _numeric(objective, p, idx)))
     checks.extend(check_losses(rng, 2, max(2, min(10, net.output.size))))
     return checks
 
@@ -176,6 +210,5 @@ def check_losses(rng: np.random.Generator, batch: int, classes: int) -> list[Che
         _, grad = fn(scores, labels)
         idx = np.arange(scores.size)
         num = _numeric(lambda s=scores, f=fn, y=labels: f(s, y)[0], scores, idx)
-        checks.append(Check(f"(loss {name})", "scores", scores.shape, len(idx),
-                            rel_error(grad.reshape(-1), num), not np.any(grad), not np.any(num)))
+        checks.append(_compare(f"(loss {name})", "scores", grad, idx, num))
     return checks
