@@ -374,10 +374,13 @@ def check_sliding(spec: Spec, trained_at: Volume, report: Report,
     problems: list[str] = []
     if image.d != trained_at.d:
         problems.append(f"the image depth {image.d} is not the net's {trained_at.d}")
-    if stride and (jump.h % stride or jump.w % stride):
+    finer = bool(stride) and not (jump.h % stride or jump.w % stride)  # type: ignore[operator]
+    coarser = bool(stride) and not (stride % jump.h or stride % jump.w)  # type: ignore[operator]
+    if stride and not (finer or coarser):
         tiles = False
-        problems.append(f"--stride {stride} must divide the net's own window stride "
-                        f"{jump} (the product of its strides)")
+        problems.append(f"--stride {stride} must divide the net's own window stride {jump} "
+                        "(the product of its strides; several shifted passes) or be a "
+                        "multiple of it (every k-th window of one pass)")
     nearest: list[str] = []
     if not tiles:
         dims = [("width", trained_at.w, image.w, step.w, tile_w[0]),
@@ -400,7 +403,7 @@ def check_sliding(spec: Spec, trained_at: Volume, report: Report,
         positions = _pair_dict((image.h - trained_at.h) // step.h + 1,
                                (image.w - trained_at.w) // step.w + 1)
     breaks, notes = equivalence(spec, trained_at, report.rounding)
-    passes = (jump.h // step.h) * (jump.w // step.w) if tiles else None
+    passes = max(1, (jump.h // step.h) * (jump.w // step.w)) if tiles else None
     as_conv = []
     trained = analyze(spec, trained_at, report.rounding)
     for row in trained.layers:

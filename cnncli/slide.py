@@ -305,8 +305,8 @@ class SlidingNet:
         at the net's own stride), each cropped to a size that tiles."""
         jump = self.net_stride
         step_h = step_w = stride or 0
-        if not stride:
-            step_h, step_w = jump.h, jump.w
+        if not stride or stride % jump.h == 0 and stride % jump.w == 0:
+            step_h, step_w = jump.h, jump.w  # coarser strides subsample the one pass
         n_h, n_w = self.trained_at.h, self.trained_at.w
         passes = []
         for dy in range(0, jump.h, step_h):
@@ -335,7 +335,10 @@ class SlidingNet:
         jump = self.net_stride
         passes = self._passes(image.shape[0], image.shape[1], stride)
         if len(passes) == 1:
-            return self.one_pass(image)
+            scores = self.one_pass(image)
+            if stride and stride > jump.h:  # a multiple of the net's stride: every k-th window
+                scores = scores[::stride // jump.h, ::stride // jump.w]
+            return scores
         # The notes' method: for each shift (dy, dx), a multiple of the stride below the
         # net's own, one pass over the image cropped there; its windows are every q-th of
         # the fine grid, starting at (dy, dx) / stride.

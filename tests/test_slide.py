@@ -500,3 +500,16 @@ def test_image_files_need_pillow_or_read_with_it(tmp_path: Path) -> None:
     r = invoke("slide", "cifar_small", str(png), "--random-weights", "-f", "json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["images"][0]["score_map"] == [2, 2, 10]
+
+
+def test_a_stride_coarser_than_the_nets_is_every_kth_window_of_one_pass():
+    from cnncli import catalog
+    from cnncli.slide import SlidingNet
+    from cnncli.spec import load_spec
+
+    sliding = SlidingNet.build(load_spec(catalog.resolve("lenet5")))
+    image = np.random.default_rng(0).random((64, 64, 1)).astype(np.float32)
+    own = sliding.score_map(image)                # stride 4, the net's own
+    coarse = sliding.score_map(image, stride=8)   # every 2nd window of the same pass
+    np.testing.assert_array_equal(coarse, own[::2, ::2])
+    np.testing.assert_allclose(coarse, sliding.crop_by_crop(image, stride=8), atol=1e-4)
