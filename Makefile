@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e .
+	# bytecode now, so every command starts without compiling cnncli's sources (an editable
+	# install writes none, and PYTHONDONTWRITEBYTECODE keeps imports from writing it)
+	$(BIN)/python -m compileall -q cnncli
 	# compile the engine's kernels once; numba caches them, so `cnncli train` starts at once
 	$(BIN)/cnncli warmup
 	touch $@
