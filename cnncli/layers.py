@@ -25,10 +25,6 @@ from cnncli.stats import Row
 class Layer:
     """The common surface: params/grads/buffers dicts keyed by the full parameter name."""
 
-    # May a following elementwise layer overwrite this layer's output in place? True when
-    # this layer's backward does not read its own output.
-    output_reusable = True
-
     def __init__(self, name: str):
         self.name = name
         self.params: dict[str, np.ndarray] = {}
@@ -193,8 +189,6 @@ class Pool(Layer):
             self.pad = (layer.pad.h, layer.pad.w)
         self.out_hw = (row.output.h, row.output.w)
         self.in_hw = (row.input.h, row.input.w)
-        # L2 pooling's backward reads its own output
-        self.output_reusable = layer.type != "l2"
         self._saved: tuple[np.ndarray, ...] | None = None
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
@@ -352,8 +346,6 @@ class BatchNorm(Layer):
 class LRN(Layer):
     """AlexNet's local response normalization across channels (PyTorch's formula:
     alpha is divided by the window size)."""
-
-    output_reusable = False  # backward reads its own output
 
     def __init__(self, layer: S.LRN):
         super().__init__(layer.name)

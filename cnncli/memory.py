@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnncli import spec as S
+from cnncli.inplace import in_place_activations
 from cnncli.spec import SpecInvalid, Volume
 from cnncli.stats import Report, Row, analyze
 
@@ -624,8 +625,6 @@ class _Sequence:
 
 
 class _Residual:
-    output_reusable = True
-
     def __init__(self, heap: _Heap, row: Row, body: _Sequence, shortcut: _Sequence):
         self.heap, self.vol = heap, row.output
         self.name = row.name
@@ -656,8 +655,6 @@ class _Residual:
 
 
 class _Concat:
-    output_reusable = True
-
     def __init__(self, heap: _Heap, row: Row, branches: list[_Sequence], depths: list[int]):
         self.heap, self.vol, self.name = heap, row.output, row.name
         self.branches, self.depths = branches, depths
@@ -698,35 +695,30 @@ def _run(item: Any, method: str, *args: Any) -> _Buf:
 
 
 class _Builder:
-    """network._Builder, mirrored: the same in-place decisions."""
+    """network._Builder, mirrored; the in-place decisions come from the same rule."""
 
     def __init__(self, heap: _Heap, report: Report, threads: int):
         self.heap, self.threads = heap, threads
         self.rows = {r.name: r for r in report.rows}
+        self.in_place = in_place_activations(report.spec.layers)  # the engine's own rule
 
-    def sequence(self, nodes: tuple[S.Node, ...], shared_input: bool) -> _Sequence:
+    def sequence(self, nodes: tuple[S.Node, ...]) -> _Sequence:
         items: list[Any] = []
-        reusable = not shared_input
         for node in nodes:
             if isinstance(node, S.Repeat):
                 for one_pass in node.passes:
-                    inner = self.sequence(one_pass, shared_input=not reusable)
-                    items.extend(inner.items)
-                    if inner.items:
-                        reusable = _reusable(inner.items[-1])
-                continue
-            item = self.node(node, in_place_ok=reusable)
-            items.append(item)
-            reusable = _reusable(item)
+                    items.extend(self.sequence(one_pass).items)
+            else:
+                items.append(self.node(node))
         return _Sequence(items)
 
-    def node(self, node: S.Node, in_place_ok: bool) -> Any:
+    def node(self, node: S.Node) -> Any:
         if isinstance(node, S.Residual):
             return _Residual(self.heap, self.rows[f"{node.name}.add"],
-                             self.sequence(node.body, True), self.sequence(node.shortcut, True))
+                             self.sequence(node.body), self.sequence(node.shortcut))
         if isinstance(node, S.Concat):
             return _Concat(self.heap, self.rows[f"{node.name}.out"],
-                           [self.sequence(b, True) for b in node.branches],
+                           [self.sequence(b) for b in node.branches],
                            [self._end_depth(b) for b in node.branches])
         row, h, t = self.rows[node.name], self.heap, self.threads
         if isinstance(node, S.Conv):
@@ -738,7 +730,7 @@ class _Builder:
         if isinstance(node, S.Pool):
             return _Pool(h, row, t, node)
         if isinstance(node, S.Activation):
-            return _Activation(h, row, t, node, in_place=in_place_ok)
+            return _Activation(h, row, t, node, in_place=node.name in self.in_place)
         if isinstance(node, S.Dropout):
             return _Dropout(h, row, t, node)
         if isinstance(node, S.BatchNorm):
@@ -765,18 +757,6 @@ class _Builder:
                 out = self.rows[node.name].output
                 assert out is not None
                 return out.d
-
-
-def _reusable(item: Any) -> bool:
-    if isinstance(item, _Activation):
-        return True
-    if isinstance(item, _Dropout):
-        return False
-    if isinstance(item, _Pool):
-        return item.type != "l2"
-    if isinstance(item, _LRN):
-        return False
-    return True
 
 
 # ----------------------------------------------------------------------------- the report
@@ -875,7 +855,7 @@ def simulate(report: Report, batch: int, dtype: str = "float32", optimizer: str 
     threads = threads or default_threads()
     heap = _Heap(batch, DTYPES[dtype])
     spec = report.spec
-    net = _Builder(heap, report, threads).sequence(spec.layers, shared_input=True)
+    net = _Builder(heap, report, threads).sequence(spec.layers)
     layers = net.leaves()
     if net.items and isinstance(net.items[0], _Layer):
         net.items[0].need_dx = False

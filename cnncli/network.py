@@ -28,6 +28,7 @@ import numpy as np
 from cnncli import catalog
 from cnncli import layers as L
 from cnncli import spec as S
+from cnncli.inplace import in_place_activations
 from cnncli.spec import SpecInvalid, Volume
 from cnncli.stats import Report, analyze
 
@@ -57,8 +58,6 @@ class Sequence:
 class ResidualBlock:
     """out = body(x) + shortcut(x): the gradient flows to both and adds up at x."""
 
-    output_reusable = True
-
     def __init__(self, body: Sequence, shortcut: Sequence):
         self.body, self.shortcut = body, shortcut
 
@@ -78,8 +77,6 @@ class ResidualBlock:
 
 class ConcatBlock:
     """Depth concatenation: each branch's gradient is its slice of the output's."""
-
-    output_reusable = True
 
     def __init__(self, branches: list[Sequence]):
         self.branches = branches
@@ -108,32 +105,25 @@ class ConcatBlock:
 class _Builder:
     def __init__(self, report: Report, rng: np.random.Generator, dtype: np.dtype):
         self.rows = {r.name: r for r in report.rows}
+        self.in_place = in_place_activations(report.spec.layers)
         self.rng = rng
         self.dtype = dtype
 
-    def sequence(self, nodes: tuple[S.Node, ...], shared_input: bool) -> Sequence:
-        """`shared_input`: the sequence's input is also read elsewhere (a block's branches,
-        or the caller's array), so its first layer must not overwrite it."""
+    def sequence(self, nodes: tuple[S.Node, ...]) -> Sequence:
         items: list[Any] = []
-        reusable = not shared_input
         for node in nodes:
             if isinstance(node, S.Repeat):
                 for one_pass in node.passes:
-                    inner = self.sequence(one_pass, shared_input=not reusable)
-                    items.extend(inner.items)
-                    if inner.items:
-                        reusable = _reusable(inner.items[-1])
-                continue
-            item = self.node(node, in_place_ok=reusable)
-            items.append(item)
-            reusable = _reusable(item)
+                    items.extend(self.sequence(one_pass).items)
+            else:
+                items.append(self.node(node))
         return Sequence(items)
 
-    def node(self, node: S.Node, in_place_ok: bool) -> Any:
+    def node(self, node: S.Node) -> Any:
         if isinstance(node, S.Residual):
-            return ResidualBlock(self.sequence(node.body, True), self.sequence(node.shortcut, True))
+            return ResidualBlock(self.sequence(node.body), self.sequence(node.shortcut))
         if isinstance(node, S.Concat):
-            return ConcatBlock([self.sequence(b, True) for b in node.branches])
+            return ConcatBlock([self.sequence(b) for b in node.branches])
         row = self.rows[node.name]
         if isinstance(node, S.Conv):
             return L.Conv(node, row, self.rng, self.dtype)
@@ -144,7 +134,7 @@ class _Builder:
         if isinstance(node, S.Pool):
             return L.Pool(node, row)
         if isinstance(node, S.Activation):
-            return L.Activation(node, in_place=in_place_ok)
+            return L.Activation(node, in_place=node.name in self.in_place)
         if isinstance(node, S.Dropout):
             return L.Dropout(node, self.rng)
         if isinstance(node, S.BatchNorm):
@@ -152,14 +142,6 @@ class _Builder:
         if isinstance(node, S.LRN):
             return L.LRN(node)
         raise TypeError(f"no engine layer for {type(node).__name__}")  # pragma: no cover
-
-
-def _reusable(item: Any) -> bool:
-    if isinstance(item, L.Activation):
-        return True  # an in-place activation's output is as reusable as its input was
-    if isinstance(item, L.Dropout):
-        return False  # at test time dropout passes its input through unchanged
-    return bool(getattr(item, "output_reusable", True))
 
 
 class Network:
@@ -180,8 +162,7 @@ class Network:
         assert report.output is not None
         self.output = report.output
         self.rng = np.random.default_rng(seed)
-        self.body = _Builder(report, self.rng, self.dtype).sequence(spec.layers,
-                                                                     shared_input=True)
+        self.body = _Builder(report, self.rng, self.dtype).sequence(spec.layers)
         self.layers: list[L.Layer] = list(self.body.leaves())
         if self.layers:
             # nothing upstream of the first layer needs a gradient: skip that work

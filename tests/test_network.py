@@ -287,3 +287,19 @@ def test_forward_and_backward_match_pytorch(source, training):
 def test_network_at_another_input_size():
     net = Network.from_spec("allconv", input_volume=Volume(64, 64, 3))
     assert net.forward(np.zeros((1, 64, 64, 3), np.float32)).shape == (1, 1, 1, 10)
+
+
+def test_in_place_rule_is_what_the_engine_builds():
+    from cnncli import layers as L
+    from cnncli.inplace import in_place_activations
+
+    net = Network.from_spec(EVERY_LAYER)
+    built = {x.name for x in net.layers if isinstance(x, L.Activation) and x.in_place}
+    assert built == in_place_activations(net.spec.layers)
+    # after a conv / a batchnorm: in place (their backward reads their input, not output)
+    assert "relu1" in built and "tanh1" in built
+    # the caller's array is never overwritten
+    x = np.random.default_rng(0).standard_normal((2, 8, 10, 3)).astype(np.float32)
+    copy = x.copy()
+    net.forward(x, training=True)
+    np.testing.assert_array_equal(x, copy)
