@@ -7,7 +7,8 @@ TYPED  := cnncli/spec.py cnncli/shapes.py cnncli/stats.py cnncli/render.py cnncl
           cnncli/cli.py cnncli/cli_engine.py cnncli/cli_memory.py cnncli/cli_train.py \
           cnncli/cli_slide.py cnncli/memory.py cnncli/measure.py cnncli/gradcheck.py \
           cnncli/network.py cnncli/layers.py cnncli/profile.py cnncli/warmup.py cnncli/data.py \
-          cnncli/optim.py cnncli/train.py cnncli/checkpoint.py cnncli/convert.py cnncli/slide.py
+          cnncli/optim.py cnncli/train.py cnncli/checkpoint.py cnncli/convert.py cnncli/slide.py \
+          cnncli/inplace.py cnncli/config.py
 
 .PHONY: install dev demo test lint bench clean
 
