@@ -220,3 +220,25 @@ def lrn_backward(x, dy, size, alpha, beta, k):
                     d -= x2[p, c] * beta * s2[p, c] ** (-beta - 1) * alpha / size * 2 * x2[p, j]
                 dx2[p, j] += g2[p, c] * d
     return dx2.reshape(x.shape)
+
+
+def rel_error(a, b):
+    """|a - b| / (|a| + |b|) over whole arrays (0 when both are zero)."""
+    den = np.linalg.norm(a) + np.linalg.norm(b)
+    return 0.0 if den == 0 else np.linalg.norm(a - b) / den
+
+
+def numeric_gradient(f, x, dy, h=1e-6):
+    """Centred differences of loss = sum(f(x) * dy) w.r.t. every element of x."""
+    g = np.zeros_like(x)
+    xf = x.reshape(-1)
+    gf = g.reshape(-1)
+    for i in range(xf.size):
+        old = xf[i]
+        xf[i] = old + h
+        lp = np.sum(f(x) * dy)
+        xf[i] = old - h
+        lm = np.sum(f(x) * dy)
+        xf[i] = old
+        gf[i] = (lp - lm) / (2 * h)
+    return g

@@ -26,24 +26,6 @@ LRN_CASES = [
 EPS = 1e-5
 
 
-def _rel(a, b):
-    den = np.linalg.norm(a) + np.linalg.norm(b)
-    return 0.0 if den == 0 else np.linalg.norm(a - b) / den
-
-
-def _numgrad(f, x, dy, h=1e-6):
-    g = np.zeros_like(x)
-    xf = x.reshape(-1)
-    gf = g.reshape(-1)
-    for i in range(xf.size):
-        old = xf[i]
-        xf[i] = old + h
-        lp = np.sum(f(x) * dy)
-        xf[i] = old - h
-        lm = np.sum(f(x) * dy)
-        xf[i] = old
-        gf[i] = (lp - lm) / (2 * h)
-    return g
 
 
 def _bn_data(shape, seed=0, offset=0.0):
@@ -120,9 +102,9 @@ def test_batchnorm_gradcheck(shape):
     def fwd(x_=x, g_=gamma, b_=beta):
         return norm.batchnorm_forward_train(x_, g_, b_, EPS)[0]
 
-    assert _rel(dx, _numgrad(lambda t: fwd(x_=t), x, dy)) < 1e-6
-    assert _rel(dgamma, _numgrad(lambda t: fwd(g_=t), gamma.copy(), dy)) < 1e-6
-    assert _rel(dbeta, _numgrad(lambda t: fwd(b_=t), beta.copy(), dy)) < 1e-6
+    assert ref.rel_error(dx, ref.numeric_gradient(lambda t: fwd(x_=t), x, dy)) < 1e-6
+    assert ref.rel_error(dgamma, ref.numeric_gradient(lambda t: fwd(g_=t), gamma.copy(), dy)) < 1e-6
+    assert ref.rel_error(dbeta, ref.numeric_gradient(lambda t: fwd(b_=t), beta.copy(), dy)) < 1e-6
 
 
 @pytest.mark.torch
@@ -180,8 +162,8 @@ def test_lrn_gradcheck(size, alpha, beta, k, C):
     x, dy = _lrn_data(C, seed=1)
     y, scale = norm.lrn_forward(x, size, alpha, beta, k)
     dx = norm.lrn_backward(x, y, scale, dy, size, alpha, beta)
-    num = _numgrad(lambda t: norm.lrn_forward(t, size, alpha, beta, k)[0], x, dy)
-    assert _rel(dx, num) < 1e-6
+    num = ref.numeric_gradient(lambda t: norm.lrn_forward(t, size, alpha, beta, k)[0], x, dy)
+    assert ref.rel_error(dx, num) < 1e-6
 
 
 @pytest.mark.torch

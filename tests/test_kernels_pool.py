@@ -44,25 +44,6 @@ def _setup(case, seed=0, dtype=np.float64):
     return x, dy, size, stride, pad, out_hw, ceil
 
 
-def _rel(a, b):
-    den = np.linalg.norm(a) + np.linalg.norm(b)
-    return 0.0 if den == 0 else np.linalg.norm(a - b) / den
-
-
-def _numgrad(f, x, dy, h=1e-6):
-    """Centred differences of loss = sum(f(x) * dy) w.r.t. every element of x."""
-    g = np.zeros_like(x)
-    xf = x.reshape(-1)
-    gf = g.reshape(-1)
-    for i in range(xf.size):
-        old = xf[i]
-        xf[i] = old + h
-        lp = np.sum(f(x) * dy)
-        xf[i] = old - h
-        lm = np.sum(f(x) * dy)
-        xf[i] = old
-        gf[i] = (lp - lm) / (2 * h)
-    return g
 
 
 def test_small_cases_cover_ceil_overhang():
@@ -168,15 +149,16 @@ def test_small_validation():
 def test_pool_gradcheck(case):
     x, dy, size, stride, pad, out_hw, _ = _setup(case, seed=1)
     y, sw = pool.max_pool_forward(x, size, stride, pad, out_hw)
-    num = _numgrad(lambda t: pool.max_pool_forward(t, size, stride, pad, out_hw)[0], x, dy)
-    assert _rel(pool.max_pool_backward(dy, sw, x.shape[1:3]), num) < 1e-6
+    num = ref.numeric_gradient(
+        lambda t: pool.max_pool_forward(t, size, stride, pad, out_hw)[0], x, dy)
+    assert ref.rel_error(pool.max_pool_backward(dy, sw, x.shape[1:3]), num) < 1e-6
 
-    num = _numgrad(lambda t: pool.avg_pool_forward(t, size, stride, pad, out_hw), x, dy)
-    assert _rel(pool.avg_pool_backward(dy, size, stride, pad, x.shape[1:3]), num) < 1e-6
+    num = ref.numeric_gradient(lambda t: pool.avg_pool_forward(t, size, stride, pad, out_hw), x, dy)
+    assert ref.rel_error(pool.avg_pool_backward(dy, size, stride, pad, x.shape[1:3]), num) < 1e-6
 
     y = pool.l2_pool_forward(x, size, stride, pad, out_hw)
-    num = _numgrad(lambda t: pool.l2_pool_forward(t, size, stride, pad, out_hw), x, dy)
-    assert _rel(pool.l2_pool_backward(x, y, dy, size, stride, pad), num) < 1e-6
+    num = ref.numeric_gradient(lambda t: pool.l2_pool_forward(t, size, stride, pad, out_hw), x, dy)
+    assert ref.rel_error(pool.l2_pool_backward(x, y, dy, size, stride, pad), num) < 1e-6
 
 
 # ---------------------------------------------------------------- PyTorch
