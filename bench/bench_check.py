@@ -35,14 +35,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CNNCLI = ROOT / ".venv" / "bin" / "cnncli"
 PYTHON = ROOT / ".venv" / "bin" / "python"
-BENCHMARKS = ROOT / "BENCHMARKS.md"
-START, END = "<!-- bench_check: start -->", "<!-- bench_check: end -->"
+
+from benchmarks_md import BENCHMARKS, markers, replace_section  # noqa: E402  (beside this script)
+
+START, END = markers("bench_check")
 
 # Plain torch.nn VGG16 and ResNet-50 (torchvision's layouts: ResNet v1.5, stride on the 3x3).
 MODELS = '''
 import torch
 import torchinfo
 from torch import nn
+
 
 
 def build_vgg16():
@@ -199,16 +202,7 @@ def write_section(rows: list[dict], runs: int) -> None:  # type: ignore[type-arg
                      f"{r['ratio_best']:.1f}x / {r['ratio']:.1f}x |")
     lines += ["", "Target: well under half a second, at least 10x faster than torchinfo.", END]
     section = "\n".join(lines) + "\n"
-    if BENCHMARKS.exists():
-        text = BENCHMARKS.read_text(encoding="utf-8")
-        if START in text and END in text:
-            head, rest = text.split(START, 1)
-            text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-    else:
-        text = "# Benchmarks\n\n" + section
-    BENCHMARKS.write_text(text, encoding="utf-8")
+    replace_section("bench_check", section)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+
+from benchmarks_md import BENCHMARKS, markers, replace_section  # noqa: E402  (beside this script)
+
 from cnncli import catalog  # noqa: E402
 from cnncli.memory import estimate  # noqa: E402
 from cnncli.spec import Volume, load_spec  # noqa: E402
 from cnncli.stats import analyze  # noqa: E402
 
-BENCHMARKS = ROOT / "BENCHMARKS.md"
-START, END = "<!-- bench_memory: start -->", "<!-- bench_memory: end -->"
+START, END = markers("bench_memory")
 NETS = [  # (bundled name, --input, label)
     ("cifar_small", None, "CIFAR small (cifar_small)"),
     ("lenet5", None, "LeNet-5 (lenet5)"),
@@ -124,13 +126,7 @@ def write_section(rows: list[dict]) -> None:  # type: ignore[type-arg]
     lines += ["", f"Target: within 10% at every row; worst here {worst:.1%}. Binary units "
               "(1 MiB = 2^20 bytes).", END]
     section = "\n".join(lines) + "\n"
-    text = BENCHMARKS.read_text(encoding="utf-8") if BENCHMARKS.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    BENCHMARKS.write_text(text, encoding="utf-8")
+    replace_section("bench_memory", section)
 
 
 def main() -> None:

@@ -33,14 +33,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+
+from benchmarks_md import BENCHMARKS, markers, replace_section  # noqa: E402  (beside this script)
+
 from cnncli import catalog  # noqa: E402
 from cnncli.config import configure_threads  # noqa: E402
 from cnncli.network import Network  # noqa: E402
 from cnncli.slide import SlidingNet  # noqa: E402
 from cnncli.spec import load_spec  # noqa: E402
 
-BENCHMARKS = ROOT / "BENCHMARKS.md"
-START, END = "<!-- bench_slide: start -->", "<!-- bench_slide: end -->"
+START, END = markers("bench_slide")
 
 
 def sliding_net(name: str) -> tuple[SlidingNet, float]:
@@ -143,13 +145,7 @@ def write_section(rows: list[dict], threads: int) -> None:  # type: ignore[type-
         END,
     ]
     section = "\n".join(lines) + "\n"
-    text = BENCHMARKS.read_text(encoding="utf-8") if BENCHMARKS.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    BENCHMARKS.write_text(text, encoding="utf-8")
+    replace_section("bench_slide", section)
 
 
 def main() -> None:

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ROOT / "BENCHMARKS.md"
-START, END = "<!-- bench_train: start -->", "<!-- bench_train: end -->"
+from benchmarks_md import BENCHMARKS, markers, replace_section  # noqa: E402  (beside this script)
+
+START, END = markers("bench_train")
 SPEC = "cifar_small"
 LR, MOMENTUM, BATCH, SEED = 0.01, 0.9, 64, 0
 EpochFn = Callable[[np.ndarray], dict[str, float]]
@@ -229,16 +230,7 @@ def write_section(rows: list[dict], epochs: int, threads: int, n: int,  # type: 
               "figure to compare: on a shared machine slower epochs measure the other jobs.",
               END]
     section = "\n".join(lines) + "\n"
-    if BENCHMARKS.exists():
-        text = BENCHMARKS.read_text(encoding="utf-8")
-        if START in text and END in text:
-            head, rest = text.split(START, 1)
-            text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-    else:
-        text = "# Benchmarks\n\n" + section
-    BENCHMARKS.write_text(text, encoding="utf-8")
+    replace_section("bench_train", section)
 
 
 def main() -> None:
