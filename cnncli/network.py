@@ -28,6 +28,7 @@ import numpy as np
 from cnncli import catalog
 from cnncli import layers as L
 from cnncli import spec as S
+from cnncli.config import ensure_configured
 from cnncli.inplace import in_place_activations
 from cnncli.spec import SpecInvalid, Volume
 from cnncli.stats import Report, analyze
@@ -149,6 +150,7 @@ class Network:
 
     def __init__(self, spec: S.Spec, input_volume: Volume | None = None,
                  dtype: Any = np.float32, seed: int = 0, rounding: str | None = None):
+        ensure_configured()  # the thread policy holds from the start, not from the first conv
         report = analyze(spec, input_volume, rounding)
         if report.errors:
             # a spec that `cnncli check` rejects cannot be built
