@@ -34,11 +34,8 @@ def in_place_activations(nodes: tuple[S.Node, ...]) -> set[str]:
 def _plan(nodes: tuple[S.Node, ...], shared_input: bool, found: set[str]) -> bool:
     """Walk one sequence; return whether its output may be overwritten."""
     reusable = not shared_input
-    for node in nodes:
-        if isinstance(node, S.Repeat):
-            for one_pass in node.passes:
-                reusable = _plan(one_pass, not reusable, found)
-        elif isinstance(node, S.Residual):
+    for node in S.unrolled(nodes):
+        if isinstance(node, S.Residual):
             _plan(node.body, True, found)
             _plan(node.shortcut, True, found)
             reusable = True  # the sum is a new array

@@ -703,14 +703,7 @@ class _Builder:
         self.in_place = in_place_activations(report.spec.layers)  # the engine's own rule
 
     def sequence(self, nodes: tuple[S.Node, ...]) -> _Sequence:
-        items: list[Any] = []
-        for node in nodes:
-            if isinstance(node, S.Repeat):
-                for one_pass in node.passes:
-                    items.extend(self.sequence(one_pass).items)
-            else:
-                items.append(self.node(node))
-        return _Sequence(items)
+        return _Sequence([self.node(node) for node in S.unrolled(nodes)])
 
     def node(self, node: S.Node) -> Any:
         if isinstance(node, S.Residual):

@@ -111,14 +111,7 @@ class _Builder:
         self.dtype = dtype
 
     def sequence(self, nodes: tuple[S.Node, ...]) -> Sequence:
-        items: list[Any] = []
-        for node in nodes:
-            if isinstance(node, S.Repeat):
-                for one_pass in node.passes:
-                    items.extend(self.sequence(one_pass).items)
-            else:
-                items.append(self.node(node))
-        return Sequence(items)
+        return Sequence([self.node(node) for node in S.unrolled(nodes)])
 
     def node(self, node: S.Node) -> Any:
         if isinstance(node, S.Residual):

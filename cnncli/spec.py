@@ -771,6 +771,18 @@ def load_spec(path: str | Path) -> Spec:
         raise SpecError(f"{path}: the layers are nested too deeply") from None
 
 
+def unrolled(nodes: tuple[Node, ...]) -> list[Node]:
+    """A sequence with its `repeat` blocks written out (other blocks kept as they are)."""
+    out: list[Node] = []
+    for node in nodes:
+        if isinstance(node, Repeat):
+            for one_pass in node.passes:
+                out.extend(unrolled(one_pass))
+        else:
+            out.append(node)
+    return out
+
+
 def walk(nodes: tuple[Node, ...]):  # type: ignore[no-untyped-def]
     """Every leaf layer in execution order (blocks expanded)."""
     for node in nodes:
