@@ -57,53 +57,20 @@ def he_normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int,
 # ------------------------------------------------------------------ dot products
 
 
-class Conv(Layer):
-    def __init__(self, layer: S.Conv, row: Row, rng: np.random.Generator, dtype: np.dtype):
-        super().__init__(layer.name)
-        self.stride = (layer.stride.h, layer.stride.w)
-        self.pad = (layer.pad.h, layer.pad.w)
-        self.dilation = (layer.dilation.h, layer.dilation.w)
-        self.groups = layer.groups
-        assert row.output is not None
-        self.out_hw = (row.output.h, row.output.w)
-        shape = row.params[f"{self.name}.weight"]
-        self.params[f"{self.name}.weight"] = he_normal(rng, shape, int(np.prod(shape[1:])), dtype)
-        self.bias_key = f"{self.name}.bias" if layer.bias else None
-        if self.bias_key:
-            self.params[self.bias_key] = np.zeros(shape[0], dtype)
-        self._saved_x: np.ndarray | None = None
+class _Windowed(Layer):
+    """What conv and local share: the window geometry, He-initialised weights and an
+    optional bias (shapes from the report), the input kept for backward."""
 
-    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        self._saved_x = x if training else None
-        b = self.params[self.bias_key] if self.bias_key else None
-        return conv_k.conv2d_forward(x, self.params[f"{self.name}.weight"], b, self.stride,
-                                     self.pad, self.dilation, self.groups, self.out_hw)
-
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        assert self._saved_x is not None, f"{self.name}: backward without a training forward"
-        dx, dw, db = conv_k.conv2d_backward(self._saved_x, self.params[f"{self.name}.weight"], dy,
-                                            self.stride, self.pad, self.dilation, self.groups,
-                                            need_dx=self.need_dx)
-        self.grads[f"{self.name}.weight"] = dw
-        if self.bias_key:
-            self.grads[self.bias_key] = db
-        self._saved_x = None
-        return dx
-
-
-class Local(Layer):
-    """The notes' locally connected layer: a conv without parameter sharing."""
-
-    def __init__(self, layer: S.Local, row: Row, rng: np.random.Generator, dtype: np.dtype):
+    def __init__(self, layer: S.Conv | S.Local, row: Row, rng: np.random.Generator,
+                 dtype: np.dtype, fan_in: int):
         super().__init__(layer.name)
         self.stride = (layer.stride.h, layer.stride.w)
         self.pad = (layer.pad.h, layer.pad.w)
         self.dilation = (layer.dilation.h, layer.dilation.w)
         assert row.output is not None
         self.out_hw = (row.output.h, row.output.w)
-        shape = row.params[f"{self.name}.weight"]
-        fan_in = shape[3] * shape[4] * shape[5]
-        self.params[f"{self.name}.weight"] = he_normal(rng, shape, fan_in, dtype)
+        self.weight_key = f"{self.name}.weight"
+        self.params[self.weight_key] = he_normal(rng, row.params[self.weight_key], fan_in, dtype)
         self.bias_key = f"{self.name}.bias" if layer.bias else None
         if self.bias_key:
             self.params[self.bias_key] = np.zeros(row.params[self.bias_key], dtype)
@@ -112,19 +79,59 @@ class Local(Layer):
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         self._saved_x = x if training else None
         b = self.params[self.bias_key] if self.bias_key else None
-        return conv_k.local2d_forward(x, self.params[f"{self.name}.weight"], b, self.stride,
-                                      self.pad, self.dilation, self.out_hw)
+        return self._forward(x, self.params[self.weight_key], b)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         assert self._saved_x is not None, f"{self.name}: backward without a training forward"
-        dx, dw, db = conv_k.local2d_backward(self._saved_x, self.params[f"{self.name}.weight"],
-                                             dy, self.stride, self.pad, self.dilation,
-                                             need_dx=self.need_dx)
-        self.grads[f"{self.name}.weight"] = dw
+        dx, dw, db = self._backward(self._saved_x, self.params[self.weight_key], dy)
+        self.grads[self.weight_key] = dw
         if self.bias_key:
             self.grads[self.bias_key] = db
         self._saved_x = None
         return dx
+
+    def _forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def _backward(self, x: np.ndarray, w: np.ndarray,
+                  dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class Conv(_Windowed):
+    """y = w * x + b, one filter bank shared by every position (OIHW weights)."""
+
+    def __init__(self, layer: S.Conv, row: Row, rng: np.random.Generator, dtype: np.dtype):
+        shape = row.params[f"{layer.name}.weight"]
+        super().__init__(layer, row, rng, dtype, fan_in=int(np.prod(shape[1:])))
+        self.groups = layer.groups
+
+    def _forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        return conv_k.conv2d_forward(x, w, b, self.stride, self.pad, self.dilation,
+                                     self.groups, self.out_hw)
+
+    def _backward(self, x: np.ndarray, w: np.ndarray,
+                  dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return conv_k.conv2d_backward(x, w, dy, self.stride, self.pad, self.dilation,
+                                      self.groups, need_dx=self.need_dx)
+
+
+class Local(_Windowed):
+    """The notes' locally connected layer: a conv without parameter sharing
+    (weights [K, OH, OW, D, Fh, Fw], bias [K, OH, OW])."""
+
+    def __init__(self, layer: S.Local, row: Row, rng: np.random.Generator, dtype: np.dtype):
+        shape = row.params[f"{layer.name}.weight"]
+        super().__init__(layer, row, rng, dtype, fan_in=shape[3] * shape[4] * shape[5])
+
+    def _forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        return conv_k.local2d_forward(x, w, b, self.stride, self.pad, self.dilation,
+                                      self.out_hw)
+
+    def _backward(self, x: np.ndarray, w: np.ndarray,
+                  dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return conv_k.local2d_backward(x, w, dy, self.stride, self.pad, self.dilation,
+                                       need_dx=self.need_dx)
 
 
 # Below this many multiply-adds a fully connected GEMM stays on one BLAS thread: lending
