@@ -13,10 +13,11 @@ A checkpoint holds everything a run needs to continue bit for bit:
 the position (epochs completed, batches into the next), the RNG states, the optimizer's
 step count and lr, the metric history and the best result so far.
 
-It is written to a temporary file in the same directory, flushed and fsync'd, then
-`os.replace`d over the old one: a kill at any moment leaves either the old or the new
-checkpoint, never half of one. Loading checks the format and, when asked, that the
-checkpoint was trained on the same spec text (sha256).
+It is written to a temporary file in the same directory (`.last.npz.XXXXXXXX.tmp`),
+flushed and fsync'd, then `os.replace`d over the old one: a kill at any moment leaves
+either the old or the new checkpoint, never half of one (and at worst the temporary,
+which `remove_stale_temporaries` clears when the run starts again). Loading checks the
+format and, when asked, that the checkpoint was trained on the same spec text (sha256).
 
 `export_npz` writes the weights alone (`NAME` -> array, PyTorch layouts: conv
 [K, D/groups, Fh, Fw], fc [units, D*H*W] over a (depth, height, width) flattening), so
@@ -35,11 +36,13 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -69,29 +72,95 @@ class Checkpoint:
         return int(self.meta.get("position", {}).get("epoch", 0))
 
 
-def _atomic_write(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+# A file being written is a temporary beside its target, named `.TARGET.XXXXXXXX.tmp`
+# (tempfile's 8 random characters); a kill leaves one behind, which the next run clears.
+_TEMP_PREFIX, _TEMP_SUFFIX = ".", ".tmp"
+_TEMP_RANDOM = r"[a-z0-9_]{8}"
+
+Writer = Callable[[BinaryIO], None]
+
+
+def write_atomically(files: Sequence[tuple[Path, Writer]]) -> None:
+    """Write each file to a temporary beside it (flushed, fsync'd), then rename them all
+    over their targets, in order.
+
+    A failure while writing leaves every target as it was and no temporary behind, so
+    files that must agree (a checkpoint and the metrics derived from it) change together
+    or not at all; only a kill (or a failed rename) between two renames leaves the later
+    ones behind.
+    """
+    pending: list[tuple[str, Path]] = []
     try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        for path, write in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TEMP_PREFIX}{path.name}.",
+                                       suffix=_TEMP_SUFFIX)
+            pending.append((tmp, path))
+            with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fh.fileno(), _mode_for(path))
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        while pending:
+            tmp, path = pending[0]
+            os.replace(tmp, path)
+            pending.pop(0)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        for tmp, _ in pending:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
-    # make the rename itself durable (best effort: not every file system allows this)
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    # make the renames themselves durable (best effort: not every file system allows this)
+    for folder in dict.fromkeys(path.parent for path, _ in files):
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
 
-def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
+def _mode_for(path: Path) -> int:
+    """The target's permissions if it exists, else those of a new file (0o666 less the
+    umask), not mkstemp's owner-only 0o600."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0o022)  # read the umask (setting it back at once)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def remove_stale_temporaries(folder: Path, names: Iterable[str]) -> list[Path]:
+    """Delete the temporaries that a killed `write_atomically` left for these target
+    names in `folder` (only files named like cnncli's own, `.NAME.XXXXXXXX.tmp`)."""
+    pattern = re.compile(rf"{re.escape(_TEMP_PREFIX)}(?:{'|'.join(map(re.escape, names))})"
+                         rf"\.{_TEMP_RANDOM}{re.escape(_TEMP_SUFFIX)}")
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if pattern.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def npz_writer(arrays: dict[str, np.ndarray]) -> Writer:
+    """A `Writer` of these arrays as an (uncompressed) .npz."""
+
+    def write(fh: BinaryIO) -> None:
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
+    return write
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint,
+                    also: Sequence[tuple[Path, Writer]] = ()) -> Path:
+    """Write `ckpt` atomically; `also`: files derived from it (a run's metrics), written
+    with it and renamed right after it, so they never disagree with it after an error."""
     path = Path(path)
     arrays: dict[str, np.ndarray] = {f"weights/{k}": v for k, v in ckpt.weights.items()}
     arrays.update({f"optim/{k}": v for k, v in ckpt.optimizer.items()})
@@ -99,7 +168,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     arrays["norm/std"] = np.asarray(ckpt.std, dtype=np.float32)
     meta = dict(ckpt.meta, format=FORMAT, version=VERSION)
     arrays["meta"] = np.array(json.dumps(meta))
-    _atomic_write(path, arrays)
+    write_atomically([(path, npz_writer(arrays)), *also])
     return path
 
 
@@ -172,5 +241,5 @@ def export_npz(ckpt: Checkpoint | str | Path, path: str | Path) -> Path:
     for k in list(arrays):
         if k.endswith(".running_mean"):  # PyTorch's BatchNorm keeps a step counter too
             arrays[k[:-len("running_mean")] + "num_batches_tracked"] = np.array(steps, np.int64)
-    _atomic_write(out, arrays)
+    write_atomically([(out, npz_writer(arrays))])
     return out

@@ -146,6 +146,7 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
         options = dict(stored, threads=ckpt.meta["info"].get("threads"))
         options.update({k: v for k, v in given.items() if k in RESUME_MAY_CHANGE})
         if ckpt.epoch >= options["epochs"]:
+            run.recover(ckpt.meta["history"])
             out.print(f"nothing to do: {run.path} has finished {ckpt.epoch} epochs "
                       f"(pass --epochs N with N > {ckpt.epoch} to train longer)")
             return

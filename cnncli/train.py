@@ -24,18 +24,26 @@ L2 penalty of `weight_decay` is added to the gradients only.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from cnncli import data as D
-from cnncli.checkpoint import Checkpoint, save_checkpoint, spec_sha256
+from cnncli.checkpoint import (
+    Checkpoint,
+    Writer,
+    remove_stale_temporaries,
+    save_checkpoint,
+    spec_sha256,
+    write_atomically,
+)
 from cnncli.network import Network
 from cnncli.optim import OPTIMIZERS, SCHEDULES, Schedule, make_optimizer
 
@@ -261,7 +269,16 @@ def load_training_data(net: Network, data: str | None, val_data: str | None,
 
 
 class RunDir:
-    """A run's folder: spec.yaml, config.json, metrics.jsonl/.csv, last.npz, best.npz."""
+    """A run's folder: spec.yaml, config.json, metrics.jsonl/.csv, last.npz, best.npz.
+
+    The metrics files are the history that last.npz carries, written with it in one
+    atomic save (`save_checkpoint(..., also=...)`), so they never get ahead of it or
+    lose rows; `recover` rewrites them from the checkpoint when the run starts again,
+    in case a kill fell between the renames.
+    """
+
+    FILES = ("spec.yaml", "config.json", "metrics.jsonl", "metrics.csv", "last.npz",
+             "best.npz")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -270,23 +287,41 @@ class RunDir:
         self.jsonl = self.path / "metrics.jsonl"
         self.csv = self.path / "metrics.csv"
 
-    def start(self, spec_text: str, config: dict[str, Any]) -> None:
-        """Write spec.yaml (the spec as used) and config.json (everything about the run)."""
+    def start(self, spec_text: str, config: dict[str, Any],
+              history: list[dict[str, Any]]) -> None:
+        """Write spec.yaml (the spec as used) and config.json (everything about the run);
+        `recover` what an earlier kill may have left."""
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "spec.yaml").write_text(spec_text, encoding="utf-8")
-        (self.path / "config.json").write_text(json.dumps(config, indent=2) + "\n",
-                                               encoding="utf-8")
+        self.recover(history)
+        write_atomically([
+            (self.path / "spec.yaml", _text_writer(spec_text)),
+            (self.path / "config.json", _text_writer(json.dumps(config, indent=2) + "\n"))])
+
+    def recover(self, history: list[dict[str, Any]]) -> None:
+        """Remove the temporaries of a save that was killed, and rewrite the metrics from
+        `history`, the one in last.npz (a resumed run keeps exactly the epochs its
+        checkpoint has)."""
+        remove_stale_temporaries(self.path, self.FILES)
+        self.write_metrics(history)
+
+    def metrics_files(self, history: list[dict[str, Any]]) -> list[tuple[Path, Writer]]:
+        """(path, writer) of both metrics files for this history, for `write_atomically`."""
+        jsonl = "".join(json.dumps(row) + "\n" for row in history)
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=[f.name for f in fields(EpochMetrics)])
+        writer.writeheader()
+        writer.writerows(history)
+        return [(self.jsonl, _text_writer(jsonl)), (self.csv, _text_writer(table.getvalue()))]
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
-        """Rewrite both metrics files from the whole history (a resumed run keeps exactly
-        the epochs its checkpoint has)."""
-        self.jsonl.write_text("".join(json.dumps(row) + "\n" for row in history),
-                              encoding="utf-8")
-        columns = [f.name for f in fields(EpochMetrics)]
-        with self.csv.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(history)
+        """Rewrite both metrics files from the whole history, atomically."""
+        write_atomically(self.metrics_files(history))
+
+
+def _text_writer(text: str) -> Writer:
+    def write(fh: BinaryIO) -> None:
+        fh.write(text.encode("utf-8"))
+    return write
 
 
 # --------------------------------------------------------------------------- the loop
@@ -409,7 +444,9 @@ class Trainer:
         if self.run_dir is None:
             return
         path = self.run_dir.last if kind == "last" else self.run_dir.best
-        save_checkpoint(path, self.checkpoint())
+        # the metrics files are last.npz's history: written with it, they agree with it
+        also = self.run_dir.metrics_files(self.progress.history) if kind == "last" else []
+        save_checkpoint(path, self.checkpoint(), also=also)
         yield CheckpointSaved(path, kind, self.progress.epoch, self.progress.batch)
 
     # ------------------------------------------------------------ the loop
@@ -439,8 +476,7 @@ class Trainer:
     def run(self) -> Iterator[Event]:
         cfg, net, p = self.config, self.net, self.progress
         if self.run_dir is not None:
-            self.run_dir.start(self.spec_text, self.run_config())
-            self.run_dir.write_metrics(p.history)
+            self.run_dir.start(self.spec_text, self.run_config(), p.history)
         n = len(self.train_ds)
         batches = self.batches_per_epoch
         while p.epoch < cfg.epochs:
@@ -507,8 +543,6 @@ class Trainer:
         if best:
             yield from self._save("best")
         yield from self._save("last")
-        if self.run_dir is not None:
-            self.run_dir.write_metrics(p.history)
         yield EpochDone(m, self.config.epochs)
 
     def _diverged(self, loss: float, lr: float, batch: int) -> Stopped:

@@ -490,3 +490,137 @@ def test_cli_val_data_and_eval_data(spec_file: Path, tmp_path: Path) -> None:
                    2, "images are 12x12x1 but the spec's input is 12x12x3")
     one_line_error(cli_train(spec_file, tmp_path / "r2", "--val-fraction", "0.1",
                              "--val-data", str(tmp_path / "test.npz")), 2, "exclude each other")
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+def metrics_agree_with_last_checkpoint(run: Path) -> int:
+    """metrics.csv and metrics.jsonl hold exactly last.npz's history; its length."""
+    import csv
+
+    history = C.load_checkpoint(run / "last.npz").meta["history"]
+    with (run / "metrics.csv").open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [h["epoch"] for h in history]
+    assert [float(r["train_loss"]) for r in rows] == [h["train_loss"] for h in history]
+    jsonl = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert jsonl == history
+    return len(history)
+
+
+def temporaries(run: Path) -> list[str]:
+    return sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp"))
+
+
+@pytest.mark.parametrize("failure", ["metrics writer", "checkpoint rename", "metrics rename"])
+def test_metrics_csv_agrees_with_last_npz_after_a_failed_save_and_a_resume(
+        shapes: D.Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        failure: str) -> None:
+    """metrics.csv used to be rewritten in place after the checkpoint: a kill there left
+    it cut short (0 rows beside a last.npz at epoch 994). Now the metrics are written with
+    last.npz in one atomic save; the save of epoch 2 fails here at three points."""
+    from cnncli import train as T
+
+    run = tmp_path / "run"
+    trainer = make_trainer(shapes, run, epochs=3)
+    epoch_2 = lambda: trainer.progress.epoch == 2  # noqa: E731 (saving epoch 2)
+    text_writer, replace = T._text_writer, os.replace
+
+    def half_then_disk_full(text: str) -> Any:
+        write = text_writer(text)
+        if not (text.startswith("epoch,") and epoch_2()):
+            return write
+
+        def fail(fh: Any) -> None:
+            fh.write(text[: len(text) // 2].encode())
+            raise OSError(28, "No space left on device")
+        return fail
+
+    def rename_fails(src: str, dst: str) -> None:
+        target = "last.npz" if failure == "checkpoint rename" else "metrics.csv"
+        if Path(dst).name == target and epoch_2():
+            raise OSError(5, "Input/output error")
+        replace(src, dst)
+
+    if failure == "metrics writer":
+        monkeypatch.setattr(T, "_text_writer", half_then_disk_full)
+    else:
+        monkeypatch.setattr(os, "replace", rename_fails)
+    with pytest.raises(OSError):
+        run_all(trainer)
+    monkeypatch.undo()
+    assert temporaries(run) == []
+    if failure == "metrics rename":
+        # last.npz (and metrics.jsonl) renamed, metrics.csv not: the one window left,
+        # closed when the run starts again
+        assert C.load_checkpoint(run / "last.npz").epoch == 2
+    else:
+        assert metrics_agree_with_last_checkpoint(run) == 1
+
+    resumed = make_trainer(shapes, run, epochs=3)
+    resumed.load(C.load_checkpoint(run / "last.npz"))
+    events = resumed.run()
+    next(events)  # started: the run directory is recovered before the first batch
+    assert metrics_agree_with_last_checkpoint(run) == resumed.progress.epoch
+    list(events)
+    assert metrics_agree_with_last_checkpoint(run) == 3
+
+
+def test_resume_of_a_finished_run_repairs_metrics_cut_short(spec_file: Path,
+                                                            tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert cli_train(spec_file, run, "--epochs", "2").exit_code == 0
+    (run / "metrics.csv").write_text("epoch,train_loss\n")  # killed mid-write, old style
+    (run / "metrics.jsonl").write_text("")
+    result = runner.invoke(app, ["train", str(spec_file), "--out", str(run), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "nothing to do" in result.stdout
+    assert metrics_agree_with_last_checkpoint(run) == 2
+
+
+def test_atomic_writes_give_files_the_usual_permissions_not_owner_only(tmp_path: Path) -> None:
+    """mkstemp makes its temporaries 0o600; metrics and configs written through them
+    became unreadable to others, unlike before the writes were atomic."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    fresh, kept = tmp_path / "metrics.csv", tmp_path / "config.json"
+    kept.write_text("{}")
+    kept.chmod(0o640)
+    C.write_atomically([(fresh, lambda fh: fh.write(b"epoch\n")),
+                        (kept, lambda fh: fh.write(b"{}\n"))])
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_text() == "{}\n"
+
+
+STALE = [".last.npz.k2j4h5g6.tmp", ".best.npz.zz_9yy88.tmp", ".metrics.csv.a1b2c3d4.tmp",
+         ".metrics.jsonl.qwertyui.tmp", ".config.json.0o0o0o0o.tmp", ".spec.yaml.abcdefgh.tmp"]
+NOT_OURS = ["notes.txt", ".last.npz.tmp", "last.npz.k2j4h5g6.tmp", ".photo.npz.k2j4h5g6.tmp",
+            ".last.npz.k2j4h5g6.tmp.bak", ".last.npz.toolong12.tmp"]
+
+
+def plant(run: Path, names: list[str]) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (run / name).write_bytes(b"left by a kill -9" * 100)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_stale_checkpoint_temporaries_are_removed_when_the_run_starts_again(
+        spec_file: Path, tmp_path: Path, resume: bool) -> None:
+    run = tmp_path / "run"
+    one_step = ["--train-size", "40", "--batch", "40", "--val-fraction", "0", "--epochs", "1"]
+    if resume:
+        assert cli_train(spec_file, run, *one_step).exit_code == 0
+    plant(run, STALE + NOT_OURS)
+    if resume:  # the run has finished: `--resume` has nothing to train, and still tidies
+        result = runner.invoke(app, ["train", str(spec_file), "--out", str(run), "--resume"])
+    else:
+        result = cli_train(spec_file, run, *one_step)
+    assert result.exit_code == 0, result.output
+    left = sorted(p.name for p in run.iterdir())
+    assert not set(STALE) & set(left)
+    assert set(NOT_OURS) <= set(left)
+    assert all((run / name).read_bytes() == b"left by a kill -9" * 100 for name in NOT_OURS)
+    assert C.load_checkpoint(run / "last.npz").epoch == 1
+
