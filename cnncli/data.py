@@ -16,14 +16,17 @@ import gzip
 import importlib
 import io
 import math
+import os
 import pickle
 import re
+import stat
 import struct
+import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -284,30 +287,125 @@ def _draw_shapes(
 # --------------------------------------------------------------------------------------
 
 
-def _read_file(path: Path) -> bytes:
+MAX_DATA_BYTES = 4 << 30
+"""The most cnncli reads from one data file (after gunzip). Far above what it is meant for
+(CIFAR-10's training batches are 150 MB, MNIST's 47 MB), and a bound on what a wrong
+path (/dev/zero, a gzip bomb, a header that lies) can make it hold in memory."""
+
+_HEAD_BYTES = 512  # enough to recognise every format (a tar header's magic is at 257)
+_CHUNK = 1 << 24
+
+
+def _size_text(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def _too_big(path: Path, what: str) -> DataError:
+    return DataError(f"{path}: {what}, more than the {_size_text(MAX_DATA_BYTES)} cnncli "
+                     "reads from one data file")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a pipe"), (stat.S_ISSOCK, "a socket"))
+    return next((name for is_kind, name in kinds if is_kind(mode)), "not a regular file")
+
+
+def _looks_like_pickle(head: bytes) -> bool:
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _starts_like_data(head: bytes) -> bool:
+    """Whether these first bytes open a format cnncli knows (a CIFAR .bin batch has no
+    magic, so it is known by a regular file's length only)."""
+    pickle_dict = _looks_like_pickle(head) and head[2:3] in (b"}", b"(", b"\x95")
+    return (head[:3] == GZIP_MAGIC + b"\x08" or head[:4] == ZIP_MAGIC or pickle_dict
+            or head[:6] == NPY_MAGIC or _looks_like_idx(head) or _is_tar(head))
+
+
+def _check_declared_size(path: Path, head: bytes) -> None:
+    """Refuse an IDX file whose header declares more than MAX_DATA_BYTES, before its
+    body is read (the one format here whose header states its size up front)."""
+    if not _looks_like_idx(head) or len(head) < 4 + 4 * head[3]:
+        return
+    dims = struct.unpack(f">{head[3]}I", head[4:4 + 4 * head[3]])
+    if math.prod(dims) > MAX_DATA_BYTES:
+        raise _too_big(path, f"its IDX header declares {'x'.join(map(str, dims))} values")
+
+
+def _read_stream(path: Path, head: bytes, fh: BinaryIO) -> bytes:
+    """`head` and the rest of a stream of unknown length (a pipe, a device), capped."""
+    parts, total = [head], len(head)
+    while total <= MAX_DATA_BYTES:
+        part = fh.read(min(_CHUNK, MAX_DATA_BYTES + 1 - total))
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        total += len(part)
+    raise _too_big(path, "it gives more data than that")
+
+
+def _gunzip(path: Path, source: BinaryIO) -> bytes:
+    """Inflate chunk by chunk, so a gzip bomb stops at the cap instead of filling memory."""
+    parts: list[bytes] = []
+    total = 0
     try:
-        return path.read_bytes()
+        with gzip.GzipFile(fileobj=source) as gz:
+            while total <= MAX_DATA_BYTES:
+                part = gz.read(_HEAD_BYTES if not parts else
+                               min(_CHUNK, MAX_DATA_BYTES + 1 - total))
+                if not part:
+                    return b"".join(parts)
+                if not parts:
+                    _check_declared_size(path, part)
+                parts.append(part)
+                total += len(part)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+    raise _too_big(path, "it decompresses to more than that")
+
+
+def _read_data(path: Path) -> tuple[bytes, bool]:
+    """(contents, whether gzip'd): a data file's bytes, gunzipped when they start with
+    the gzip magic. Never more than MAX_DATA_BYTES, checked before reading where the size
+    is known: a regular file's size, an IDX header's dimensions. A device, pipe or socket
+    must start like a known format (or /dev/zero would be read for ever)."""
+    try:
+        fh = path.open("rb")
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a file") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
-
-
-def _gunzip(path: Path, raw: bytes) -> bytes:
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
-
-
-def _read_maybe_gzip(path: Path) -> tuple[bytes, bool]:
-    """File contents, decompressed when they start with the gzip magic."""
-    raw = _read_file(path)
-    if raw[:2] == GZIP_MAGIC:
-        return _gunzip(path, raw), True
-    return raw, False
+    with fh:
+        try:
+            st = os.fstat(fh.fileno())
+            regular = stat.S_ISREG(st.st_mode)
+            if regular and st.st_size > MAX_DATA_BYTES:
+                raise _too_big(path, f"it is {_size_text(st.st_size)}")
+            head = fh.read(_HEAD_BYTES)
+            if not regular and not _starts_like_data(head):
+                raise DataError(f"{path}: is {_file_kind(st.st_mode)}, not a file, and its "
+                                f"first bytes match no data format; understood: "
+                                f"{UNDERSTOOD_FORMATS}")
+            if head[:2] == GZIP_MAGIC:
+                if regular:
+                    fh.seek(0)
+                    return _gunzip(path, fh), True
+                return _gunzip(path, io.BytesIO(_read_stream(path, head, fh))), True
+            _check_declared_size(path, head)
+            if not regular:
+                return _read_stream(path, head, fh), False
+            data = head + fh.read(st.st_size - len(head) + 1)  # +1: see if it grew
+            if len(data) > MAX_DATA_BYTES:
+                raise _too_big(path, "it grew while being read")
+            return data, False
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def _is_tar(data: bytes) -> bool:
@@ -355,7 +453,7 @@ def _parse_idx(path: Path, data: bytes, want_magic: int) -> np.ndarray:
 def load_idx_images(path: PathLike) -> np.ndarray:
     """uint8 images [N, H, W, 1] from an IDX3 ubyte file (raw or gzip)."""
     p = Path(path)
-    data, _ = _read_maybe_gzip(p)
+    data, _ = _read_data(p)
     arr = _parse_idx(p, data, IDX_IMAGES_MAGIC)
     return arr[..., None].copy()
 
@@ -363,7 +461,7 @@ def load_idx_images(path: PathLike) -> np.ndarray:
 def load_idx_labels(path: PathLike) -> np.ndarray:
     """int64 labels [N] from an IDX1 ubyte file (raw or gzip)."""
     p = Path(path)
-    data, _ = _read_maybe_gzip(p)
+    data, _ = _read_data(p)
     return _parse_idx(p, data, IDX_LABELS_MAGIC).astype(np.int64)
 
 
@@ -442,8 +540,22 @@ def _numpy_core() -> Any:
 
 
 def _numpy_reconstruct() -> Callable[..., Any]:
-    fn: Callable[..., Any] = _numpy_core().multiarray._reconstruct
-    return fn
+    reconstruct: Callable[..., Any] = _numpy_core().multiarray._reconstruct
+
+    def empty_then_state(subtype: Any, shape: Any, dtype: Any) -> Any:
+        # numpy pickles an array as an empty one, then its state (the data itself);
+        # a stated shape would allocate memory that the pickle does not hold
+        if shape != (0,):
+            raise pickle.UnpicklingError(f"array reconstructed with shape {shape!r}")
+        return reconstruct(subtype, shape, dtype)
+    return empty_then_state
+
+
+def _bytearray(*args: Any) -> bytearray:
+    # `bytearray(n)` would allocate n bytes that the pickle does not hold
+    if args and not isinstance(args[0], (str, bytes)):
+        raise pickle.UnpicklingError("bytearray built from something other than its data")
+    return bytearray(*args)
 
 
 def _numpy_frombuffer() -> Callable[..., Any]:
@@ -459,8 +571,8 @@ _SAFE_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
     ("_codecs", "encode"): lambda: _latin1_encode,
-    ("builtins", "bytearray"): lambda: bytearray,
-    ("__builtin__", "bytearray"): lambda: bytearray,
+    ("builtins", "bytearray"): lambda: _bytearray,
+    ("__builtin__", "bytearray"): lambda: _bytearray,
 }
 
 
@@ -571,12 +683,13 @@ def _cifar_meta_names(folder: Path, is100: bool, label_mode: str,
         txt = folder / (f"{label_mode}_label_names.txt" if is100 else "batches.meta.txt")
         if not txt.is_file():
             return None
-        lines = [ln.strip() for ln in _read_file(txt).decode("utf-8", "replace").splitlines()]
+        text = _read_data(txt)[0].decode("utf-8", "replace")
+        lines = [ln.strip() for ln in text.splitlines()]
         return [ln for ln in lines if ln]
     meta = folder / ("meta" if is100 else "batches.meta")
     if not meta.is_file():
         return None
-    d = _str_keys(meta, _safe_unpickle(meta, _read_file(meta)))
+    d = _str_keys(meta, _safe_unpickle(meta, _read_data(meta)[0]))
     key = f"{label_mode}_label_names" if is100 else "label_names"
     if key not in d:
         raise DataError(f"{meta}: has no '{key}' entry")
@@ -609,7 +722,7 @@ def load_cifar_pickle(paths: PathLike | list[PathLike], label_mode: str = "fine"
     plist = [Path(p) for p in (paths if isinstance(paths, list) else [paths])]
     xs, ys, kinds = [], [], set()
     for p in plist:
-        data, _ = _read_maybe_gzip(p)
+        data, _ = _read_data(p)
         x, y, is100 = _parse_cifar_batch(p, _safe_unpickle(p, data), label_mode)
         xs.append(x)
         ys.append(y)
@@ -667,7 +780,7 @@ def load_cifar_bin(paths: PathLike | list[PathLike], label_mode: str = "fine",
     xs, ys = [], []
     is100: bool | None = cifar100
     for p in plist:
-        data, _ = _read_maybe_gzip(p)
+        data, _ = _read_data(p)
         if is100 is None:
             is100 = _guess_cifar_bin(p, data)
             if is100 is None:
@@ -685,7 +798,35 @@ def load_cifar_bin(paths: PathLike | list[PathLike], label_mode: str = "fine",
 # --------------------------------------------------------------------------------------
 
 
-def _npz_from(path: Path, source: Any) -> Dataset:
+def _check_npz_sizes(path: Path, source: io.BytesIO) -> None:
+    """Refuse an .npz whose arrays declare more than MAX_DATA_BYTES, or more than their
+    zip member holds, before np.load allocates them by their headers. A member that
+    cannot be read is left to np.load, which names the problem."""
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with zipfile.ZipFile(source) as zf:
+            for info in zf.infolist():
+                with zf.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version not in read_header:
+                        continue
+                    shape, _, dtype = read_header[version](member)
+                need = math.prod(shape) * dtype.itemsize
+                name = info.filename.removesuffix(".npy")
+                if need > MAX_DATA_BYTES:
+                    raise _too_big(path, f"its array '{name}' declares {list(shape)} {dtype}")
+                if need > info.file_size:
+                    raise DataError(f"{path}: array '{name}' declares {list(shape)} {dtype} "
+                                    f"({need} bytes) but holds {info.file_size} (corrupt .npz)")
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError):
+        pass
+    finally:
+        source.seek(0)
+
+
+def _npz_from(path: Path, source: io.BytesIO) -> Dataset:
+    _check_npz_sizes(path, source)
     try:
         with np.load(source, allow_pickle=False) as npz:
             keys = list(npz.keys())
@@ -749,7 +890,7 @@ def _npz_from(path: Path, source: Any) -> Dataset:
 def load_npz(path: PathLike) -> Dataset:
     """A .npz with 'x' (NHWC or NHW, uint8 or float) and 'y' (int), optional 'class_names'."""
     p = Path(path)
-    data, _ = _read_maybe_gzip(p)
+    data, _ = _read_data(p)
     return _npz_from(p, io.BytesIO(data))
 
 
@@ -759,8 +900,7 @@ def load_npz(path: PathLike) -> Dataset:
 
 
 def _load_file(path: Path, label_mode: str) -> Dataset:
-    raw = _read_file(path)
-    data, compressed = (_gunzip(path, raw), True) if raw[:2] == GZIP_MAGIC else (raw, False)
+    data, compressed = _read_data(path)
     if _is_tar(data):
         raise DataError(f"{path}: is a {'.tar.gz' if compressed else '.tar'} archive; "
                         f"extract it first (tar xf {path.name}) and pass the folder")
@@ -771,7 +911,7 @@ def _load_file(path: Path, label_mode: str) -> Dataset:
     if data[:6] == NPY_MAGIC:
         raise DataError(f"{path}: is a single .npy array; save images and labels together "
                         "with np.savez(path, x=images, y=labels)")
-    if len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5:
+    if _looks_like_pickle(data):
         x, y, pickled100 = _parse_cifar_batch(path, _safe_unpickle(path, data), label_mode)
         return _cifar_dataset([path], [x], [y], pickled100, label_mode, binary=False)
     bin100 = _guess_cifar_bin(path, data)
@@ -794,7 +934,7 @@ def _starts_with_pickle(path: Path) -> bool:
             head = fh.read(2)
     except OSError:
         return False
-    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    return _looks_like_pickle(head)
 
 
 def _first_file(folder: Path, names: list[str]) -> Path | None:

@@ -567,3 +567,108 @@ def test_writers_reject_bad_input(tmp_path):
         write_cifar_bin(tmp_path / "a.bin", _images(2), _labels(2))  # 28x28x1 is not CIFAR
     with pytest.raises(ValueError):
         write_idx(tmp_path / "a", np.zeros((2, 3, 3, 3), np.uint8))
+
+
+# ------------------------------------------------------------------ size caps, odd files
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_train_data_from_a_device_is_refused_without_reading_it(device):
+    """/dev/zero used to be read whole: memory grew until the machine gave out."""
+    msg = _error(load_dataset, device)
+    assert msg.startswith(f"{device}: is a character device, not a file")
+    assert "understood:" in msg
+
+
+def _through_fifo(tmp_path: Path, payload: bytes) -> Path:
+    """A named pipe that a thread fills with `payload` (like `--data <(zcat data.gz)`)."""
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        try:
+            with fifo.open("wb") as fh:
+                fh.write(payload)
+        except BrokenPipeError:  # the reader refused the stream after its first bytes
+            pass
+
+    threading.Thread(target=feed, daemon=True).start()
+    return fifo
+
+
+def test_data_from_a_pipe_is_read_when_it_starts_like_a_format(tmp_path):
+    x, y = _images(5, 8, 8, 3), _labels(5, 3)
+    write_npz(tmp_path / "d.npz", Dataset(x=x, y=y, num_classes=3, class_names=None, source=""))
+    ds = load_dataset(_through_fifo(tmp_path, gzip.compress((tmp_path / "d.npz").read_bytes())))
+    assert np.array_equal(ds.x, x) and np.array_equal(ds.y, y)
+    (tmp_path / "pipe").unlink()
+    msg = _error(load_dataset, _through_fifo(tmp_path, b"\0" * 100_000))
+    assert "is a pipe, not a file" in msg
+
+
+def test_data_file_over_the_size_cap_is_refused_before_reading(tmp_path, monkeypatch):
+    import cnncli.data as D
+
+    monkeypatch.setattr(D, "MAX_DATA_BYTES", 1000)
+    (tmp_path / "big.bin").write_bytes(bytes(3073))
+    msg = _error(load_dataset, tmp_path / "big.bin")
+    assert msg == (f"{tmp_path / 'big.bin'}: it is 3 KiB, more than the 1000 bytes cnncli "
+                   "reads from one data file")
+
+
+def test_gzip_bomb_stops_at_the_size_cap(tmp_path, monkeypatch):
+    import cnncli.data as D
+
+    monkeypatch.setattr(D, "MAX_DATA_BYTES", 1 << 16)
+    (tmp_path / "bomb.gz").write_bytes(gzip.compress(bytes(1 << 20)))  # 1 MiB of zeros
+    assert "decompresses to more than" in _error(load_dataset, tmp_path / "bomb.gz")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_header_declaring_more_than_the_cap_is_refused_before_reading(tmp_path, gz):
+    header = struct.pack(">IIII", 0x00000803, 1_000_000, 100, 100)  # 10 GB of pixels
+    payload = header + bytes(1000)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(gzip.compress(payload) if gz
+                                                       else payload)
+    msg = _error(load_dataset, tmp_path / "train-images-idx3-ubyte")
+    assert "its IDX header declares 1000000x100x100 values, more than the 4 GiB" in msg
+
+
+def _npz_with_header(path: Path, shape: tuple[int, ...]) -> None:
+    """An .npz whose x.npy header declares `shape` but whose data is 100 bytes."""
+    import io
+    import zipfile
+
+    x = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        x, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    y = io.BytesIO()
+    np.save(y, np.zeros(2, np.int64))
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x.npy", x.getvalue() + bytes(100))
+        zf.writestr("y.npy", y.getvalue())
+
+
+def test_npz_array_declaring_more_than_it_holds_is_refused_before_loading(tmp_path):
+    _npz_with_header(tmp_path / "lies.npz", (1000, 1000, 1000, 1))  # 1 GB declared
+    msg = _error(load_dataset, tmp_path / "lies.npz")
+    assert "array 'x' declares [1000, 1000, 1000, 1] uint8 (1000000000 bytes)" in msg
+    assert "corrupt .npz" in msg
+    _npz_with_header(tmp_path / "huge.npz", (100_000, 1000, 1000, 1))  # 100 GB declared
+    assert "more than the 4 GiB" in _error(load_dataset, tmp_path / "huge.npz")
+
+
+@pytest.mark.parametrize("payload, fragment", [
+    # bytearray(1 GiB): a length, not data
+    (b"\x80\x02c__builtin__\nbytearray\nJ\x00\x00\x00\x40\x85R.", "bytearray"),
+    # an array of 10^9 elements reconstructed from its shape alone
+    (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+     b"J\x00\xca\x9a\x3b\x85U\x01b\x87R.", "shape (1000000000,)"),
+])
+def test_pickle_cannot_allocate_memory_it_does_not_hold(tmp_path, payload, fragment):
+    (tmp_path / "data_batch_1").write_bytes(payload)
+    msg = _error(load_dataset, tmp_path / "data_batch_1")
+    assert "unsafe or corrupt pickle" in msg and fragment in msg
+
