@@ -57,6 +57,10 @@ def _write_text(path: Path, text: str) -> None:
         fail(f"{path}: cannot write ({exc.strerror or exc})", 2)
 
 
+def _warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
 def _load_weights(path: Path) -> Any:
     from cnncli.slide import SlideError, load_weights
 
@@ -214,7 +218,7 @@ def register(app: typer.Typer) -> None:
         _converted(net, mode)  # a net that cannot convert exits here, before any work
         from cnncli.config import configure_threads
         from cnncli.convert import ConvertError
-        from cnncli.slide import SlideError, SlidingNet, load_image, prepare
+        from cnncli.slide import SlideError, SlidingNet, load_image
         from cnncli.slide import average as average_scores
 
         loaded = _load_weights(weights) if weights is not None else None
@@ -246,7 +250,7 @@ def register(app: typer.Typer) -> None:
         failed_verify = False
         for path in images:
             try:
-                image = prepare(load_image(path), loaded)
+                image = sn.prepare(load_image(path), loaded, str(path), _warn)
                 geo = sn.check_image(image, stride)
                 sn.warm(image.shape, stride)  # build the nets first: time the passes only
                 started = time.perf_counter()
@@ -271,7 +275,10 @@ def register(app: typer.Typer) -> None:
                 result["average"] = [{"class": c, "name": names[c], "score": s}
                                      for c, s in average_scores(scores)]
             if verify:
-                result["verify"] = sn.verify(image, scores, stride)
+                try:
+                    result["verify"] = sn.verify(image, scores, stride)
+                except SlideError as exc:
+                    fail(escape(f"{path}: {exc}"), exc.code)
                 result["verify"]["one_pass_seconds"] = seconds
                 if result["verify"]["passed"] is False:
                     failed_verify = True
@@ -284,7 +291,7 @@ def register(app: typer.Typer) -> None:
         if fmt == "json":
             print(json.dumps({"spec": net.name, "exact": sn.exact,
                               "breaks": [b.as_dict() for b in sn.breaks],
-                              "images": results}, indent=2))
+                              "images": results}, indent=2, allow_nan=False))
         if failed_verify:
             err.print(f"[bold red]verify failed:[/] the one-pass map differs from crop-by-crop "
                       f"evaluation by more than {results[0]['verify']['tolerance']:g}")
@@ -337,7 +344,7 @@ def _write_maps(path: Path, maps: dict[str, Any], results: list[dict[str, Any]])
         else:
             data = [dict(r, score_map_values=m.tolist()) for r, m in
                     zip(results, maps.values(), strict=True)]
-            path.write_text(json.dumps({"images": data}), encoding="utf-8")
+            path.write_text(json.dumps({"images": data}, allow_nan=False), encoding="utf-8")
     except OSError as exc:
         fail(f"{path}: cannot write ({exc.strerror or exc})", 2)
     err.print(f"wrote the score map{'s' if len(maps) > 1 else ''} to {path} "

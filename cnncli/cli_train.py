@@ -35,6 +35,10 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
 @contextmanager
 def _errors_as_exit() -> Iterator[None]:
     """Library errors -> one line and an exit code (2: bad input; 1: the run failed)."""
@@ -164,7 +168,8 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
     threads = configure_threads(options.get("threads"))
     net = Network(net_spec, dtype=config.dtype, seed=config.seed)
     train_ds, val_ds = load_training_data(net, options["data"], options["val_data"],
-                                          options["val_fraction"], options["train_size"])
+                                          options["val_fraction"], options["train_size"],
+                                          warn=_warn)
     info = {"options": {k: v for k, v in options.items() if k != "threads"},
             "threads": threads, "data": train_ds.source,
             "val_data": val_ds.source if val_ds else None}
@@ -340,11 +345,16 @@ def evaluate(
 
 def _evaluate(spec_arg: str, net_spec: Any, weights: Path, data: str | None, batch: int,
               threads: int | None) -> dict[str, Any]:
-    from cnncli import data as D
     from cnncli.checkpoint import load_checkpoint
     from cnncli.config import configure_threads
     from cnncli.network import Network
-    from cnncli.train import builtin_dataset, evaluate, num_classes_of, spec_text_of
+    from cnncli.train import (
+        builtin_dataset,
+        evaluate,
+        load_test_data,
+        num_classes_of,
+        spec_text_of,
+    )
 
     ckpt = load_checkpoint(weights, spec_text_of(net_spec), spec_arg)
     configure_threads(threads)
@@ -354,8 +364,7 @@ def _evaluate(spec_arg: str, net_spec: Any, weights: Path, data: str | None, bat
     if data is None:
         ds = builtin_dataset(net, EVAL_SIZE, seed=1)
     else:
-        ds = D.load_dataset(data, split="test")
-        D.check_against_input(ds, net.input.w, net.input.h, net.input.d, k, data)
+        ds = load_test_data(net, data, warn=_warn)
     result = evaluate(net, ds, ckpt.mean, ckpt.std, batch)
     assert result is not None
     names = ds.class_names or ckpt.meta.get("classes") or [str(i) for i in range(k)]

@@ -21,6 +21,7 @@ import pickle
 import re
 import stat
 import struct
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -33,9 +34,11 @@ import numpy as np
 __all__ = [
     "SHAPE_CLASSES",
     "DataError",
+    "DataWarning",
     "Dataset",
     "channel_stats",
     "check_against_input",
+    "check_finite",
     "load_cifar_bin",
     "load_cifar_pickle",
     "load_dataset",
@@ -46,6 +49,7 @@ __all__ = [
     "normalize",
     "random_crop",
     "random_flip",
+    "scale_warning",
     "split_validation",
     "synthetic_shapes",
     "write_cifar_bin",
@@ -88,6 +92,19 @@ UNDERSTOOD_FORMATS = (
 
 class DataError(Exception):
     """A dataset could not be read or does not fit; the message is one line naming the file."""
+
+
+class DataWarning(UserWarning):
+    """Data that loads but is likely not what was meant (one line, names the file)."""
+
+
+Warn = Callable[[str], None]
+
+
+def warn_python(message: str) -> None:
+    """The library's default for a `warn` callback: a Python warning (the CLI passes one
+    that prints a line on stderr)."""
+    warnings.warn(message, DataWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------
@@ -859,8 +876,7 @@ def _npz_from(path: Path, source: io.BytesIO) -> Dataset:
         x = np.ascontiguousarray(x)
     elif x.dtype.kind == "f":
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if not np.isfinite(x).all():
-            raise DataError(f"{path}: 'x' contains NaN or infinite values")
+        check_finite(x, f"{path}: 'x'")
     else:
         raise DataError(f"{path}: 'x' must be uint8 or float, got {x.dtype}")
     if y.ndim == 2 and y.shape[1] == 1:
@@ -1165,6 +1181,43 @@ def random_flip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     out = x.copy()
     out[flip] = x[flip, :, ::-1]
     return out
+
+
+def _pixel_chunks(x: np.ndarray) -> Any:
+    """Views of ``x`` along its first axis, ~4M values each (bounded temporaries)."""
+    step = max(1, (1 << 22) // max(1, math.prod(x.shape[1:])))
+    return (x[start:start + step] for start in range(0, len(x), step))
+
+
+def check_finite(x: np.ndarray, where: str) -> None:
+    """DataError when float pixels hold NaN or infinities: the one check of this for
+    every image cnncli takes in (training and test sets, the images `slide` scores)."""
+    if x.dtype.kind != "f" or x.ndim == 0:
+        return
+    bad = sum(int(np.count_nonzero(~np.isfinite(part))) for part in _pixel_chunks(x))
+    if bad:
+        raise DataError(f"{where} has {bad} NaN or infinite values (of {x.size}); pixels "
+                        "must be finite numbers")
+
+
+SCALE_LIMIT = 1.5
+"""Float pixels are taken to be on the 0..1 scale (`normalize` divides uint8 by 255, not
+float), so a float maximum above this suggests 0..255 values stored as float."""
+
+
+def scale_warning(x: np.ndarray, where: str) -> str | None:
+    """One line when float pixels go above SCALE_LIMIT, else None. Such images are not
+    refused: a training set normalises itself, but its checkpoint's statistics are then
+    on that scale, so uint8 or 0..1 images given to `eval` or `slide` later go wrong."""
+    if x.dtype.kind != "f" or x.size == 0:
+        return None
+    high = max(float(part.max()) for part in _pixel_chunks(x) if part.size)
+    if high <= SCALE_LIMIT:
+        return None
+    low = min(float(part.min()) for part in _pixel_chunks(x) if part.size)
+    return (f"{where}: float pixels range over {low:g}..{high:g}, but cnncli takes float "
+            "images on the 0..1 scale (only uint8 is divided by 255); if these are 0..255 "
+            "values, divide them by 255 or store uint8")
 
 
 def check_against_input(ds: Dataset, width: int, height: int, depth: int, num_classes: int,

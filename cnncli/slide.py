@@ -15,9 +15,8 @@ Whether the map equals crop-by-crop evaluation is decided by `convert.equivalenc
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,17 +89,10 @@ def load_weights(path: str | Path) -> Weights:
 
 def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     """Write arrays to `.npz` atomically (a temporary file renamed over the target)."""
+    from cnncli.checkpoint import npz_writer, write_atomically
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomically([(path, npz_writer(arrays))])
     return path
 
 
@@ -147,16 +139,6 @@ def load_image(path: str | Path) -> np.ndarray:
     if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
         raise SlideError(f"{path}: expected uint8 or float pixels, got {array.dtype}")
     return array
-
-
-def prepare(image: np.ndarray, weights: Weights | None) -> np.ndarray:
-    """uint8 -> [0, 1]; then the checkpoint's per-channel normalisation, if it has one."""
-    from cnncli.data import normalize
-
-    if weights is not None and weights.mean is not None and weights.std is not None:
-        return normalize(image, weights.mean, weights.std)
-    d = image.shape[-1]
-    return normalize(image, np.zeros(d, np.float32), np.ones(d, np.float32))
 
 
 # --------------------------------------------------------------------------- the engine
@@ -280,15 +262,52 @@ class SlidingNet:
         return self._nets[key]
 
     # ------------------------------------------------------------ evaluation
+    def check_layout(self, image: np.ndarray) -> None:
+        """SlideError (exit code 2) unless `image` is HxWxC with the net's channels: the
+        one check of an image's layout, made before anything reads its pixels."""
+        d, name = self.trained_at.d, self.spec.name
+        if image.ndim != 3:
+            raise SlideError(f"expected an image HxWxC, got an array of shape "
+                             f"{list(image.shape)}")
+        h, _, c = image.shape
+        if c == d:
+            return
+        if h == d and c > 4:
+            raise SlideError(f"the array's shape {list(image.shape)} looks like channels "
+                             f"first (CxHxW); {name} takes HxWx{d}: store "
+                             "np.transpose(image, (1, 2, 0))")
+        hint = {(4, 3): ": drop the alpha channel (image[..., :3])",
+                (1, 3): ": convert the greyscale image to RGB (np.repeat(image, 3, axis=2))",
+                (3, 1): ": convert it to greyscale"}.get((c, d), "")
+        raise SlideError(f"the image has {c} channel{'s' if c != 1 else ''} but {name} "
+                         f"takes {d}{hint}")
+
+    def prepare(self, image: np.ndarray, weights: Weights | None, where: str = "the image",
+                warn: Callable[[str], None] | None = None) -> np.ndarray:
+        """The image as the net takes it: its layout checked (`check_layout`), its pixels
+        finite (SlideError otherwise; float pixels that look like the 0..255 scale get a
+        line to `warn`), uint8 -> [0, 1], then the checkpoint's per-channel normalisation,
+        if it has one."""
+        from cnncli import data as D
+
+        self.check_layout(image)
+        try:
+            D.check_finite(image, where)
+        except D.DataError as exc:
+            raise SlideError(str(exc)) from None
+        note = D.scale_warning(image, where)
+        if note:
+            (warn or D.warn_python)(note)
+        if weights is not None and weights.mean is not None and weights.std is not None:
+            return D.normalize(image, weights.mean, weights.std)
+        d = image.shape[-1]
+        return D.normalize(image, np.zeros(d, np.float32), np.ones(d, np.float32))
+
     def check_image(self, image: np.ndarray, stride: int | None = None) -> dict[str, Any]:
         """The geometry for this image; SlideError (exit code 1) if the net cannot slide
         over it exactly as asked (size does not tile, stride does not divide, ceil pools)."""
-        if image.ndim != 3:
-            raise SlideError(f"expected an image HxWxC, got shape {list(image.shape)}")
+        self.check_layout(image)
         geo = self.geometry(image.shape[0], image.shape[1], stride)
-        if image.shape[2] != self.trained_at.d:
-            raise SlideError(f"the image has {image.shape[2]} channels; {self.spec.name} "
-                             f"takes {self.trained_at.d}", 1)
         if any(b["reason"] == "ceil" for b in geo["breaks"]):
             raise SlideError("; ".join(b["message"] for b in geo["breaks"]
                                        if b["reason"] == "ceil"), 1)
@@ -338,7 +357,7 @@ class SlidingNet:
             scores = self.one_pass(image)
             if stride and stride > jump.h:  # a multiple of the net's stride: every k-th window
                 scores = scores[::stride // jump.h, ::stride // jump.w]
-            return scores
+            return _finite(scores)
         # The notes' method: for each shift (dy, dx), a multiple of the stride below the
         # net's own, one pass over the image cropped there; its windows are every q-th of
         # the fine grid, starting at (dy, dx) / stride.
@@ -352,7 +371,7 @@ class SlidingNet:
                                 scores.shape[-1]), scores.dtype)
             out[dy // stride::q_h, dx // stride::q_w] = scores
         assert out is not None
-        return out
+        return _finite(out)
 
     def crop_by_crop(self, image: np.ndarray, stride: int | None = None,
                      batch: int = 16) -> np.ndarray:
@@ -369,7 +388,7 @@ class SlidingNet:
             crops = np.stack([image[y:y + n_h, x:x + n_w]
                               for y, x in offsets[start:start + batch]])
             chunks.append(net.forward(crops).reshape(len(crops), -1))
-        return np.concatenate(chunks).reshape(rows, cols, -1)
+        return _finite(np.concatenate(chunks).reshape(rows, cols, -1))
 
     def verify(self, image: np.ndarray, scores: np.ndarray | None = None,
                stride: int | None = None, batch: int = 16) -> dict[str, Any]:
@@ -398,6 +417,16 @@ class SlidingNet:
             "crop_by_crop_seconds": crops_s,
             "top_class_agreement": float(np.mean(scores.argmax(-1) == reference.argmax(-1))),
         }
+
+
+def _finite(scores: np.ndarray) -> np.ndarray:
+    """`scores`, or SlideError (exit code 1) when some are NaN or infinite: the input was
+    checked, so the weights hold such values or overflow; nothing reports a NaN score."""
+    bad = int(np.count_nonzero(~np.isfinite(scores)))
+    if bad:
+        raise SlideError(f"{bad} of {scores.size} scores are NaN or infinite (the weights "
+                         "hold NaN/infinite values, or overflow)", 1)
+    return scores
 
 
 def average(scores: np.ndarray, top: int = 5) -> list[tuple[int, float]]:

@@ -672,3 +672,31 @@ def test_pickle_cannot_allocate_memory_it_does_not_hold(tmp_path, payload, fragm
     msg = _error(load_dataset, tmp_path / "data_batch_1")
     assert "unsafe or corrupt pickle" in msg and fragment in msg
 
+
+# ------------------------------------------------------------------ pixels: finite, scale
+
+
+def test_check_finite_is_the_one_nan_check_for_data(tmp_path):
+    from cnncli.data import check_finite
+
+    x = np.ones((3, 4, 4, 1), np.float32)
+    check_finite(x, "ok")
+    check_finite(_images(2), "uint8 is always finite")
+    x[1, 2, 3, 0] = np.nan
+    x[2, 0, 0, 0] = -np.inf
+    assert _error(check_finite, x, "d.npz: 'x'") == (
+        "d.npz: 'x' has 2 NaN or infinite values (of 48); pixels must be finite numbers")
+    np.savez(tmp_path / "nan.npz", x=x, y=np.zeros(3, np.int64))
+    assert "has 2 NaN or infinite values" in _error(load_dataset, tmp_path / "nan.npz")
+
+
+def test_scale_warning_for_float_pixels_on_the_0_255_scale():
+    from cnncli.data import scale_warning
+
+    unit = RNG.random((4, 6, 6, 3)).astype(np.float32)
+    assert scale_warning(unit, "d") is None
+    assert scale_warning(_images(2), "d") is None  # uint8 is divided by 255
+    note = scale_warning(unit * 255, "d.npz")
+    assert note is not None and "\n" not in note
+    assert note.startswith("d.npz: float pixels range over") and "0..255" in note
+

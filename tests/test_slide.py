@@ -373,10 +373,10 @@ def test_slide_prints_a_grid_and_the_average(files: dict[str, Path], tmp_path: P
     scores = np.load(out)
     assert scores.shape == (13, 13, 10)
     # the same map from the library with the same weights
-    from cnncli.slide import SlidingNet, load_image, load_weights, prepare
+    from cnncli.slide import SlidingNet, load_image, load_weights
     w = load_weights(files["w"])
     sn = SlidingNet(bundled("cifar_small"), w.state)
-    assert np.abs(sn.score_map(prepare(load_image(files["img128"]), w)) - scores).max() < 1e-6
+    assert np.abs(sn.score_map(sn.prepare(load_image(files["img128"]), w)) - scores).max() < 1e-6
 
 
 def test_slide_verify_on_an_exact_net(files: dict[str, Path]) -> None:
@@ -513,3 +513,85 @@ def test_a_stride_coarser_than_the_nets_is_every_kth_window_of_one_pass():
     coarse = sliding.score_map(image, stride=8)   # every 2nd window of the same pass
     np.testing.assert_array_equal(coarse, own[::2, ::2])
     np.testing.assert_allclose(coarse, sliding.crop_by_crop(image, stride=8), atol=1e-4)
+
+
+# --------------------------------------------------------------------------- images checked
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real training checkpoint: cifar_tiny, one epoch of 20 built-in images."""
+    run = tmp_path_factory.mktemp("cifar_tiny_run")
+    r = invoke("train", "cifar_tiny", "--train-size", "20", "--batch", "20", "--epochs", "1",
+               "--val-fraction", "0", "--out", str(run), "--quiet")
+    assert r.exit_code == 0, r.output
+    return run / "best.npz"
+
+
+def one_line(r: Any, code: int, *fragments: str) -> None:
+    """One error line (after the net's own warnings, if any), the exit code, no output."""
+    assert r.exit_code == code, (r.exit_code, r.output)
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: "), r.stderr
+    assert all(line.startswith("warning: ") for line in lines[:-1]), r.stderr
+    assert "Traceback" not in r.output and r.stdout == ""
+    for fragment in fragments:
+        assert fragment in lines[-1], (fragment, lines[-1])
+
+
+@pytest.mark.parametrize("shape, fragment", [
+    ((64, 64), "the image has 1 channel but CIFAR-10 tiny (CS231n notes) takes 3: convert "
+               "the greyscale image to RGB"),
+    ((64, 64, 1), "the image has 1 channel but CIFAR-10 tiny (CS231n notes) takes 3"),
+    ((64, 64, 4), "the image has 4 channels but CIFAR-10 tiny (CS231n notes) takes 3: drop "
+                  "the alpha channel"),
+    ((3, 64, 64), "the array's shape [3, 64, 64] looks like channels first (CxHxW)"),
+    ((2, 64, 64, 3), "expected an image HxWxC, got an array of shape [2, 64, 64, 3]"),
+])
+def test_slide_gray_image_with_training_checkpoint_says_channels(
+        tiny_run: Path, tmp_path: Path, shape: tuple[int, ...], fragment: str) -> None:
+    """Used to be `ValueError: non-broadcastable output operand`: the checkpoint's
+    3-channel normalisation ran before the channel check."""
+    image = tmp_path / "gray.npy"
+    np.save(image, np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
+    for weights in (["--weights", str(tiny_run)], ["--random-weights"]):
+        one_line(invoke("slide", "cifar_tiny", *weights, str(image)), 2, f"{image}: {fragment}")
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_slide_nan_image_is_refused_in_one_line(tiny_run: Path, tmp_path: Path,
+                                                fmt: str) -> None:
+    """An all-NaN image used to print NaN scores, and bare NaN in JSON (not JSON)."""
+    image = tmp_path / "nan.npy"
+    np.save(image, np.full((64, 64, 3), np.nan, np.float32))
+    one_line(invoke("slide", "cifar_tiny", "--weights", str(tiny_run), str(image), "-f", fmt,
+                    "--out", str(tmp_path / "map.json")),
+             2, f"{image} has 12288 NaN or infinite values (of 12288)")
+    assert not (tmp_path / "map.json").exists()
+
+
+def test_slide_nan_weights_never_print_nan_in_json(files: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    state = dict(np.load(files["w"]))
+    state["fc1.bias"] = np.full_like(state["fc1.bias"], np.nan)
+    np.savez(tmp_path / "nan_w.npz", **state)
+    r = invoke("slide", "cifar_small", str(files["img128"]), "--weights",
+               str(tmp_path / "nan_w.npz"), "-f", "json", "--out", str(tmp_path / "map.json"))
+    one_line(r, 1, "1690 of 1690 scores are NaN or infinite")
+    assert not (tmp_path / "map.json").exists()
+
+
+def test_slide_warns_about_a_float_image_on_the_0_255_scale(tiny_run: Path,
+                                                            tmp_path: Path) -> None:
+    image = tmp_path / "f255.npy"
+    np.save(image, np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.float32))
+    r = invoke("slide", "cifar_tiny", "--weights", str(tiny_run), str(image), "-f", "json")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.strip().splitlines() == [
+        f"warning: {image}: float pixels range over 0..255, but cnncli takes float images on "
+        "the 0..1 scale (only uint8 is divided by 255); if these are 0..255 values, divide "
+        "them by 255 or store uint8"]
+    json.loads(r.stdout)
+    np.save(image, np.random.default_rng(0).random((64, 64, 3)).astype(np.float32))
+    r = invoke("slide", "cifar_tiny", "--weights", str(tiny_run), str(image), "-f", "json")
+    assert r.exit_code == 0 and r.stderr == ""

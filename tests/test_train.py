@@ -624,3 +624,31 @@ def test_stale_checkpoint_temporaries_are_removed_when_the_run_starts_again(
     assert all((run / name).read_bytes() == b"left by a kill -9" * 100 for name in NOT_OURS)
     assert C.load_checkpoint(run / "last.npz").epoch == 1
 
+
+# --------------------------------------------------------------------------- data checks
+
+
+def test_train_refuses_nan_data_in_one_line(spec_file: Path, tmp_path: Path) -> None:
+    x = np.full((20, 12, 12, 3), 0.5, np.float32)
+    x[3, 4, 5, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x, y=np.arange(20) % 3)
+    one_line_error(cli_train(spec_file, tmp_path / "run", "--data", str(tmp_path / "nan.npz")),
+                   2, "nan.npz: 'x' has 1 NaN or infinite values (of 8640)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_warns_about_float_data_on_the_0_255_scale(spec_file: Path,
+                                                        tmp_path: Path) -> None:
+    ds = D.synthetic_shapes(40, width=12, height=12, num_classes=3)
+    np.savez(tmp_path / "f255.npz", x=ds.x.astype(np.float32), y=ds.y)
+    result = cli_train(spec_file, tmp_path / "run", "--data", str(tmp_path / "f255.npz"),
+                       "--epochs", "1", "--quiet")
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if "warning:" in line]
+    assert len(warning) == 1 and "f255.npz: float pixels range over" in warning[0]
+    assert "divide them by 255" in warning[0]
+    np.savez(tmp_path / "f01.npz", x=ds.x.astype(np.float32) / 255, y=ds.y)
+    result = cli_train(spec_file, tmp_path / "run2", "--data", str(tmp_path / "f01.npz"),
+                       "--epochs", "1", "--quiet")
+    assert result.exit_code == 0 and "warning" not in result.stderr
+
