@@ -24,7 +24,7 @@ from cnncli.cli import SpecArg, err, open_spec, out
 DEFAULTS: dict[str, Any] = dict(
     val_fraction=0.2, train_size=8000, epochs=10, batch=64, lr=0.01, optimizer="momentum",
     momentum=0.9, weight_decay=0.0, schedule="constant", seed=0, augment=False,
-    dtype="float32")
+    dtype="float32", pad_data=False)
 # Options a resumed run may change: how long it goes on and how it is shown.
 RESUME_MAY_CHANGE = {"epochs", "threads", "quiet"}
 EVAL_SIZE = 2000   # built-in test images for `eval` without --data (seed 1: unseen in training)
@@ -67,6 +67,9 @@ def train(
     val_data: Annotated[Optional[str], typer.Option(
         "--val-data", help="A separate validation/test set (a folder's test split).",
         show_default=False)] = None,
+    pad_data: Annotated[Optional[bool], typer.Option(
+        "--pad-data", help="Zero-pad smaller images centrally to the spec's input (as "
+        "LeNet-5 took MNIST's 28x28 digits at 32x32).", show_default=False)] = None,
     val_fraction: Annotated[Optional[float], typer.Option(
         "--val-fraction", help="Part of the data held out for validation (0 for none). "
         "\\[default: 0.2]", show_default=False)] = None,
@@ -120,7 +123,7 @@ def train(
         data=data, val_data=val_data, val_fraction=val_fraction, train_size=train_size,
         epochs=epochs, batch=batch, lr=lr, optimizer=optimizer, momentum=momentum,
         weight_decay=weight_decay, schedule=schedule, seed=seed, augment=augment,
-        dtype=dtype, threads=threads).items() if v is not None}
+        dtype=dtype, threads=threads, pad_data=pad_data).items() if v is not None}
     net_spec = open_spec(spec)
     with _errors_as_exit():
         _train(spec, net_spec, given, out_dir, resume, overwrite, quiet)
@@ -169,7 +172,7 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
     net = Network(net_spec, dtype=config.dtype, seed=config.seed)
     train_ds, val_ds = load_training_data(net, options["data"], options["val_data"],
                                           options["val_fraction"], options["train_size"],
-                                          warn=_warn)
+                                          pad=options.get("pad_data", False), warn=_warn)
     info = {"options": {k: v for k, v in options.items() if k != "threads"},
             "threads": threads, "data": train_ds.source,
             "val_data": val_ds.source if val_ds else None}
@@ -323,6 +326,8 @@ def evaluate(
     data: Annotated[Optional[str], typer.Option(
         "--data", help=f"Test data (a folder's test split). Default: {EVAL_SIZE} built-in "
         "synthetic images not used in training.", show_default=False)] = None,
+    pad_data: Annotated[bool, typer.Option(
+        "--pad-data", help="Zero-pad smaller images centrally to the spec's input.")] = False,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
     batch: Annotated[int, typer.Option("--batch", help="Images per forward pass.")] = 256,
     threads: Annotated[Optional[int], typer.Option(
@@ -336,7 +341,7 @@ def evaluate(
     with _errors_as_exit():
         if batch < 1:
             raise ValueError(f"--batch must be >= 1, got {batch}")
-        result = _evaluate(spec, net_spec, weights, data, batch, threads)
+        result = _evaluate(spec, net_spec, weights, data, batch, threads, pad_data)
     if fmt == "json":
         print(json.dumps(result, indent=2))
     else:
@@ -344,7 +349,7 @@ def evaluate(
 
 
 def _evaluate(spec_arg: str, net_spec: Any, weights: Path, data: str | None, batch: int,
-              threads: int | None) -> dict[str, Any]:
+              threads: int | None, pad_data: bool) -> dict[str, Any]:
     from cnncli.checkpoint import load_checkpoint
     from cnncli.config import configure_threads
     from cnncli.network import Network
@@ -364,7 +369,7 @@ def _evaluate(spec_arg: str, net_spec: Any, weights: Path, data: str | None, bat
     if data is None:
         ds = builtin_dataset(net, EVAL_SIZE, seed=1)
     else:
-        ds = load_test_data(net, data, warn=_warn)
+        ds = load_test_data(net, data, pad_data, warn=_warn)
     result = evaluate(net, ds, ckpt.mean, ckpt.std, batch)
     assert result is not None
     names = ds.class_names or ckpt.meta.get("classes") or [str(i) for i in range(k)]

@@ -47,6 +47,7 @@ __all__ = [
     "load_idx_pair",
     "load_npz",
     "normalize",
+    "pad_to_input",
     "random_crop",
     "random_flip",
     "scale_warning",
@@ -1220,6 +1221,37 @@ def scale_warning(x: np.ndarray, where: str) -> str | None:
             "values, divide them by 255 or store uint8")
 
 
+def pad_to_input(ds: Dataset, width: int, height: int, path: PathLike) -> Dataset:
+    """``ds`` with every image zero-padded centrally to ``width`` x ``height``, as LeCun
+    et al. padded MNIST's 28x28 digits to LeNet-5's 32x32 input. Images of that size are
+    returned as they are; smaller ones need an even margin on each axis."""
+    h, w, c = ds.image_shape
+    if (h, w) == (height, width):
+        return ds
+    dh, dw = height - h, width - w
+    if dh < 0 or dw < 0:
+        raise DataError(f"{path}: images are {w}x{h}x{c}, larger than the spec's input "
+                        f"{width}x{height}: --pad-data only pads")
+    if dh % 2 or dw % 2:
+        raise DataError(f"{path}: images are {w}x{h}x{c} and the spec's input is "
+                        f"{width}x{height}: --pad-data pads centrally, which needs an even "
+                        f"margin, not {dw}x{dh}")
+    x = np.pad(ds.x, ((0, 0), (dh // 2, dh // 2), (dw // 2, dw // 2), (0, 0)))
+    return Dataset(x=x, y=ds.y, num_classes=ds.num_classes, class_names=ds.class_names,
+                   source=f"{ds.source}, zero-padded to {width}x{height}")
+
+
+def _padding_hint(h: int, w: int, c: int, width: int, height: int, depth: int) -> str:
+    dh, dw = height - h, width - w
+    if c != depth or dh < 0 or dw < 0 or dh % 2 or dw % 2:
+        return ""
+    by = (f"{dh // 2} px" if dh == dw
+          else f"{dh // 2} px top and bottom, {dw // 2} px left and right")
+    lenet = (" (as LeCun et al. did to feed MNIST to LeNet-5)"
+             if (h, w, height, width) == (28, 28, 32, 32) else "")
+    return f": pass --pad-data to zero-pad each image by {by}{lenet}"
+
+
 def check_against_input(ds: Dataset, width: int, height: int, depth: int, num_classes: int,
                         path: PathLike) -> None:
     """Raise DataError when ``ds`` cannot feed a net with this input and class count."""
@@ -1228,7 +1260,8 @@ def check_against_input(ds: Dataset, width: int, height: int, depth: int, num_cl
     h, w, c = ds.image_shape
     if (h, w, c) != (height, width, depth):
         raise DataError(f"{path}: images are {w}x{h}x{c} but the spec's input is "
-                        f"{width}x{height}x{depth}")
+                        f"{width}x{height}x{depth}"
+                        + _padding_hint(h, w, c, width, height, depth))
     lo, hi = int(ds.y.min()), int(ds.y.max())
     if lo < 0 or hi >= num_classes:
         raise DataError(f"{path}: labels go from {lo} to {hi} but the spec's classifier has "

@@ -234,11 +234,12 @@ def builtin_dataset(net: Network, n: int, seed: int = 0) -> D.Dataset:
 
 def load_training_data(net: Network, data: str | None, val_data: str | None,
                        val_fraction: float, train_size: int, split_seed: int = 0,
-                       warn: D.Warn = D.warn_python,
+                       pad: bool = False, warn: D.Warn = D.warn_python,
                        ) -> tuple[D.Dataset, D.Dataset | None]:
     """(train, validation or None). Without `data`: the built-in set, `train_size`
     training images plus a validation part of round(train_size * val_fraction).
-    `warn` gets one line per data set whose float pixels look like the 0..255 scale."""
+    `pad`: zero-pad smaller images to the net's input (`data.pad_to_input`); `warn`
+    gets one line per data set whose float pixels look like the 0..255 scale."""
     if not 0 <= val_fraction < 1:
         raise TrainError(f"validation fraction must be in [0, 1), got {val_fraction}")
     if data is None:
@@ -251,7 +252,7 @@ def load_training_data(net: Network, data: str | None, val_data: str | None,
         else:
             train, val = D.split_validation(full, n_val / (train_size + n_val), split_seed)
     else:
-        full = _load_fitting(net, data, "train", warn)
+        full = _load_fitting(net, data, "train", pad, warn)
         if val_data is None and val_fraction > 0:
             train, val = D.split_validation(full, val_fraction, split_seed)
             if len(val) == 0:
@@ -259,18 +260,21 @@ def load_training_data(net: Network, data: str | None, val_data: str | None,
         else:
             train, val = full, None
     if val_data is not None:
-        val = _load_fitting(net, val_data, "test", warn)
+        val = _load_fitting(net, val_data, "test", pad, warn)
     return train, val
 
 
-def load_test_data(net: Network, data: str, warn: D.Warn = D.warn_python) -> D.Dataset:
+def load_test_data(net: Network, data: str, pad: bool = False,
+                   warn: D.Warn = D.warn_python) -> D.Dataset:
     """A test set (a folder's test split) checked against the net, as `eval` takes it."""
-    return _load_fitting(net, data, "test", warn)
+    return _load_fitting(net, data, "test", pad, warn)
 
 
-def _load_fitting(net: Network, path: str, split: str, warn: D.Warn) -> D.Dataset:
+def _load_fitting(net: Network, path: str, split: str, pad: bool, warn: D.Warn) -> D.Dataset:
     ds = D.load_dataset(path, split=split)
     v = net.input
+    if pad and len(ds):
+        ds = D.pad_to_input(ds, v.w, v.h, path)
     D.check_against_input(ds, v.w, v.h, v.d, num_classes_of(net), path)
     note = D.scale_warning(ds.x, path)
     if note:

@@ -700,3 +700,28 @@ def test_scale_warning_for_float_pixels_on_the_0_255_scale():
     assert note is not None and "\n" not in note
     assert note.startswith("d.npz: float pixels range over") and "0..255" in note
 
+
+# ------------------------------------------------------------------ padding (LeNet-5 on MNIST)
+
+
+def test_pad_to_input_zero_pads_each_image_centrally():
+    from cnncli.data import pad_to_input
+
+    ds = Dataset(x=_images(3), y=_labels(3), num_classes=10, class_names=None, source="m")
+    padded = pad_to_input(ds, 32, 32, "m")
+    assert padded.image_shape == (32, 32, 1) and padded.source == "m, zero-padded to 32x32"
+    assert np.array_equal(padded.x[:, 2:30, 2:30], ds.x)
+    assert padded.x.sum() == ds.x.sum()  # only zeros added
+    assert pad_to_input(ds, 28, 28, "m") is ds
+    assert "margin, not 5x5" in _error(pad_to_input, ds, 33, 33, "m")
+    assert "only pads" in _error(pad_to_input, ds, 24, 24, "m")
+
+
+def test_size_mismatch_suggests_pad_data_when_padding_fits():
+    ds = Dataset(x=_images(2), y=_labels(2), num_classes=10, class_names=None, source="m")
+    assert _error(check_against_input, ds, 32, 32, 1, 10, "data/mnist") == (
+        "data/mnist: images are 28x28x1 but the spec's input is 32x32x1: pass --pad-data to "
+        "zero-pad each image by 2 px (as LeCun et al. did to feed MNIST to LeNet-5)")
+    assert _error(check_against_input, ds, 32, 30, 1, 10, "d").endswith(
+        "by 1 px top and bottom, 2 px left and right")
+    assert "--pad-data" not in _error(check_against_input, ds, 31, 31, 1, 10, "d")

@@ -652,3 +652,39 @@ def test_train_warns_about_float_data_on_the_0_255_scale(spec_file: Path,
                        "--epochs", "1", "--quiet")
     assert result.exit_code == 0 and "warning" not in result.stderr
 
+
+def write_idx_digits(folder: Path, prefix: str, n: int) -> None:
+    """`n` 28x28 'digits' (a bright bar whose row is the label) as IDX files, by hand."""
+    import struct
+
+    images = np.zeros((n, 28, 28), np.uint8)
+    labels = np.arange(n) % 10
+    for i, label in enumerate(labels):
+        images[i, 4 + 2 * label, 6:22] = 255
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
+        struct.pack(">IIII", 0x00000803, n, 28, 28) + images.tobytes())
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
+        struct.pack(">II", 0x00000801, n) + labels.astype(np.uint8).tobytes())
+
+
+def test_lenet5_trains_on_28x28_mnist_digits_with_pad_data(tmp_path: Path) -> None:
+    """docs/training.md's MNIST example: LeNet-5 takes 32x32, MNIST is 28x28."""
+    mnist = tmp_path / "mnist"
+    write_idx_digits(mnist, "train", 16)
+    write_idx_digits(mnist, "t10k", 10)
+    run = tmp_path / "run"
+    args = ["train", "lenet5", "--data", str(mnist), "--val-data", str(mnist), "--epochs", "1",
+            "--batch", "8", "--optimizer", "adam", "--lr", "1e-3", "--out", str(run)]
+    one_line_error(runner.invoke(app, args), 2,
+                   "images are 28x28x1 but the spec's input is 32x32x1: pass --pad-data",
+                   "by 2 px (as LeCun et al. did to feed MNIST to LeNet-5)")
+    result = runner.invoke(app, [*args, "--pad-data"])
+    assert result.exit_code == 0, result.output
+    ckpt = C.load_checkpoint(run / "last.npz")
+    assert ckpt.epoch == 1 and ckpt.meta["optimizer"]["t"] == 2  # two steps of 8 images
+    assert ckpt.meta["info"]["data"].endswith("zero-padded to 32x32")
+    evaluated = runner.invoke(app, ["eval", "lenet5", "--weights", str(run / "last.npz"),
+                                    "--data", str(mnist), "--pad-data", "-f", "json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["images"] == 10
