@@ -294,6 +294,47 @@ def report_layout(report: Report, width: int) -> Laid:
     return lay_out(heading, columns, "bold", rows, width, REPORT_LEAVE_OUT)
 
 
+# `cnncli bench`: the rows of `profile.profile_layers`, as a tree like the check report's.
+BENCH_COLUMNS = (
+    Column("name", "layer"), Column("kind", "type"), Column("output", "output", right=True),
+    Column("forward_ms", "forward ms", right=True),
+    Column("backward_ms", "backward ms", right=True),
+    Column("gflops_forward", "GFLOP/s fwd", right=True),
+    Column("gflops_total", "GFLOP/s fwd+bwd", right=True), Column("share", "share", right=True),
+)
+# what a narrow terminal gives up first: the times per layer are the point of the table
+BENCH_LEAVE_OUT = ("gflops_forward", "kind", "output", "gflops_total", "share")
+
+
+def bench_layout(result: dict[str, Any], width: int) -> Laid:
+    heading = (f"{result['spec']}: batch {result['batch']}, float32, {result['threads']} "
+               f"threads, median of {result['iterations']}")
+    rows: list[tuple[Sequence[str], str | None]] = []
+    for r in result["layers"]:
+        indent = "  " * r["depth"]
+        if r["block"]:
+            rows.append(([indent + r["name"], r["kind"]] + [""] * 6, "dim"))
+            continue
+        rows.append(([indent + r["name"].rsplit(".", 1)[-1], r["kind"], r["output"] or "",
+                      f"{r['forward_ms']:.2f}", f"{r['backward_ms']:.2f}",
+                      f"{r['gflops_forward']:.1f}" if r["gflops_forward"] else "",
+                      f"{r['gflops_total']:.1f}" if r["gflops_total"] else "",
+                      f"{r['share']:.0%}"], None))
+    rows.append((["total", "", "", f"{result['forward_ms']:.2f}", f"{result['backward_ms']:.2f}",
+                  "", "", "100%" if result["total_ms"] else ""], "bold"))
+    return lay_out(heading, BENCH_COLUMNS, "bold", rows, width, BENCH_LEAVE_OUT)
+
+
+def print_bench(console: Console, result: dict[str, Any]) -> None:
+    print_laid(console, bench_layout(result, console.width))
+    rate = result["images_per_s"]
+    console.print(Text(
+        f"whole step (forward + backward): {result['step_ms']:.1f} ms = "
+        f"{f'{rate:,.0f}' if rate >= 100 else f'{rate:.3g}'} images/s; the rows add up to "
+        f"{result['total_ms']:.1f} ms (the rest is the stopwatches and the walk between "
+        "layers)"))
+
+
 def summary_lines(report: Report) -> list[str]:
     t = report.totals()
     lines = [
