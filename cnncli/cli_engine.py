@@ -104,7 +104,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Per-layer forward and backward time and GFLOP/s, like `caffe time`.
 
-        Find the slow layer of any spec (plain chains of layers)."""
+        Find the slow layer of any spec: every layer, inside residual and concat blocks
+        too, and each block's add or concatenation."""
         from cnncli.profile import profile_layers
 
         net_spec = open_spec(spec)
@@ -116,21 +117,5 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(result, indent=2))
             return
-        from rich.table import Table
-        table = Table(title=f"{net_spec.name}: batch {batch}, float32, {result['threads']} "
-                      f"threads, median of {iterations}", title_justify="left",
-                      header_style="bold", box=None)
-        for title in ("layer", "type", "output", "forward ms", "backward ms", "GFLOP/s fwd",
-                      "GFLOP/s fwd+bwd", "share"):
-            table.add_column(title, justify="left" if title in ("layer", "type") else "right")
-        total = result["total_ms"]
-        for r in result["layers"]:
-            both = r["forward_ms"] + r["backward_ms"]
-            table.add_row(r["name"], r["kind"], r["output"], f"{r['forward_ms']:.2f}",
-                          f"{r['backward_ms']:.2f}",
-                          f"{r['gflops_forward']:.1f}" if r["gflops_forward"] else "",
-                          f"{r['gflops_total']:.1f}" if r["gflops_total"] else "",
-                          f"{both / total:.0%}" if total else "")
-        out.print(table)
-        out.print(f"whole step (forward + backward): {total:.1f} ms = "
-                  f"{batch / (total / 1000):,.0f} images/s")
+        from cnncli.render import print_bench
+        print_bench(out, result)

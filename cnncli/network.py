@@ -59,8 +59,9 @@ class Sequence:
 class ResidualBlock:
     """out = body(x) + shortcut(x): the gradient flows to both and adds up at x."""
 
-    def __init__(self, body: Sequence, shortcut: Sequence):
+    def __init__(self, body: Sequence, shortcut: Sequence, name: str = "residual"):
         self.body, self.shortcut = body, shortcut
+        self.name = name  # the spec's block name: its add is the report's row `name.add`
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         out = self.body.forward(x, training)
@@ -79,8 +80,9 @@ class ResidualBlock:
 class ConcatBlock:
     """Depth concatenation: each branch's gradient is its slice of the output's."""
 
-    def __init__(self, branches: list[Sequence]):
+    def __init__(self, branches: list[Sequence], name: str = "concat"):
         self.branches = branches
+        self.name = name  # the spec's block name: its concatenation is the row `name.out`
         self._depths: list[int] = []
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
@@ -115,9 +117,10 @@ class _Builder:
 
     def node(self, node: S.Node) -> Any:
         if isinstance(node, S.Residual):
-            return ResidualBlock(self.sequence(node.body), self.sequence(node.shortcut))
+            return ResidualBlock(self.sequence(node.body), self.sequence(node.shortcut),
+                                 node.name)
         if isinstance(node, S.Concat):
-            return ConcatBlock([self.sequence(b) for b in node.branches])
+            return ConcatBlock([self.sequence(b) for b in node.branches], node.name)
         row = self.rows[node.name]
         if isinstance(node, S.Conv):
             return L.Conv(node, row, self.rng, self.dtype)

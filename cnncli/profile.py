@@ -1,4 +1,13 @@
-"""Per-layer timing of a spec on the engine (`cnncli bench`): plain data out."""
+"""Per-layer timing of a spec on the engine (`cnncli bench`): plain data out.
+
+Every layer is timed where the engine runs it, blocks included: each item of every
+sequence is wrapped in a stopwatch for the benchmark's own copy of the network, so the
+blocks' forward and backward are the engine's own code, not a re-enactment of them. A
+block's stopwatch includes its layers; what is left after them is the block's own work
+(the residual add and the gradient's fan-out add; the concatenation and the gradient's
+slicing), reported on the report's merge row (`res1.add`, `inception3a.out`). So the rows
+of layers and merges add up to the step, and the block headings carry no time of their own.
+"""
 
 from __future__ import annotations
 
@@ -9,57 +18,121 @@ from typing import Any
 import numpy as np
 
 from cnncli.config import configure_threads
-from cnncli.network import Network
+from cnncli.network import ConcatBlock, Network, ResidualBlock, Sequence
 from cnncli.spec import Spec, Volume
+
+
+class _Timed:
+    """Stands in for one item of a sequence: runs it and keeps how long each forward and
+    backward took, everything nested in it included."""
+
+    def __init__(self, item: Any, key: str, children: list[_Timed]):
+        self.item = item
+        self.key = key  # the report row this item's own time goes to
+        self.children = children  # the timed items directly inside a block
+        self.forward_s: list[float] = []
+        self.backward_s: list[float] = []
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        start = time.perf_counter()
+        y = self.item.forward(x, training)
+        self.forward_s.append(time.perf_counter() - start)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        dx = self.item.backward(dy)
+        self.backward_s.append(time.perf_counter() - start)
+        return dx
+
+    def own_ms(self, backward: bool) -> float:
+        """Median over passes of this item's time less its children's: a layer's whole
+        time, a block's merge. Milliseconds."""
+        def times(t: _Timed) -> list[float]:
+            return t.backward_s if backward else t.forward_s
+
+        nested = [times(c) for c in self.children]
+        return median(max(0.0, t - sum(c[k] for c in nested))
+                      for k, t in enumerate(times(self))) * 1000
+
+    def clear(self) -> None:
+        self.forward_s.clear()
+        self.backward_s.clear()
+
+
+def _time_items(seq: Sequence, timed: list[_Timed]) -> list[_Timed]:
+    """Wrap every item of `seq`, blocks' insides first; return the wrappers of its own
+    items (appending every wrapper to `timed`)."""
+    own = []
+    for i, item in enumerate(seq.items):
+        if isinstance(item, ResidualBlock):
+            children = _time_items(item.body, timed) + _time_items(item.shortcut, timed)
+            key = f"{item.name}.add"
+        elif isinstance(item, ConcatBlock):
+            children = [w for branch in item.branches for w in _time_items(branch, timed)]
+            key = f"{item.name}.out"
+        else:
+            children, key = [], item.name
+        wrapper = _Timed(item, key, children)
+        seq.items[i] = wrapper
+        timed.append(wrapper)
+        own.append(wrapper)
+    return own
 
 
 def profile_layers(spec: Spec, volume: Volume | None, batch: int, iterations: int,
                    threads: int | None) -> dict[str, Any]:
+    """Median forward and backward milliseconds of every row of the spec's report: layers
+    and block merges timed, block headings (repeat, residual, branch...) as the tree."""
     n_threads = configure_threads(threads)
     net = Network(spec, volume, dtype=np.float32, seed=0)
-    rows = {r.name: r for r in net.report.rows}
+    timed: list[_Timed] = []
+    _time_items(net.body, timed)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, net.input.h, net.input.w, net.input.d)).astype(np.float32)
-    forward: dict[str, list[float]] = {layer.name: [] for layer in net.layers}
-    backward: dict[str, list[float]] = {layer.name: [] for layer in net.layers}
-    flat = _flat_sequence(net)
+    steps: list[float] = []
     for it in range(iterations + 1):  # the first pass warms up (JIT, caches)
-        a = x
-        for layer in flat:
-            t = time.perf_counter()
-            a = layer.forward(a, True)
-            if it:
-                forward[layer.name].append(time.perf_counter() - t)
+        start = time.perf_counter()
+        a = net.body.forward(x, True)
+        middle = time.perf_counter()
         d = rng.standard_normal(a.shape).astype(np.float32)
-        for layer in reversed(flat):
-            t = time.perf_counter()
-            d = layer.backward(d)
-            if it:
-                backward[layer.name].append(time.perf_counter() - t)
-    result = []
-    for layer in flat:
-        row = rows[layer.name]
-        f_ms = median(forward[layer.name]) * 1000
-        b_ms = median(backward[layer.name]) * 1000
+        resumed = time.perf_counter()
+        net.body.backward(d)
+        if not it:
+            for t in timed:
+                t.clear()
+            continue
+        steps.append((middle - start) + (time.perf_counter() - resumed))
+    by_key = {t.key: t for t in timed}
+    rows = []
+    for row in net.report.rows:
+        entry: dict[str, Any] = {"name": row.name, "kind": row.kind, "depth": row.depth,
+                                 "block": row.is_block,
+                                 "output": None if row.output is None else str(row.output)}
+        rows.append(entry)
+        if row.is_block:
+            entry.update(forward_ms=None, backward_ms=None, gflops_forward=None,
+                         gflops_total=None)
+            continue
+        t = by_key[row.name]
+        f_ms, b_ms = t.own_ms(backward=False), t.own_ms(backward=True)
         flops = 2 * row.macs * batch  # forward; backward costs about twice that
-        result.append({
-            "name": layer.name, "kind": row.kind, "output": str(row.output),
-            "forward_ms": f_ms, "backward_ms": b_ms,
-            "gflops_forward": flops / (f_ms / 1000) / 1e9 if row.macs and f_ms else 0.0,
-            "gflops_total": 3 * flops / ((f_ms + b_ms) / 1000) / 1e9
-            if row.macs and f_ms + b_ms else 0.0,
-        })
-    total = sum(r["forward_ms"] + r["backward_ms"] for r in result)
+        entry.update(
+            forward_ms=f_ms, backward_ms=b_ms,
+            gflops_forward=flops / (f_ms / 1000) / 1e9 if row.macs and f_ms else 0.0,
+            gflops_total=3 * flops / ((f_ms + b_ms) / 1000) / 1e9
+            if row.macs and f_ms + b_ms else 0.0)
+    timed_rows = [r for r in rows if not r["block"]]
+    total = sum(r["forward_ms"] + r["backward_ms"] for r in timed_rows)
+    for r in rows:
+        r["share"] = None if r["block"] else (
+            (r["forward_ms"] + r["backward_ms"]) / total if total else 0.0)
+    # the whole step, stopwatched around the network: what the rows add up to plus the
+    # stopwatches' and the sequences' own overhead
+    step_ms = median(steps) * 1000
     return {"spec": spec.name, "batch": batch, "threads": n_threads, "iterations": iterations,
-            "layers": result, "total_ms": total}
-
-
-def _flat_sequence(net: Network) -> list[Any]:
-    """Per-layer timing needs a plain chain; blocks (residual/concat) are not chains."""
-    from cnncli.network import Sequence
-
-    items = net.body.items
-    if not all(not isinstance(i, Sequence) and hasattr(i, "name") for i in items):
-        raise ValueError(f"{net.spec.name}: per-layer timing supports plain chains of layers; "
-                         "this net has residual or concat blocks")
-    return list(items)
+            "layers": rows,
+            "forward_ms": sum(r["forward_ms"] for r in timed_rows),
+            "backward_ms": sum(r["backward_ms"] for r in timed_rows),
+            "total_ms": total, "step_ms": step_ms,
+            "images_per_s": batch / (step_ms / 1000) if step_ms else 0.0}

@@ -1,4 +1,4 @@
-"""Plain data -> what a person reads: rich tables, JSON, CSV, Markdown.
+"""Plain data -> what a person reads: tables laid out to the terminal, JSON, CSV, Markdown.
 
 Nothing here computes a figure; it only lays out what `stats` computed.
 """
@@ -8,10 +8,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
-from rich.table import Table
+from rich.control import strip_control_codes
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 
 from cnncli.spec import Problem
@@ -72,26 +78,261 @@ def _cells(row: Row, tree: bool) -> list[str]:
     ]
 
 
-def report_table(report: Report) -> Table:
-    # Text, not str: rich would read a spec's name like "[/]" as markup (and raise)
-    heading = Text(f"{report.spec.name}  input {report.input}  rounding {report.rounding}")
-    table = Table(title=heading, title_justify="left", header_style="bold", pad_edge=False,
-                  box=None)
-    for key, title, justify in COLUMNS:
-        # figures never wrap; the free-text settings column folds when the terminal is narrow
-        table.add_column(title, justify=justify,  # type: ignore[arg-type]
-                         no_wrap=key != "settings", overflow="fold")
-    table.add_row("input", "input", "", str(report.input), f"{report.input.size:,}",
-                  "", "", "", "1", "1")
-    for row in report.rows:
-        style = "dim" if row.is_block else None
-        table.add_row(*(Text(c) for c in _cells(row, tree=True)), style=style)
+# ------------------------------------------------------------------ tables laid out to a width
+#
+# Tables are laid out here rather than by rich's Table, for two reasons: rich measures and
+# renders every cell through its layout machinery (about half a millisecond a cell on our
+# machines: a minute for a 10,000-layer net, where the CSV takes a fraction of a second),
+# and on a terminal narrower than the table it crops figures without a mark (an RF of 10
+# shows as "1"). This layout is one pass over plain strings, and it never cuts a figure.
+# When the table is wider than the terminal, in this order:
+#   1. free-text columns (settings) wrap at spaces, down to their longest word;
+#   2. whole columns are left out, least important first (each table gives its order),
+#      and a note under the table names them;
+#   3. if what is left still does not fit, each row becomes a record: its name on one
+#      line, then one "title  value" line per figure.
+# Where the table fits, the lines are what rich's Table(box=None, pad_edge=False) printed,
+# byte for byte (the golden files pin it): columns two spaces apart, every line padded to
+# the table's width, the title left-justified above it.
+
+_GAP = 2  # spaces between columns
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    right: bool = False  # figures align right
+    wraps: bool = False  # free text, which may wrap at spaces
+
+
+@dataclass
+class Laid:
+    """A table laid out to a width: lines (text, rich style), and what had to give."""
+
+    lines: list[tuple[str, str | None]]
+    left_out: list[str]  # titles of the columns left out, in the order they went
+    records: bool  # one record per row instead of a table
+    width: int
+
+    def note(self) -> str | None:
+        """The line that says what a narrow terminal cost, or None if nothing."""
+        if self.records:
+            return (f"note: one record per row to fit {self.width} columns (a wider terminal, "
+                    "or piped output, shows the table)")
+        if self.left_out:
+            return (f"note: left out to fit {self.width} columns: {', '.join(self.left_out)} "
+                    "(a wider terminal, or piped output, shows them)")
+        return None
+
+
+def _cells_wide(text: str) -> int:
+    """Terminal cells `text` takes: its length for printable ASCII (nearly every cell,
+    and the fast case for 10,000-layer tables), else rich's measure (wide characters)."""
+    return len(text) if text.isascii() and text.isprintable() else cell_len(text)
+
+
+def _longest_word(text: str) -> int:
+    return max((_cells_wide(word) for word in text.split()), default=0)
+
+
+def lay_out(title: str, columns: Sequence[Column], header_style: str | None,
+            rows: Sequence[tuple[Sequence[str], str | None]], width: int,
+            leave_out: Sequence[str] = ()) -> Laid:
+    """`rows` (cells, style) under a header of `columns`, to fit `width`; the columns
+    named (by key) in `leave_out` may be left out, first named first."""
+    natural = [_cells_wide(c.title) for c in columns]
+    shortest = list(natural)
+    for cells, _ in rows:
+        for i, cell in enumerate(cells):
+            n = _cells_wide(cell)
+            if n > natural[i]:
+                natural[i] = n
+    for i, column in enumerate(columns):
+        if column.wraps:
+            shortest[i] = max([shortest[i]] + [_longest_word(cells[i]) for cells, _ in rows])
+        else:
+            shortest[i] = natural[i]
+    order = [i for key in leave_out for i, c in enumerate(columns) if c.key == key]
+    for n_out in range(len(order) + 1):
+        kept = [i for i in range(len(columns)) if i not in order[:n_out]]
+        widths = _fit(kept, natural, shortest, width)
+        if widths is not None:
+            lines = _table_lines(title, columns, header_style, rows, kept, widths)
+            return Laid(lines, [columns[i].title for i in order[:n_out]], False, width)
+    return Laid(_record_lines(title, columns, rows, width), [], True, width)
+
+
+def _fit(kept: list[int], natural: list[int], shortest: list[int],
+         width: int) -> dict[int, int] | None:
+    """Column widths for `kept` within `width`, narrowing free text first; None if they
+    cannot fit."""
+    widths = {i: natural[i] for i in kept}
+    excess = sum(widths.values()) + _GAP * (len(kept) - 1) - width
+    for i in kept:
+        if excess <= 0:
+            break
+        give = min(excess, natural[i] - shortest[i])
+        widths[i] -= give
+        excess -= give
+    return widths if excess <= 0 else None
+
+
+def _pad(text: str, width: int, right: bool) -> str:
+    if text.isascii() and text.isprintable():
+        return text.rjust(width) if right else text.ljust(width)
+    fill = " " * (width - cell_len(text))
+    return fill + text if right else text + fill
+
+
+def _table_lines(title: str, columns: Sequence[Column], header_style: str | None,
+                 rows: Sequence[tuple[Sequence[str], str | None]], kept: list[int],
+                 widths: dict[int, int]) -> list[tuple[str, str | None]]:
+    table_width = sum(widths.values()) + _GAP * (len(kept) - 1)
+    gap = " " * _GAP
+    # rich's "table.title" style; a title longer than the table wraps within its width
+    lines: list[tuple[str, str | None]] = [
+        (_pad(part, table_width, False), "italic")
+        for part in textwrap.wrap(title, max(1, table_width)) or [""]]
+    lines.append((gap.join(_pad(columns[i].title, widths[i], columns[i].right) for i in kept),
+                  header_style))
+    for cells, style in rows:
+        folded = {i: textwrap.wrap(cells[i], widths[i], break_long_words=False,
+                                   break_on_hyphens=False)
+                  for i in kept if columns[i].wraps and _cells_wide(cells[i]) > widths[i]}
+        if not folded:
+            lines.append((gap.join(_pad(cells[i], widths[i], columns[i].right) for i in kept),
+                          style))
+            continue
+        # a free-text cell wrapped over several lines; the other cells sit on the first
+        for n in range(max(len(parts) for parts in folded.values())):
+            line = []
+            for i in kept:
+                if i in folded:
+                    cell = folded[i][n] if n < len(folded[i]) else ""
+                else:
+                    cell = cells[i] if n == 0 else ""
+                line.append(_pad(cell, widths[i], columns[i].right))
+            lines.append((gap.join(line), style))
+    return lines
+
+
+def _record_lines(title: str, columns: Sequence[Column],
+                  rows: Sequence[tuple[Sequence[str], str | None]],
+                  width: int) -> list[tuple[str, str | None]]:
+    """One record per row: the first cell (the name, tree indent kept) on its own line,
+    then "title  value" for every other non-empty cell. A value wider than the terminal
+    is left whole for the terminal to wrap."""
+    label = max(_cells_wide(c.title) for c in columns[1:])
+    lines: list[tuple[str, str | None]] = [
+        (part, "italic") for part in textwrap.wrap(title, max(1, width)) or [""]]
+    for cells, style in rows:
+        name = cells[0]
+        lines.append((name, style))
+        indent = " " * (len(name) - len(name.lstrip()) + 2)
+        for column, cell in zip(columns[1:], cells[1:], strict=True):
+            if not cell:
+                continue
+            head = f"{indent}{_pad(column.title, label, False)}  "
+            parts = [cell]
+            if column.wraps:
+                room = max(width - len(head), _longest_word(cell))
+                parts = textwrap.wrap(cell, room, break_long_words=False,
+                                      break_on_hyphens=False) or [cell]
+            lines.append((head + parts[0], style))
+            lines.extend((" " * len(head) + part, style) for part in parts[1:])
+    return lines
+
+
+class _Lines:
+    """Laid-out lines as rich segments, one per line: nothing for rich to measure, wrap or
+    crop (the layout already fits, or deliberately leaves a record's long value whole for
+    the terminal to wrap). Control codes in a name are dropped, as rich's Text drops them."""
+
+    def __init__(self, lines: list[tuple[str, str | None]]):
+        self.lines = lines
+
+    def __rich_console__(self, console: Console, options: Any) -> Iterator[Segment]:
+        styles: dict[str | None, Style | None] = {None: None}
+        newline = Segment.line()
+        for line, style in self.lines:
+            if style not in styles:
+                styles[style] = console.get_style(style) if style else None
+            yield Segment(line if line.isascii() and line.isprintable()
+                          else strip_control_codes(line), styles[style])
+            yield newline
+
+
+def print_laid(console: Console, laid: Laid) -> None:
+    console.print(_Lines(laid.lines), end="", soft_wrap=True)
+    note = laid.note()
+    if note:
+        console.print(Text(note, style="dim"))
+
+
+# The report's columns, least important first, as a narrow terminal leaves them out: the
+# notes' own table is layer, output, memory (activations) and weights, so these stay
+# longest; biases are small next to weights, the receptive field and stride describe
+# position, settings repeat the spec file, the type is usually in the name, MACs last.
+REPORT_LEAVE_OUT = ("biases", "jump", "receptive_field", "settings", "kind", "macs", "weights",
+                    "activations")
+
+
+def report_layout(report: Report, width: int) -> Laid:
+    heading = f"{report.spec.name}  input {report.input}  rounding {report.rounding}"
+    columns = [Column(key, title, justify == "right", key == "settings")
+               for key, title, justify in COLUMNS]
+    rows: list[tuple[Sequence[str], str | None]] = [
+        (["input", "input", "", str(report.input), f"{report.input.size:,}",
+          "", "", "", "1", "1"], None)]
+    rows.extend((_cells(row, tree=True), "dim" if row.is_block else None)
+                for row in report.rows)
     t = report.totals()
-    table.add_section()
-    table.add_row("total", "", "", str(report.output), f"{t['activations_per_image']:,}",
+    rows.append((["total", "", "", str(report.output), f"{t['activations_per_image']:,}",
                   f"{t['weights']:,}", f"{t['biases']:,}", f"{t['macs']:,}",
-                  _pair(report.receptive_field), _pair(report.jump), style="bold")
-    return table
+                  _pair(report.receptive_field), _pair(report.jump)], "bold"))
+    return lay_out(heading, columns, "bold", rows, width, REPORT_LEAVE_OUT)
+
+
+# `cnncli bench`: the rows of `profile.profile_layers`, as a tree like the check report's.
+BENCH_COLUMNS = (
+    Column("name", "layer"), Column("kind", "type"), Column("output", "output", right=True),
+    Column("forward_ms", "forward ms", right=True),
+    Column("backward_ms", "backward ms", right=True),
+    Column("gflops_forward", "GFLOP/s fwd", right=True),
+    Column("gflops_total", "GFLOP/s fwd+bwd", right=True), Column("share", "share", right=True),
+)
+# what a narrow terminal gives up first: the times per layer are the point of the table
+BENCH_LEAVE_OUT = ("gflops_forward", "kind", "output", "gflops_total", "share")
+
+
+def bench_layout(result: dict[str, Any], width: int) -> Laid:
+    heading = (f"{result['spec']}: batch {result['batch']}, float32, {result['threads']} "
+               f"threads, median of {result['iterations']}")
+    rows: list[tuple[Sequence[str], str | None]] = []
+    for r in result["layers"]:
+        indent = "  " * r["depth"]
+        if r["block"]:
+            rows.append(([indent + r["name"], r["kind"]] + [""] * 6, "dim"))
+            continue
+        rows.append(([indent + r["name"].rsplit(".", 1)[-1], r["kind"], r["output"] or "",
+                      f"{r['forward_ms']:.2f}", f"{r['backward_ms']:.2f}",
+                      f"{r['gflops_forward']:.1f}" if r["gflops_forward"] else "",
+                      f"{r['gflops_total']:.1f}" if r["gflops_total"] else "",
+                      f"{r['share']:.0%}"], None))
+    rows.append((["total", "", "", f"{result['forward_ms']:.2f}", f"{result['backward_ms']:.2f}",
+                  "", "", "100%" if result["total_ms"] else ""], "bold"))
+    return lay_out(heading, BENCH_COLUMNS, "bold", rows, width, BENCH_LEAVE_OUT)
+
+
+def print_bench(console: Console, result: dict[str, Any]) -> None:
+    print_laid(console, bench_layout(result, console.width))
+    rate = result["images_per_s"]
+    console.print(Text(
+        f"whole step (forward + backward): {result['step_ms']:.1f} ms = "
+        f"{f'{rate:,.0f}' if rate >= 100 else f'{rate:.3g}'} images/s; the rows add up to "
+        f"{result['total_ms']:.1f} ms (the rest is the stopwatches and the walk between "
+        "layers)"))
 
 
 def summary_lines(report: Report) -> list[str]:
@@ -126,7 +367,7 @@ def print_report(console: Console, report: Report, errors: Console | None = None
     """The table, summary, rounding notes and hints on `console`; errors on `errors`
     (stderr in the CLI, so a pipe carries only the report)."""
     if show_table and report.valid:
-        console.print(report_table(report))
+        print_laid(console, report_layout(report, console.width))
         console.print()
         for line in summary_lines(report):
             console.print(Text(line))

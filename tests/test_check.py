@@ -358,6 +358,14 @@ def test_golden_csv(golden) -> None:  # type: ignore[no-untyped-def]
     assert text == report_csv(report_of("alexnet"))
 
 
+@pytest.mark.parametrize("name", ["resnet18", "googlenet"])
+def test_golden_table_at_240_columns(name: str, golden) -> None:  # type: ignore[no-untyped-def]
+    # piped output is laid out at 240 columns (cli.out): scripts and diffs read it
+    result = invoke("check", name)
+    assert result.exit_code == 0
+    golden(f"{name}.txt", result.stdout)
+
+
 def test_golden_errors(golden) -> None:  # type: ignore[no-untyped-def]
     result = invoke("check", "alexnet", "--input", "224x224x3", "-f", "csv")
     assert result.exit_code == 1
