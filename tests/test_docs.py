@@ -1,0 +1,78 @@
+"""docs/spec-format.md is the format's contract: its examples must say what the code does.
+
+Every ```yaml block on that page that is a complete spec (an `input:` and a `layers:` key
+at the top level) is loaded and checked with the library. It must be a valid net, unless
+the line before the block is `<!-- invalid -->`: then it is a deliberate error example
+and must be rejected (exit code 1 in `cnncli check`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from cnncli import spec as spec_module
+from cnncli.spec import SpecInvalid, load_spec
+from cnncli.stats import analyze
+
+SPEC_FORMAT = Path(__file__).resolve().parent.parent / "docs" / "spec-format.md"
+INVALID_MARKER = "<!-- invalid -->"
+
+
+def yaml_blocks(text: str) -> list[tuple[int, str, bool]]:
+    """(line, body, marked invalid) of every ```yaml block, in page order."""
+    lines = text.splitlines()
+    blocks = []
+    i = 0
+    while i < len(lines):
+        if lines[i].strip() == "```yaml":
+            start = i
+            body = []
+            i += 1
+            while lines[i].strip() != "```":
+                body.append(lines[i])
+                i += 1
+            before = next((line.strip() for line in reversed(lines[:start]) if line.strip()), "")
+            blocks.append((start + 1, "\n".join(body) + "\n", before == INVALID_MARKER))
+        i += 1
+    return blocks
+
+
+def is_complete_spec(body: str) -> bool:
+    return bool(re.search(r"^input:", body, re.M) and re.search(r"^layers:", body, re.M))
+
+
+BLOCKS = [b for b in yaml_blocks(SPEC_FORMAT.read_text(encoding="utf-8"))
+          if is_complete_spec(b[1])]
+
+
+def test_spec_format_page_has_examples_of_both_kinds() -> None:
+    assert len(BLOCKS) >= 15
+    assert any(invalid for _, _, invalid in BLOCKS)
+
+
+@pytest.mark.parametrize(("line", "body", "invalid"), BLOCKS,
+                         ids=[f"line{line}" for line, _, _ in BLOCKS])
+def test_spec_format_example_checks_as_the_page_says(tmp_path: Path, line: int, body: str,
+                                                     invalid: bool) -> None:
+    path = tmp_path / f"example_line{line}.yaml"
+    path.write_text(body, encoding="utf-8")
+    if invalid:
+        try:
+            report = analyze(load_spec(path))
+        except SpecInvalid:
+            return
+        assert not report.valid, f"docs/spec-format.md:{line} is marked invalid but checks valid"
+    else:
+        report = analyze(load_spec(path))
+        assert report.valid, (f"docs/spec-format.md:{line}: "
+                              + "; ".join(p.message for p in report.errors))
+
+
+def test_spec_format_documents_every_layer_type() -> None:
+    text = SPEC_FORMAT.read_text(encoding="utf-8")
+    headings = [line for line in text.splitlines() if line.startswith("### ")]
+    for kind in spec_module._LAYER_PARSERS:
+        assert any(f"`{kind}`" in h for h in headings), f"no section for `{kind}`"
