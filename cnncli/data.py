@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from cnncli.errors import InputError
+
 __all__ = [
     "SHAPE_CLASSES",
     "DataError",
@@ -83,7 +85,7 @@ UNDERSTOOD_FORMATS = (
 )
 
 
-class DataError(Exception):
+class DataError(InputError):
     """A dataset could not be read or does not fit; the message is one line naming the file."""
 
 

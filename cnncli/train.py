@@ -1,4 +1,4 @@
-"""The training loop: a generator of events. It never prints; `cli_train` renders.
+"""The training loop: a generator of events. It never prints; `cnncli.cli.train` renders.
 
     >>> trainer = Trainer(net, train_ds, val_ds, TrainConfig(epochs=5), spec_text)
     >>> for event in trainer.run():
@@ -36,11 +36,12 @@ import numpy as np
 
 from cnncli import data as D
 from cnncli.checkpoint import Checkpoint, save_checkpoint, spec_sha256
+from cnncli.errors import InputError, naming
 from cnncli.network import Network
 from cnncli.optim import OPTIMIZERS, SCHEDULES, Schedule, make_optimizer
 
 
-class TrainError(Exception):
+class TrainError(InputError):
     """Bad training settings or data that does not fit the net (one line)."""
 
 
@@ -273,17 +274,20 @@ class RunDir:
     def start(self, spec_text: str, config: dict[str, Any]) -> None:
         """Write spec.yaml (the spec as used) and config.json (everything about the run)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "spec.yaml").write_text(spec_text, encoding="utf-8")
-        (self.path / "config.json").write_text(json.dumps(config, indent=2) + "\n",
-                                               encoding="utf-8")
+        with naming(self.path / "spec.yaml"):  # a full disk names the file
+            (self.path / "spec.yaml").write_text(spec_text, encoding="utf-8")
+        with naming(self.path / "config.json"):
+            (self.path / "config.json").write_text(json.dumps(config, indent=2) + "\n",
+                                                   encoding="utf-8")
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite both metrics files from the whole history (a resumed run keeps exactly
         the epochs its checkpoint has)."""
-        self.jsonl.write_text("".join(json.dumps(row) + "\n" for row in history),
-                              encoding="utf-8")
+        with naming(self.jsonl):  # a full disk names the file
+            self.jsonl.write_text("".join(json.dumps(row) + "\n" for row in history),
+                                  encoding="utf-8")
         columns = [f.name for f in fields(EpochMetrics)]
-        with self.csv.open("w", newline="", encoding="utf-8") as fh:
+        with naming(self.csv), self.csv.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns)
             writer.writeheader()
             writer.writerows(history)
