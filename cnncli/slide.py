@@ -31,6 +31,7 @@ from cnncli.convert import (
     fc_layers,
     fc_to_conv_spec,
 )
+from cnncli.errors import InputError, naming
 from cnncli.network import Network
 from cnncli.spec import Pair, Spec, Volume
 from cnncli.stats import analyze
@@ -38,7 +39,7 @@ from cnncli.stats import analyze
 VERIFY_TOLERANCE = 1e-4  # float32, largest |one pass - crop by crop| over all scores
 
 
-class SlideError(Exception):
+class SlideError(InputError):
     """An image, a weights file or an option that cannot be used; one line, names the file.
     `code` is the CLI's exit code: 2 a file cannot be read, 1 the net cannot slide over it."""
 
@@ -66,6 +67,8 @@ def load_weights(path: str | Path) -> Weights:
     import zipfile
 
     path = Path(path)
+    if path.is_dir():
+        raise SlideError(f"{path}: is a directory, not a weights file")
     if not path.is_file():
         raise SlideError(f"{path}: no such weights file")
     try:
@@ -94,7 +97,7 @@ def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with naming(path), os.fdopen(fd, "wb") as fh:  # a full disk names the file, not tmp
             np.savez(fh, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
     except BaseException:
@@ -110,6 +113,8 @@ def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
 def load_image(path: str | Path) -> np.ndarray:
     """An image as HxWxC: `.npy` / `.npz` (one array) as stored, other files via Pillow."""
     path = Path(path)
+    if path.is_dir():
+        raise SlideError(f"{path}: is a directory, not an image")
     if not path.is_file():
         raise SlideError(f"{path}: no such image")
     suffix = path.suffix.lower()
