@@ -4,8 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # the pure-Python parts that mypy checks (the analyzer, data and orchestration; not kernels)
 TYPED  := cnncli/spec.py cnncli/shapes.py cnncli/stats.py cnncli/render.py cnncli/catalog.py \
-          cnncli/cli.py cnncli/cli_engine.py cnncli/cli_memory.py cnncli/cli_train.py \
-          cnncli/cli_slide.py cnncli/memory.py cnncli/measure.py cnncli/gradcheck.py \
+          cnncli/cli cnncli/errors.py cnncli/memory.py cnncli/measure.py cnncli/gradcheck.py \
           cnncli/network.py cnncli/layers.py cnncli/profile.py cnncli/warmup.py cnncli/data.py \
           cnncli/optim.py cnncli/train.py cnncli/checkpoint.py cnncli/convert.py cnncli/slide.py \
           cnncli/inplace.py cnncli/config.py

@@ -22,10 +22,12 @@ def bundled_names() -> list[str]:
 
 
 def resolve(name_or_path: str) -> Path:
-    """A path that exists wins; otherwise a bundled architecture's name."""
+    """A file that exists wins; then a bundled architecture's name; a folder named like a
+    bundled net (`mkdir vgg16`) does not hide the net, since a folder is never a spec."""
     path = Path(name_or_path)
     try:
-        if path.exists():
+        is_dir = path.is_dir()
+        if path.exists() and not is_dir:
             return path
     except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
         reason = getattr(exc, "strerror", None) or exc
@@ -34,6 +36,9 @@ def resolve(name_or_path: str) -> Path:
     candidate = bundled_dir() / f"{stem}.yaml"
     if path.parent == Path(".") and candidate.is_file():
         return candidate
-    names = bundled_names()
+    names = ", ".join(bundled_names()) or "none"
+    if is_dir:
+        raise SpecError(f"{name_or_path}: is a directory, not a spec file, and not a bundled "
+                        f"architecture (bundled: {names})")
     raise SpecError(f"{name_or_path}: no such file, and not a bundled architecture "
-                    f"(bundled: {', '.join(names) or 'none'})")
+                    f"(bundled: {names})")

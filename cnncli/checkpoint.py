@@ -46,11 +46,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from cnncli.errors import InputError, naming
+
 FORMAT = "cnncli-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(Exception):
+class CheckpointError(InputError):
     """A checkpoint cannot be read or does not fit; the message is one line naming the file."""
 
 
@@ -96,7 +98,8 @@ def write_atomically(files: Sequence[tuple[Path, Writer]]) -> None:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TEMP_PREFIX}{path.name}.",
                                        suffix=_TEMP_SUFFIX)
             pending.append((tmp, path))
-            with os.fdopen(fd, "wb") as fh:
+            # a full disk names the file, not the temporary
+            with naming(path), os.fdopen(fd, "wb") as fh:
                 os.fchmod(fh.fileno(), _mode_for(path))
                 write(fh)
                 fh.flush()
@@ -231,11 +234,45 @@ def check_spec(ckpt: Checkpoint, spec_text: str, path: str | Path, spec_source: 
             "run directory)")
 
 
-def export_npz(ckpt: Checkpoint | str | Path, path: str | Path) -> Path:
-    """Weights and buffers only, `NAME` -> array in PyTorch names and layouts (atomic)."""
+def is_training_checkpoint(path: str | Path) -> bool:
+    """Whether `path` holds a training checkpoint, told by its content: a `meta` entry,
+    which exported weights files never have."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "meta.npy" in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def check_export_target(path: str | Path, source: str | Path | None = None,
+                        force: bool = False) -> None:
+    """Refuse an export that would destroy a run: over the checkpoint being exported (ever),
+    over any other training checkpoint (unless `force`), or onto a directory."""
+    out = Path(path)
+    if out.is_dir():
+        raise CheckpointError(f"{out}: is a directory; name the .npz to write, e.g. "
+                              f"{out / 'weights.npz'}")
+    if (source is not None and out.exists() and Path(source).exists()
+            and os.path.samefile(source, out)):
+        raise CheckpointError(f"{out}: is the checkpoint being exported; writing the weights "
+                              "alone over it would lose the run (name another output file)")
+    if not force and is_training_checkpoint(out):
+        raise CheckpointError(f"{out}: is a training checkpoint; exporting over it would "
+                              "replace it with the weights alone (name another output file, "
+                              "or pass --force to overwrite it)")
+
+
+def export_npz(ckpt: Checkpoint | str | Path, path: str | Path, *,
+               source: str | Path | None = None, force: bool = False) -> Path:
+    """Weights and buffers only, `NAME` -> array in PyTorch names and layouts (atomic).
+
+    `source` is the checkpoint's file when `ckpt` is already loaded; see
+    `check_export_target` for what is refused."""
     if not isinstance(ckpt, Checkpoint):
+        source = ckpt
         ckpt = load_checkpoint(ckpt)
     out = Path(path)
+    check_export_target(out, source, force)
     arrays = {k: np.ascontiguousarray(v) for k, v in ckpt.weights.items()}
     steps = int(ckpt.meta.get("optimizer", {}).get("t", 0))
     for k in list(arrays):

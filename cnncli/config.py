@@ -75,19 +75,51 @@ def keep_freed_memory() -> bool:
     return ok
 
 
-def configure_threads(n: int | None = None) -> int:
-    """Give numba ``n`` threads (default: all cores) and BLAS one thread; return ``n``.
+def available_threads() -> int:
+    """The threads the engine can run: all cores, capped by NUMBA_NUM_THREADS (the size of
+    numba's pool), read without importing numba so `cnncli memory` stays light."""
+    n = os.cpu_count() or 1
+    env = os.environ.get("NUMBA_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        n = min(n, int(env))
+    return n
 
-    ``n`` is clamped to [1, NUMBA_NUM_THREADS] (the pool size fixed at numba import).
-    Safe to call again to change the count.
+
+def check_threads(n: int | None, option: str = "--threads") -> str | None:
+    """The one rule for a thread count someone asks for, on every command.
+
+    Below 1 is an error naming `option` (no count of threads can run nothing). More than
+    the engine can run is allowed, since a spec or a script may be written for a larger
+    machine, and numba runs at most its pool; the returned one-line warning says so.
+    None (the default: all cores) and counts that fit return None.
+    """
+    if n is None:
+        return None
+    if n < 1:
+        from cnncli.errors import InputError
+
+        raise InputError(f"{option}: expected a thread count >= 1, got {n}")
+    cores = available_threads()
+    if n > cores:
+        return (f"{option} {n} is more than the {cores} core{'s' if cores > 1 else ''} the "
+                f"engine can use here; it runs {cores}")
+    return None
+
+
+def configure_threads(n: int | None = None) -> int:
+    """Give numba ``n`` threads (default: all cores) and BLAS one thread; return the count.
+
+    ``n`` below 1 is refused (``check_threads``); above NUMBA_NUM_THREADS (the pool size
+    fixed at numba import) it is capped there. Safe to call again to change the count.
     """
     global _configured, _blas_limiter
     import numba
     from threadpoolctl import threadpool_limits
 
+    check_threads(n)
     if n is None:
         n = os.cpu_count() or 1
-    n = max(1, min(int(n), int(numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
+    n = min(int(n), int(numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     numba.set_num_threads(n)
     keep_freed_memory()
     _load_blas_libraries()

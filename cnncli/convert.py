@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from cnncli.errors import RunInvalid
 from cnncli.shapes import window_output
 from cnncli.spec import (
     FC,
@@ -233,7 +234,7 @@ def spec_yaml(spec: Spec) -> str:
 # --------------------------------------------------------------------------- weights
 
 
-class ConvertError(Exception):
+class ConvertError(RunInvalid):
     """Weights that do not fit the net; the message names the parameter and both shapes."""
 
 

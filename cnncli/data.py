@@ -31,6 +31,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from cnncli.errors import InputError
+
 __all__ = [
     "SHAPE_CLASSES",
     "DataError",
@@ -91,7 +93,7 @@ UNDERSTOOD_FORMATS = (
 )
 
 
-class DataError(Exception):
+class DataError(InputError):
     """A dataset could not be read or does not fit; the message is one line naming the file."""
 
 

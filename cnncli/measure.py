@@ -35,12 +35,13 @@ import time
 from typing import Any
 
 from cnncli import spec as S
+from cnncli.errors import InputError
 from cnncli.spec import Volume
 
 ENGINE_DTYPES = ("float32", "float64")
 
 
-class MeasureError(ValueError):
+class MeasureError(InputError, ValueError):
     """The engine cannot run this configuration (one line)."""
 
 

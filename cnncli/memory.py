@@ -30,12 +30,12 @@ kernels' bias partial sums float64 whatever the dtype, as in the engine. Binary 
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from cnncli import spec as S
+from cnncli.errors import InputError
 from cnncli.inplace import in_place_activations
 from cnncli.spec import SpecInvalid, Volume
 from cnncli.stats import Report, Row, analyze
@@ -88,17 +88,15 @@ SHORT = {"input": "input", "kept": "kept", "flight": "in flight", "grad": "activ
          "work": "workspace"}
 
 
-class MemoryOptionError(ValueError):
+class MemoryOptionError(InputError, ValueError):
     """A bad memory option (dtype, optimizer, budget, batch), with the value in the message."""
 
 
 def default_threads() -> int:
     """The engine's default: all cores, capped by NUMBA_NUM_THREADS (cnncli.config)."""
-    n = os.cpu_count() or 1
-    env = os.environ.get("NUMBA_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        n = min(n, int(env))
-    return n
+    from cnncli.config import available_threads
+
+    return available_threads()
 
 
 # ----------------------------------------------------------------------------- the heap

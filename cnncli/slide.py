@@ -30,6 +30,7 @@ from cnncli.convert import (
     fc_layers,
     fc_to_conv_spec,
 )
+from cnncli.errors import InputError
 from cnncli.network import Network
 from cnncli.spec import Pair, Spec, Volume
 from cnncli.stats import analyze
@@ -37,7 +38,7 @@ from cnncli.stats import analyze
 VERIFY_TOLERANCE = 1e-4  # float32, largest |one pass - crop by crop| over all scores
 
 
-class SlideError(Exception):
+class SlideError(InputError):
     """An image, a weights file or an option that cannot be used; one line, names the file.
     `code` is the CLI's exit code: 2 a file cannot be read, 1 the net cannot slide over it."""
 
@@ -65,6 +66,8 @@ def load_weights(path: str | Path) -> Weights:
     import zipfile
 
     path = Path(path)
+    if path.is_dir():
+        raise SlideError(f"{path}: is a directory, not a weights file")
     if not path.is_file():
         raise SlideError(f"{path}: no such weights file")
     try:
@@ -102,6 +105,8 @@ def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
 def load_image(path: str | Path) -> np.ndarray:
     """An image as HxWxC: `.npy` / `.npz` (one array) as stored, other files via Pillow."""
     path = Path(path)
+    if path.is_dir():
+        raise SlideError(f"{path}: is a directory, not an image")
     if not path.is_file():
         raise SlideError(f"{path}: no such image")
     suffix = path.suffix.lower()

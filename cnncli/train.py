@@ -1,4 +1,4 @@
-"""The training loop: a generator of events. It never prints; `cli_train` renders.
+"""The training loop: a generator of events. It never prints; `cnncli.cli.train` renders.
 
     >>> trainer = Trainer(net, train_ds, val_ds, TrainConfig(epochs=5), spec_text)
     >>> for event in trainer.run():
@@ -44,11 +44,12 @@ from cnncli.checkpoint import (
     spec_sha256,
     write_atomically,
 )
+from cnncli.errors import InputError
 from cnncli.network import Network
 from cnncli.optim import OPTIMIZERS, SCHEDULES, Schedule, make_optimizer
 
 
-class TrainError(Exception):
+class TrainError(InputError):
     """Bad training settings or data that does not fit the net (one line)."""
 
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cnncli import catalog
-from cnncli.cli import app
+from cnncli.cli.app import app
 from cnncli.render import human, report_csv, report_markdown
 from cnncli.spec import Volume, load_spec
 from cnncli.stats import Report, analyze, valid_input_sizes
@@ -465,7 +465,7 @@ def test_random_specs_never_give_a_traceback(input, layers, rounding, chop) -> N
 def test_check_does_not_import_numba() -> None:
     code = ("import sys\n"
             "from typer.testing import CliRunner\n"
-            "from cnncli.cli import app\n"
+            "from cnncli.cli.app import app\n"
             "for args in (['check', 'vgg16'], ['check', 'resnet50', '-f', 'json'],\n"
             "             ['check', 'alexnet', '--input', '224x224x3'], ['list']):\n"
             "    CliRunner().invoke(app, args)\n"

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli import catalog
-from cnncli.cli import app
+from cnncli.cli.app import app
 from cnncli.memory import (
     OPTIMIZER_SLOTS,
     MemoryOptionError,
@@ -309,8 +309,8 @@ def test_cli_errors() -> None:
 
 
 def test_memory_does_not_import_numba() -> None:
-    code = ("import sys, time; from typer.testing import CliRunner; from cnncli.cli import app; "
-            "t = time.perf_counter(); "
+    code = ("import sys, time; from typer.testing import CliRunner; "
+            "from cnncli.cli.app import app; t = time.perf_counter(); "
             "r = CliRunner().invoke(app, ['memory', 'vgg16', '--batch', '64']); "
             "assert r.exit_code == 0, r.output; "
             "r = CliRunner().invoke(app, ['memory', 'resnet50', '--budget', '12GiB']); "

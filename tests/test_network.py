@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cnncli.cli import app
+from cnncli.cli.app import app
 from cnncli.gradcheck import check_network
 from cnncli.network import Network
 from cnncli.spec import SpecInvalid, Volume
@@ -131,7 +131,8 @@ def test_gradcheck_command(tmp_path):
     result = CliRunner().invoke(app, ["gradcheck", "cifar_tiny", "--samples", "4"])
     assert result.exit_code == 0, result.output
     assert "threshold 1e-06" in result.output
-    result = CliRunner().invoke(app, ["gradcheck", "cifar_tiny", "--json", "--samples", "2"])
+    result = CliRunner().invoke(app, ["gradcheck", "cifar_tiny", "--format", "json",
+                                      "--samples", "2"])
     assert result.exit_code == 0
     import json
     data = json.loads(result.output)

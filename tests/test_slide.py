@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cnncli import catalog
-from cnncli.cli import app
+from cnncli.cli.app import app
 from cnncli.convert import (
     ConvertError,
     check_sliding,

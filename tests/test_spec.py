@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cnncli.cli import app
+from cnncli.cli.app import app
 from cnncli.spec import (
     FC,
     LRN,

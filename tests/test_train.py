@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from cnncli import checkpoint as C
 from cnncli import data as D
 from cnncli import optim
-from cnncli.cli import app
+from cnncli.cli.app import app
 from cnncli.network import Network
 from cnncli.train import (
     BatchDone,
@@ -361,7 +361,7 @@ def test_cli_train_resume_matches_an_uninterrupted_run(spec_file: Path, tmp_path
 
 def test_cli_ctrl_c_saves_and_exits_130(spec_file: Path, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from cnncli import cli_train as CT
+    from cnncli.cli import train as CT
 
     shown = CT.TrainDisplay._batch
 

@@ -6,7 +6,6 @@ imports the engine, inside the command.
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -14,8 +13,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cnncli.cli import InputOpt, RoundingOpt, SpecArg, err, fail, input_override, open_spec, out
-from cnncli.spec import SpecInvalid
+from cnncli.cli.options import (
+    InputOpt,
+    RoundingOpt,
+    SpecArg,
+    TableOrJson,
+    TableOrJsonOpt,
+    ThreadsOpt,
+    input_override,
+    open_spec,
+    rounding_mode,
+)
+from cnncli.cli.output import err, out, print_json
 
 if TYPE_CHECKING:
     from cnncli.memory import MemoryReport
@@ -41,11 +50,6 @@ class Optimizer(StrEnum):
     adam = "adam"
 
 
-class MemFormat(StrEnum):
-    table = "table"
-    json = "json"
-
-
 def size(n: float) -> str:
     """Binary units, stated: 1 KiB = 1024 bytes, 1 MiB = 2**20, 1 GiB = 2**30."""
     for factor, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
@@ -54,95 +58,75 @@ def size(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def memory(
-        spec: SpecArg,
-        batch: Annotated[int, typer.Option(help="Images per step.", min=1)] = 64,
-        mode: Annotated[Mode, typer.Option(
-            help="train: one training step; infer: a forward pass that keeps only the live "
-                 "activations (the notes' test-time trick).")] = Mode.train,
-        optimizer: Annotated[Optimizer, typer.Option(
-            help="State per parameter: sgd none, momentum/nesterov/adagrad/rmsprop 1x, "
-                 "adam 2x.")] = Optimizer.momentum,
-        dtype: Annotated[Dtype, typer.Option(
-            help="Bytes per number: float32 4, float64 8, float16 2.")] = Dtype.float32,
-        budget: Annotated[Optional[str], typer.Option(
-            help="Find the largest batch whose peak fits, e.g. 12GiB, 512MiB, 8GB.")] = None,
-        threads: Annotated[Optional[int], typer.Option(
-            help="Engine threads (per-thread work buffers); default: all cores.",
-            min=1)] = None,
-        input: InputOpt = None,
-        rounding: RoundingOpt = None,
-        fmt: Annotated[MemFormat, typer.Option("--format", "-f", help="table | json")]
-        = MemFormat.table,
-        measure: Annotated[bool, typer.Option(
-            "--measure", help="Also run one real step of the engine on random data and "
-                              "report its measured peak (tracemalloc) next to the "
-                              "estimate.")] = False,
-    ) -> None:
-        """Itemised memory of a training step or inference pass; the peak and a budget.
+def memory(
+    spec: SpecArg,
+    batch: Annotated[int, typer.Option(help="Images per step.", min=1)] = 64,
+    mode: Annotated[Mode, typer.Option(
+        help="train: one training step; infer: a forward pass that keeps only the live "
+             "activations (the notes' test-time trick).")] = Mode.train,
+    optimizer: Annotated[Optimizer, typer.Option(
+        help="State per parameter: sgd none, momentum/nesterov/adagrad/rmsprop 1x, "
+             "adam 2x.")] = Optimizer.momentum,
+    dtype: Annotated[Dtype, typer.Option(
+        help="Bytes per number: float32 4, float64 8, float16 2.")] = Dtype.float32,
+    budget: Annotated[Optional[str], typer.Option(
+        help="Find the largest batch whose peak fits, e.g. 12GiB, 512MiB, 8GB.")] = None,
+    threads: ThreadsOpt = None,
+    input: InputOpt = None,
+    rounding: RoundingOpt = None,
+    fmt: TableOrJsonOpt = TableOrJson.table,
+    measure: Annotated[bool, typer.Option(
+        "--measure", help="Also run one real step of the engine on random data and "
+                          "report its measured peak (tracemalloc) next to the "
+                          "estimate.")] = False,
+) -> None:
+    """Itemised memory of a training step or inference pass; the peak and a budget.
 
-        Input, activations kept
-        for backward, their gradients at the worst moment, parameters, their gradients,
-        optimizer state, workspace; the total, and the peak at one moment."""
-        net = open_spec(spec)
-        volume = input_override(input)
-        mode_s = rounding.value if rounding else None
-        # imported here, not at the top: every other command starts without it
-        from cnncli.memory import (
-            MemoryOptionError,
-            default_threads,
-            estimate,
-            largest_batch,
-            parse_bytes,
-        )
+    Input, activations kept
+    for backward, their gradients at the worst moment, parameters, their gradients,
+    optimizer state, workspace; the total, and the peak at one moment."""
+    net = open_spec(spec)
+    volume = input_override(input)
+    mode_s = rounding_mode(rounding)
+    # imported here, not at the top: every other command starts without it
+    from cnncli.memory import default_threads, estimate, largest_batch, parse_bytes
 
-        n_threads = threads or default_threads()
-        fit: dict[str, Any] | None = None
-        try:
-            if budget is not None:
-                limit = parse_bytes(budget)
-                best, best_peak, next_peak = largest_batch(
-                    net, limit, dtype.value, optimizer.value, mode.value, n_threads, volume,
-                    mode_s)
-                fit = {"budget": budget, "budget_bytes": limit, "largest_batch": best,
-                       "peak_bytes": best_peak, "next_batch_peak_bytes": next_peak}
-                if best == 0:
-                    fit["peak_bytes"] = None
-                else:
-                    batch = best
-            report = estimate(net, batch, dtype.value, optimizer.value, mode.value, n_threads,
-                              volume, mode_s)
-        except MemoryOptionError as exc:
-            fail(str(exc), 2)
-        except SpecInvalid as exc:
-            fail(f"{spec} is not valid at {volume or net.input}: {exc.problems[0].message} "
-                 "(see `cnncli check`)", 1)
-        measured: dict[str, Any] | None = None
-        if measure and (fit is None or fit["largest_batch"]):
-            from cnncli.measure import MeasureError
-            from cnncli.measure import measure as run_measure
-            try:
-                measured = run_measure(net, batch, dtype.value, optimizer.value, mode.value,
-                                       threads, volume, mode_s)
-            except MeasureError as exc:
-                fail(str(exc), 2)
-            measured["estimate_error"] = report.peak / measured["peak_bytes"] - 1
-        if fmt is MemFormat.json:
-            data = report.as_dict()
-            if fit is not None:
-                data["budget"] = fit
-            if measured is not None:
-                data["measured"] = measured
-            print(json.dumps(data, indent=2))
+    # what the engine would run: more than the cores only warns (cnncli.config)
+    n_threads = min(threads or default_threads(), default_threads())
+    fit: dict[str, Any] | None = None
+    if budget is not None:
+        limit = parse_bytes(budget)
+        best, best_peak, next_peak = largest_batch(
+            net, limit, dtype.value, optimizer.value, mode.value, n_threads, volume, mode_s)
+        fit = {"budget": budget, "budget_bytes": limit, "largest_batch": best,
+               "peak_bytes": best_peak, "next_batch_peak_bytes": next_peak}
+        if best == 0:
+            fit["peak_bytes"] = None
         else:
-            print_memory(out, report, fit, measured)
-        if fit is not None and fit["largest_batch"] == 0:
-            need = size(fit["next_batch_peak_bytes"])
-            err.print(f"[bold red]does not fit:[/] one image needs {need} at its peak, "
-                      f"more than {budget}")
-            raise typer.Exit(1)
+            batch = best
+    report = estimate(net, batch, dtype.value, optimizer.value, mode.value, n_threads,
+                      volume, mode_s)
+    measured: dict[str, Any] | None = None
+    if measure and (fit is None or fit["largest_batch"]):
+        from cnncli.measure import measure as run_measure
+
+        measured = run_measure(net, batch, dtype.value, optimizer.value, mode.value,
+                               threads, volume, mode_s)
+        measured["estimate_error"] = report.peak / measured["peak_bytes"] - 1
+    if fmt is TableOrJson.json:
+        data = report.as_dict()
+        if fit is not None:
+            data["budget"] = fit
+        if measured is not None:
+            data["measured"] = measured
+        print_json(data)
+    else:
+        print_memory(out, report, fit, measured)
+    if fit is not None and fit["largest_batch"] == 0:
+        need = size(fit["next_batch_peak_bytes"])
+        err.print(f"[bold red]does not fit:[/] one image needs {need} at its peak, "
+                  f"more than {budget}")
+        raise typer.Exit(1)
 
 
 def print_memory(console: Console, r: MemoryReport, fit: dict[str, Any] | None = None,

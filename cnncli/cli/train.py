@@ -1,25 +1,33 @@
 """`cnncli train`, `cnncli eval` and `cnncli export`: thin commands over `cnncli.train`.
 
-Every problem is one line on stderr: exit 2 for bad input (options, data, spec,
-checkpoint), 1 for a run that failed (the loss diverged), 130 after Ctrl-C (the run is
-saved first: `--resume` continues it).
+Every problem is one line on stderr (cnncli.cli.boundary): exit 2 for bad input (options,
+data, spec, checkpoint), 1 for a run that failed (the loss diverged), 130 after Ctrl-C
+(the run is saved first: `--resume` continues it).
 """
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cnncli.cli import SpecArg, err, open_spec, out
+from cnncli.cli.options import (
+    SpecArg,
+    TableOrJson,
+    TableOrJsonOpt,
+    ThreadsOpt,
+    open_spec,
+    seed_callback,
+)
+from cnncli.cli.output import err, out, print_json, warn
+from cnncli.errors import InputError, RunInvalid
 
 DEFAULTS: dict[str, Any] = dict(
     val_fraction=0.2, train_size=8000, epochs=10, batch=64, lr=0.01, optimizer="momentum",
@@ -30,29 +38,11 @@ RESUME_MAY_CHANGE = {"epochs", "threads", "quiet"}
 EVAL_SIZE = 2000   # built-in test images for `eval` without --data (seed 1: unseen in training)
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
-
-
-@contextmanager
-def _errors_as_exit() -> Iterator[None]:
-    """Library errors -> one line and an exit code (2: bad input; 1: the run failed)."""
-    from cnncli.checkpoint import CheckpointError
-    from cnncli.data import DataError
-    from cnncli.train import TrainError
-
-    try:
-        yield
-    except (DataError, CheckpointError, TrainError, ValueError) as exc:
-        _fail(str(exc), 2)
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        _fail(f"{where}{exc.strerror or exc}", 1)
+def _run_directory(value: Path | None) -> Path | None:
+    if value is not None and value.exists() and not value.is_dir():
+        raise InputError(f"--out {value}: is a file; --out names a run directory (a folder "
+                         "for spec.yaml, checkpoints and metrics)")
+    return value
 
 
 # --------------------------------------------------------------------------- train
@@ -97,17 +87,15 @@ def train(
         "exp (x0.9 per epoch) | cosine (towards 0). \\[default: constant]",
         show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(
-        "--seed", help="Seeds initial weights, shuffling, augmentation and dropout. "
-        "\\[default: 0]", show_default=False)] = None,
-    threads: Annotated[Optional[int], typer.Option(
-        "--threads", help="Threads for the engine. \\[default: all cores]",
-        show_default=False)] = None,
+        "--seed", callback=seed_callback, help="Seeds initial weights, shuffling, "
+        "augmentation and dropout (>= 0). \\[default: 0]", show_default=False)] = None,
+    threads: ThreadsOpt = None,
     augment: Annotated[Optional[bool], typer.Option(
         "--augment/--no-augment", help="Random crops (padding an eighth of the side) and "
         "horizontal flips. \\[default: no-augment]", show_default=False)] = None,
     out_dir: Annotated[Optional[Path], typer.Option(
-        "--out", help="Run directory (spec, config, metrics, last.npz, best.npz). "
-        "\\[default: runs/SPEC-NAME]", show_default=False)] = None,
+        "--out", callback=_run_directory, help="Run directory (spec, config, metrics, "
+        "last.npz, best.npz). \\[default: runs/SPEC-NAME]", show_default=False)] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the run in --out from its last.npz.")] = False,
     overwrite: Annotated[bool, typer.Option(
@@ -124,9 +112,7 @@ def train(
         epochs=epochs, batch=batch, lr=lr, optimizer=optimizer, momentum=momentum,
         weight_decay=weight_decay, schedule=schedule, seed=seed, augment=augment,
         dtype=dtype, threads=threads, pad_data=pad_data).items() if v is not None}
-    net_spec = open_spec(spec)
-    with _errors_as_exit():
-        _train(spec, net_spec, given, out_dir, resume, overwrite, quiet)
+    _train(spec, open_spec(spec), given, out_dir, resume, overwrite, quiet)
 
 
 def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | None,
@@ -145,7 +131,7 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
         stored = dict(ckpt.meta["info"]["options"])
         for key, value in given.items():
             if key not in RESUME_MAY_CHANGE and stored.get(key) != value:
-                raise ValueError(
+                raise InputError(
                     f"--{key.replace('_', '-')} {value} differs from the run's "
                     f"{stored.get(key)}; --resume continues a run with its own settings "
                     "(drop the option, or start a new run with another --out)")
@@ -159,10 +145,10 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
             return
     else:
         if "val_data" in given and "val_fraction" in given:
-            raise ValueError("--val-fraction and --val-data exclude each other: the "
+            raise InputError("--val-fraction and --val-data exclude each other: the "
                              "validation set is either held out of --data or given")
         if run.last.exists() and not overwrite:
-            raise ValueError(f"{run.path} already holds a run ({run.last.name}); pass --resume "
+            raise InputError(f"{run.path} already holds a run ({run.last.name}); pass --resume "
                              "to continue it, --overwrite to start over, or another --out")
         options = dict(DEFAULTS, threads=None, data=None, val_data=None)
         options.update(given)
@@ -172,7 +158,7 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
     net = Network(net_spec, dtype=config.dtype, seed=config.seed)
     train_ds, val_ds = load_training_data(net, options["data"], options["val_data"],
                                           options["val_fraction"], options["train_size"],
-                                          pad=options.get("pad_data", False), warn=_warn)
+                                          pad=options.get("pad_data", False), warn=warn)
     info = {"options": {k: v for k, v in options.items() if k != "threads"},
             "threads": threads, "data": train_ds.source,
             "val_data": val_ds.source if val_ds else None}
@@ -194,7 +180,7 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
             f"{config.batch}, {config.epochs} epochs, {threads} thread(s); run in {run.path}")
     stopped = display.show(trainer, _sigint_stops(trainer, display))
     if stopped.reason == "diverged":
-        _fail(stopped.message, 1)
+        raise RunInvalid(stopped.message)
     if stopped.reason == "interrupted":
         err.print(escape(f"{stopped.message}; continue with: cnncli train {spec_arg} "
                          f"--out {run.path} --resume"), soft_wrap=True)
@@ -328,22 +314,15 @@ def evaluate(
         "synthetic images not used in training.", show_default=False)] = None,
     pad_data: Annotated[bool, typer.Option(
         "--pad-data", help="Zero-pad smaller images centrally to the spec's input.")] = False,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
-    batch: Annotated[int, typer.Option("--batch", help="Images per forward pass.")] = 256,
-    threads: Annotated[Optional[int], typer.Option(
-        "--threads", help="Threads for the engine. \\[default: all cores]",
-        show_default=False)] = None,
+    fmt: TableOrJsonOpt = TableOrJson.table,
+    batch: Annotated[int, typer.Option("--batch", help="Images per forward pass.",
+                                       min=1)] = 256,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Loss, accuracy, per-class accuracy and the confusion matrix of a checkpoint."""
-    if fmt not in ("table", "json"):
-        _fail(f"--format must be table or json, got {fmt!r}", 2)
-    net_spec = open_spec(spec)
-    with _errors_as_exit():
-        if batch < 1:
-            raise ValueError(f"--batch must be >= 1, got {batch}")
-        result = _evaluate(spec, net_spec, weights, data, batch, threads, pad_data)
-    if fmt == "json":
-        print(json.dumps(result, indent=2))
+    result = _evaluate(spec, open_spec(spec), weights, data, batch, threads, pad_data)
+    if fmt is TableOrJson.json:
+        print_json(result)
     else:
         _print_eval(result)
 
@@ -369,7 +348,7 @@ def _evaluate(spec_arg: str, net_spec: Any, weights: Path, data: str | None, bat
     if data is None:
         ds = builtin_dataset(net, EVAL_SIZE, seed=1)
     else:
-        ds = load_test_data(net, data, pad_data, warn=_warn)
+        ds = load_test_data(net, data, pad_data, warn=warn)
     result = evaluate(net, ds, ckpt.mean, ckpt.std, batch)
     assert result is not None
     names = ds.class_names or ckpt.meta.get("classes") or [str(i) for i in range(k)]
@@ -413,21 +392,19 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by `cnncli train`.")],
     output: Annotated[Path, typer.Argument(help="The .npz to write: weights only, PyTorch "
                                                 "names and layouts.")],
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite OUTPUT even if it is a training checkpoint (never the "
+                        "checkpoint being exported).")] = False,
 ) -> None:
     """Export a checkpoint's weights as .npz for NumPy / PyTorch (`load_state_dict`)."""
-    from cnncli.checkpoint import export_npz, load_checkpoint
+    from cnncli.checkpoint import check_export_target, export_npz, load_checkpoint
 
-    with _errors_as_exit():
-        ckpt = load_checkpoint(checkpoint)
-        export_npz(ckpt, output)
+    check_export_target(output, checkpoint, force)  # before the load: refuse at once
+    ckpt = load_checkpoint(checkpoint)
+    export_npz(ckpt, output, source=checkpoint, force=force)
     out.print(escape(f"wrote {output}: {len(ckpt.weights)} arrays of {ckpt.meta.get('spec_name')}"
                      f" (epoch {ckpt.epoch}); in PyTorch: module.load_state_dict("
                      "{k: torch.from_numpy(v) for k, v in np.load(path).items()})"),
               soft_wrap=True)
 
-
-def register(app: typer.Typer) -> None:
-    app.command("train")(train)
-    app.command("eval")(evaluate)
-    app.command("export")(export)
 

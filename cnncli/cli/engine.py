@@ -1,0 +1,121 @@
+"""Engine commands: `cnncli gradcheck`, `cnncli bench` and `cnncli warmup` (numba loads
+only inside them)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from cnncli.cli.options import (
+    InputOpt,
+    SeedOpt,
+    SpecArg,
+    TableOrJson,
+    TableOrJsonOpt,
+    ThreadsOpt,
+    input_override,
+    open_spec,
+)
+from cnncli.cli.output import err, out, print_json
+from cnncli.spec import Spec, Volume
+
+
+def smallest_valid_input(spec: Spec, start: int = 16) -> Volume:
+    """The smallest square input (same depth) at which every layer is whole: gradient
+    checks run in float64, and small volumes keep them to seconds."""
+    from cnncli.stats import analyze
+
+    for size in range(start, max(start, spec.input.w) + 1):
+        volume = Volume(size, size, spec.input.d)
+        if analyze(spec, volume).valid:
+            return volume
+    return spec.input
+
+
+def gradcheck(
+    spec: SpecArg,
+    input: InputOpt = None,
+    batch: Annotated[int, typer.Option(help="Images per check.", min=1)] = 2,
+    samples: Annotated[int, typer.Option(help="Entries sampled per tensor.", min=1)] = 8,
+    seed: SeedOpt = 0,
+    fmt: TableOrJsonOpt = TableOrJson.table,
+) -> None:
+    """Finite-difference gradient check in float64, every layer and the whole net.
+
+    Centred differences at sampled entries; fails (exit 1) if any relative error exceeds
+    1e-6 or an analytic gradient is identically zero where the numeric one is not."""
+    import numpy as np
+
+    from cnncli.gradcheck import THRESHOLD, check_network
+    from cnncli.network import Network
+
+    net_spec = open_spec(spec)
+    volume = input_override(input) or smallest_valid_input(net_spec)
+    net = Network(net_spec, volume, dtype=np.float64, seed=seed)
+    started = time.perf_counter()
+    checks = check_network(net, batch=batch, samples=samples, seed=seed)
+    elapsed = time.perf_counter() - started
+    failed = [c for c in checks if not c.passed]
+    if fmt is TableOrJson.json:
+        print_json({"input": str(volume), "threshold": THRESHOLD, "passed": not failed,
+                    "checks": [c.as_dict() for c in checks]})
+    else:
+        from rich.table import Table
+        table = Table(title=f"gradient check of {net_spec.name} at {volume}, float64, "
+                      f"centred differences, {samples} samples per tensor",
+                      title_justify="left", header_style="bold", box=None)
+        for title in ("layer", "gradient of", "shape", "samples", "kinks", "max rel. error",
+                      ""):
+            table.add_column(title, justify="left" if title in ("layer", "gradient of", "")
+                             else "right")
+        for c in checks:
+            mark = "[green]ok[/]" if c.passed else "[bold red]FAIL[/]"
+            if c.analytic_all_zero and not c.numeric_all_zero:
+                mark = "[bold red]FAIL (analytic gradient is all zero)[/]"
+            table.add_row(c.layer, c.what, "x".join(map(str, c.shape)), str(c.samples),
+                          str(c.kinks) if c.kinks else "", f"{c.max_rel_error:.2e}", mark)
+        out.print(table)
+        worst = max(checks, key=lambda c: c.max_rel_error)
+        kinks = sum(c.kinks for c in checks)
+        out.print(f"{len(checks)} checks in {elapsed:.1f} s; worst {worst.max_rel_error:.2e} "
+                  f"({worst.layer} {worst.what}); threshold {THRESHOLD:g}"
+                  + (f"; {kinks} sampled entries skipped: their +-h steps flipped a ReLU "
+                     "or max-pool winner (a kink), where differences measure the jump"
+                     if kinks else ""))
+    if failed:
+        err.print(f"[bold red]{len(failed)} gradient check(s) failed[/]")
+        raise typer.Exit(1)
+
+
+def warmup() -> None:
+    """Compile the engine's kernels once and cache them on disk (run by `make install`)."""
+    from cnncli.warmup import warm_up
+
+    seconds = warm_up()
+    out.print(f"engine kernels compiled and cached in {seconds:.1f} s")
+
+
+def bench(
+    spec: SpecArg,
+    input: InputOpt = None,
+    batch: Annotated[int, typer.Option(help="Batch size.", min=1)] = 64,
+    iterations: Annotated[int, typer.Option(help="Timed passes (after one warm-up).",
+                                            min=1)] = 5,
+    threads: ThreadsOpt = None,
+    fmt: TableOrJsonOpt = TableOrJson.table,
+) -> None:
+    """Per-layer forward and backward time and GFLOP/s, like `caffe time`.
+
+    Find the slow layer of any spec: every layer, inside residual and concat blocks
+    too, and each block's add or concatenation."""
+    from cnncli.profile import profile_layers
+
+    net_spec = open_spec(spec)
+    result = profile_layers(net_spec, input_override(input), batch, iterations, threads)
+    if fmt is TableOrJson.json:
+        print_json(result)
+        return
+    from cnncli.render import print_bench
+    print_bench(out, result)

@@ -1,0 +1,56 @@
+"""`cnncli list`: the bundled architectures with their parameters and MACs (no numpy)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from cnncli import catalog
+from cnncli.cli.options import Format, FormatOpt
+from cnncli.cli.output import out, print_json
+from cnncli.spec import SpecError, SpecInvalid, load_spec
+
+
+def list_architectures(fmt: FormatOpt = Format.table) -> None:
+    """The bundled architectures, with their parameter counts and MACs."""
+    from rich.table import Table
+
+    from cnncli.render import human
+    from cnncli.stats import analyze
+
+    rows: list[dict[str, Any]] = []
+    for name in catalog.bundled_names():
+        path = catalog.bundled_dir() / f"{name}.yaml"
+        try:  # one broken bundled file is a row that says so, not the end of the list
+            spec = load_spec(path)
+            report = analyze(spec)
+            rows.append({"name": name, "title": spec.name, "input": str(spec.input),
+                         "parameters": report.parameters, "macs": report.macs,
+                         "output": str(report.output), "valid": report.valid})
+        except (SpecError, SpecInvalid) as exc:
+            rows.append({"name": name, "title": "?", "input": "", "parameters": 0, "macs": 0,
+                         "output": "", "valid": False, "error": str(exc)})
+    if fmt is Format.json:
+        print_json(rows)
+        return
+    keys = ("name", "title", "input", "parameters", "macs", "output")
+    if fmt is Format.csv:
+        import csv
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(keys)
+        writer.writerows([r[k] for k in keys] for r in rows)
+        return
+    if fmt is Format.markdown:
+        print("| " + " | ".join(keys) + " |\n|---|---|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['name']} | {r['title']} | {r['input']} | {r['parameters']:,} | "
+                  f"{human(r['macs'])} | {r['output']} |")
+        return
+    table = Table(header_style="bold", box=None, pad_edge=False)
+    for title, justify in (("name", "left"), ("architecture", "left"), ("input", "right"),
+                           ("parameters", "right"), ("MACs", "right"), ("output", "right")):
+        table.add_column(title, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        table.add_row(r["name"], r["title"], r["input"], f"{r['parameters']:,}",
+                      human(r["macs"]), r["output"])
+    out.print(table)

@@ -1,0 +1,316 @@
+"""`cnncli convert` (FC layers -> convolutions, spec and weights) and `cnncli slide`
+(score every window of a larger image in one pass). numba loads only inside `slide`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+
+from cnncli.cli.options import (
+    RoundingOpt,
+    SeedOpt,
+    SpecArg,
+    TableOrJson,
+    TableOrJsonOpt,
+    ThreadsOpt,
+    open_spec,
+    rounding_mode,
+)
+from cnncli.cli.output import err, out, print_json, warn, write
+from cnncli.errors import InputError, RunInvalid, naming
+from cnncli.spec import Spec
+
+# one colour per class in the grid (cycled past ten classes)
+PALETTE = ("red", "green", "blue", "magenta", "cyan", "yellow", "bright_red", "bright_green",
+           "bright_blue", "bright_magenta")
+
+
+def _header(spec: Spec, rounding: str | None) -> str:
+    from cnncli.convert import fc_layers, global_pools
+
+    lines = [f"# {spec.name} with its FC layers rewritten as convolutions "
+             "(cnncli convert --fc-to-conv).", f"# from {spec.source}"]
+    for fc in fc_layers(spec, rounding):
+        lines.append(f"#   {fc['name']}: FC over {fc['input']} -> conv F={fc['filter']}, P=0, S=1, "
+                     f"{fc['units']} filters; weight {fc['weight_from']} -> {fc['weight_to']}")
+    for pool in global_pools(spec, rounding):
+        lines.append(f"#   {pool['name']}: global {pool['type']} pool over {pool['input']} -> a "
+                     "pool of that size, stride 1")
+    lines += ["# FC weights reshape to OIHW without a transpose: cnncli (like PyTorch) flattens an",
+              "# FC layer's input in (depth, height, width) order.",
+              "# input: is the training size (one window); check or slide it at a larger size."]
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    with naming(path):  # a full disk names the file
+        path.write_text(text, encoding="utf-8")
+
+
+def _grid(scores: Any, names: list[str], geo: dict[str, Any]) -> Any:
+    """Top class and its score per window, as a table laid out like the image."""
+    from rich.table import Table
+
+    top = scores.argmax(-1)
+    best = scores.max(-1)
+    step = geo["window_stride"]
+    table = Table(box=None, pad_edge=False, header_style="dim", show_edge=False)
+    table.add_column("y\\x", justify="right", style="dim")
+    for j in range(scores.shape[1]):
+        table.add_column(str(j * step["width"]), justify="left")
+    for i in range(scores.shape[0]):
+        cells = []
+        for j in range(scores.shape[1]):
+            k = int(top[i, j])
+            cells.append(f"[{PALETTE[k % len(PALETTE)]}]{escape(names[k][:10])} "
+                         f"{best[i, j]:.2f}[/]")
+        table.add_row(str(i * step["height"]), *cells)
+    return table
+
+
+def _class_names(spec: Spec, weights: Any, k: int) -> list[str]:
+    given = (weights.meta.get("classes") if weights is not None else None) \
+        or spec.raw.get("classes") or []
+    names = [str(n) for n in given] if isinstance(given, list) else []
+    return (names + [str(i) for i in range(len(names), k)])[:k]
+
+
+def convert(
+    spec: SpecArg,
+    fc_to_conv: Annotated[bool, typer.Option(
+        "--fc-to-conv", help="Rewrite FC layers as convolutions (the first one as a conv "
+                             "over its whole input volume, later ones as 1x1 convs).")]
+    = False,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Where to write: the converted weights (.npz) with "
+                               "--weights, else the converted spec (YAML). Default: the "
+                               "spec to standard output.", show_default=False)] = None,
+    weights: Annotated[Optional[Path], typer.Option(
+        "--weights", help="A checkpoint or weights .npz of the original net; its FC "
+                          "weights are reshaped for the converted net (needs -o OUT.npz).",
+        show_default=False)] = None,
+    spec_out: Annotated[Optional[Path], typer.Option(
+        "--spec-out", help="With --weights: also write the converted spec here "
+                           "(default: standard output).", show_default=False)] = None,
+    rounding: RoundingOpt = None,
+) -> None:
+    """Rewrite a net's FC layers as convolutions, so it slides over larger images."""
+    if not fc_to_conv:
+        raise InputError("nothing to convert: pass --fc-to-conv (rewrite FC layers as "
+                         "convolutions)")
+    if weights is not None and (output is None or output.suffix.lower() != ".npz"):
+        raise InputError("--weights needs -o OUT.npz, the file for the converted weights")
+    mode = rounding_mode(rounding)
+    net = open_spec(spec)
+    from cnncli.convert import fc_to_conv_spec, spec_yaml
+
+    text = _header(net, mode) + spec_yaml(fc_to_conv_spec(net, mode))
+    if weights is not None:
+        assert output is not None
+        from cnncli.convert import ConvertError, convert_weights, fc_layers
+        from cnncli.slide import load_weights, save_npz
+
+        loaded = load_weights(weights)
+        try:
+            state = convert_weights(net, loaded.state, mode)
+        except ConvertError as exc:  # the message names the layer; add the file
+            raise RunInvalid(f"{weights}: {exc}") from None
+        save_npz(output, state)
+        for fc in fc_layers(net, mode):
+            err.print(f"{fc['name']}.weight {fc['weight_from']} -> {fc['weight_to']}")
+        err.print(escape(f"wrote {len(state)} arrays to {output} (PyTorch names and layouts)"))
+        if loaded.mean is not None and loaded.std is not None:
+            err.print(f"note: the checkpoint normalises inputs per channel (mean "
+                      f"{[round(float(v), 4) for v in loaded.mean]}, std "
+                      f"{[round(float(v), 4) for v in loaded.std]}); `cnncli slide` "
+                      "with the checkpoint itself applies it")
+        if spec_out is not None:
+            _write_text(spec_out, text)
+            err.print(escape(f"wrote the converted spec to {spec_out}"))
+        else:
+            write(text)
+        return
+    if output is not None:
+        _write_text(output, text)
+        err.print(escape(f"wrote the converted spec to {output}"))
+    else:
+        write(text)
+
+
+def slide(
+    spec: SpecArg,
+    images: Annotated[list[Path], typer.Argument(
+        help="Images: .npy/.npz arrays HxWxC (uint8 0-255 or float), or image files "
+             "with Pillow installed.", show_default=False)],
+    weights: Annotated[Optional[Path], typer.Option(
+        "--weights", help="A checkpoint from `cnncli train` or a weights .npz "
+                          "(NAME -> array).", show_default=False)] = None,
+    random_weights: Annotated[bool, typer.Option(
+        "--random-weights", help="Use the engine's random initialisation (for --verify "
+                                 "and timing only: the scores mean nothing).")] = False,
+    seed: SeedOpt = 0,
+    stride: Annotated[Optional[int], typer.Option(
+        "--stride", min=1, help="Window stride in px, a divisor of the net's own (the "
+                                "product of its strides); finer strides take one pass "
+                                "per shift.", show_default=False)] = None,
+    average: Annotated[bool, typer.Option(
+        "--average", help="Also classify each image by averaging all windows' scores.")]
+    = False,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Also run the original net on every window crop and report the "
+                         "largest difference from the one-pass map.")] = False,
+    out_path: Annotated[Optional[Path], typer.Option(
+        "--out", help="Write the full score maps: .npy (one image), .npz (one array per "
+                      "image) or .json.", show_default=False)] = None,
+    fmt: TableOrJsonOpt = TableOrJson.table,
+    threads: ThreadsOpt = None,
+    rounding: RoundingOpt = None,
+) -> None:
+    """Score every window of each image in one pass: the top class per window as a grid.
+
+    The net's FC layers are rewritten as convolutions, so one forward pass over a larger
+    image gives a map of class scores, one per window of the training size.
+    """
+    if weights is None and not random_weights:
+        raise InputError("slide needs the trained net's weights: pass --weights CKPT (a "
+                         "checkpoint or a weights .npz); --random-weights runs untrained "
+                         "weights (only for --verify and timing)")
+    if weights is not None and random_weights:
+        raise InputError("--weights and --random-weights exclude each other")
+    if out_path is not None and out_path.suffix.lower() not in (".npy", ".npz", ".json"):
+        raise InputError(f"--out must end in .npy, .npz or .json, got {out_path.name!r}")
+    if out_path is not None and out_path.suffix.lower() == ".npy" and len(images) > 1:
+        raise InputError("--out .npy holds one score map; with several images use .npz or "
+                         ".json")
+    mode = rounding_mode(rounding)
+    net = open_spec(spec)
+    from cnncli.config import configure_threads
+    from cnncli.convert import ConvertError, fc_to_conv_spec
+    from cnncli.slide import SlideError, SlidingNet, load_image, load_weights
+    from cnncli.slide import average as average_scores
+
+    fc_to_conv_spec(net, mode)  # a net that cannot convert stops here, before any work
+    loaded = load_weights(weights) if weights is not None else None
+    configure_threads(threads)
+    try:
+        sn = SlidingNet.build(net, loaded.state if loaded else None, seed=seed,
+                              rounding=mode)
+    except (ConvertError, ValueError) as exc:  # names the layer; add the file and the net
+        raise RunInvalid(f"{weights}: the weights do not fit {net.name}: {exc}") from None
+    if loaded is not None and loaded.meta.get("spec_sha256"):
+        from cnncli.checkpoint import spec_sha256
+        from cnncli.train import spec_text_of
+
+        if loaded.meta["spec_sha256"] != spec_sha256(spec_text_of(net)):
+            warn(f"{weights} was trained on '{loaded.meta.get('spec_name', '?')}', a spec "
+                 "text other than this one; its weights fit by name and shape")
+    if not sn.exact and fmt is TableOrJson.table:
+        pads = [b for b in sn.breaks if b.reason == "padding"]
+        if pads:
+            shown = ", ".join(b.layer for b in pads[:4]) + (", ..." if len(pads) > 4 else "")
+            warn(f"{net.name} zero-pads inside ({len(pads)} layer"
+                 f"{'s' if len(pads) > 1 else ''}: {shown}): each one-pass score also sees "
+                 "pixels around its window, where the lone crop saw zeros, so it is not the "
+                 "crop's score (--verify measures the difference)")
+    results: list[dict[str, Any]] = []
+    maps: dict[str, Any] = {}
+    failed_verify = False
+    for path in images:
+        try:
+            image = sn.prepare(load_image(path), loaded, str(path), warn)
+            geo = sn.check_image(image, stride)
+            sn.warm(image.shape, stride)  # build the nets first: time the passes only
+            started = time.perf_counter()
+            scores = sn.score_map(image, stride)
+            seconds = time.perf_counter() - started
+        except SlideError as exc:  # with several images, say which one
+            if str(exc).startswith(str(path)):
+                raise
+            raise SlideError(f"{path}: {exc}", exc.code) from None
+        k = scores.shape[-1]
+        names = _class_names(net, loaded, k)
+        top = scores.argmax(-1)
+        result: dict[str, Any] = {
+            "image": str(path), "size": {"width": image.shape[1], "height": image.shape[0]},
+            "score_map": list(scores.shape), "window": geo["window"],
+            "window_stride": geo["window_stride"], "passes": geo["passes"],
+            "seconds": seconds, "exact": sn.exact,
+            "top_class": top.tolist(), "top_score": scores.max(-1).round(6).tolist(),
+            "classes": names,
+        }
+        if average:
+            result["average"] = [{"class": c, "name": names[c], "score": s}
+                                 for c, s in average_scores(scores)]
+        if verify:
+            result["verify"] = sn.verify(image, scores, stride)
+            result["verify"]["one_pass_seconds"] = seconds
+            if result["verify"]["passed"] is False:
+                failed_verify = True
+        results.append(result)
+        maps[path.stem if path.stem not in maps else str(path)] = scores
+        if fmt is TableOrJson.table:
+            _print_result(result, scores, names, geo)
+    if out_path is not None:
+        _write_maps(out_path, maps, results)
+    if fmt is TableOrJson.json:
+        print_json({"spec": net.name, "exact": sn.exact,
+                    "breaks": [b.as_dict() for b in sn.breaks], "images": results})
+    if failed_verify:
+        err.print(f"[bold red]verify failed:[/] the one-pass map differs from crop-by-crop "
+                  f"evaluation by more than {results[0]['verify']['tolerance']:g}")
+        raise typer.Exit(1)
+
+def _print_result(r: dict[str, Any], scores: Any, names: list[str], geo: dict[str, Any]) -> None:
+    step = geo["window_stride"]
+    win = geo["window"]
+    out.print(f"[bold]{escape(r['image'])}[/] {r['size']['width']}x{r['size']['height']}: "
+              f"{scores.shape[1]}x{scores.shape[0]} windows of {win['width']}x{win['height']} at "
+              f"stride {step['width']}, {scores.shape[2]} classes "
+              f"({r['passes']} pass{'es' if r['passes'] != 1 else ''}, {r['seconds']:.3f} s); "
+              "top class and score per window (rows: y, columns: x offset in px):")
+    out.print(_grid(scores, names, geo))
+    if "average" in r:
+        best = r["average"][0]
+        others = ", ".join(f"{escape(a['name'])} {a['score']:.3f}" for a in r["average"][1:])
+        out.print(f"average over {scores.shape[0] * scores.shape[1]} windows: "
+                  f"[bold]{escape(best['name'])}[/] {best['score']:.3f}"
+                  + (f" (then {others})" if others else ""))
+    if "verify" in r:
+        v = r["verify"]
+        speed = v["crop_by_crop_seconds"] / v["one_pass_seconds"] if v["one_pass_seconds"] \
+            else float("inf")
+        line = (f"verify: {v['windows']} crops through the original net in "
+                f"{v['crop_by_crop_seconds']:.3f} s (one pass {v['one_pass_seconds']:.3f} s, "
+                f"{speed:.1f}x); largest |difference| {v['max_abs_diff']:.3g} "
+                f"(scores up to {v['score_scale']:.3g})")
+        if v["expected_exact"]:
+            mark = "[green]ok[/]" if v["passed"] else "[bold red]FAIL[/]"
+            out.print(f"{line}: {mark} (tolerance {v['tolerance']:g})")
+        else:
+            out.print(f"{line}; [yellow]not expected to match[/]: the net pads inside, so a "
+                      f"window's score depends on its surroundings (same top class in "
+                      f"{v['top_class_agreement']:.0%} of windows)")
+    out.print()
+
+
+def _write_maps(path: Path, maps: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    import numpy as np
+
+    from cnncli.slide import save_npz
+    with naming(path):  # a full disk names the file
+        suffix = path.suffix.lower()
+        if suffix == ".npy":
+            np.save(path, next(iter(maps.values())))
+        elif suffix == ".npz":
+            save_npz(path, maps)
+        else:
+            data = [dict(r, score_map_values=m.tolist()) for r, m in
+                    zip(results, maps.values(), strict=True)]
+            path.write_text(json.dumps({"images": data}, allow_nan=False), encoding="utf-8")
+    err.print(f"wrote the score map{'s' if len(maps) > 1 else ''} to {escape(str(path))} "
+              "(\\[rows, columns, classes] per image)")
