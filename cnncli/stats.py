@@ -404,7 +404,7 @@ class _Walker:
                 row.params[f"{layer.name}.bias"] = (layer.filters,)
         row.macs = oh * ow * layer.filters * per_filter
         self.rows.append(row)
-        self._lint_conv(layer, vol)
+        self._lint_conv(layer, vol, out)
         return out, new_rf
 
     def pool(self, layer: Pool, vol: Volume, rf: tuple[Field, Field],
@@ -430,14 +430,18 @@ class _Walker:
         row = self._row(layer.name, "pool", depth, settings, vol, out, new_rf, layer.line)
         row.notes = notes
         self.rows.append(row)
-        if max(layer.size.h, layer.size.w) > 3:
+        # a window over the whole volume is global pooling, which the notes recommend in
+        # place of big FC layers; only windows > 3 that leave several outputs are destructive
+        covers_all = (oh == ow == 1 and layer.size.h - layer.pad.h >= vol.h
+                      and layer.size.w - layer.pad.w >= vol.w)
+        if max(layer.size.h, layer.size.w) > 3 and not covers_all:
             self.warnings.append(Problem(
                 f"{layer.name}: pooling window {layer.size} is larger than 3; the notes warn "
                 "such pooling is too destructive (2x2/2 or 3x3/2 are the usual choices)",
                 layer.line, layer.name))
         return out, new_rf
 
-    def _lint_conv(self, layer: Conv | Local, vol: Volume) -> None:
+    def _lint_conv(self, layer: Conv | Local, vol: Volume, out: Volume) -> None:
         first = not self.first_conv_seen
         self.first_conv_seen = True
         if layer.stride == Pair(1, 1):
@@ -445,8 +449,15 @@ class _Walker:
                         layer.dilation.w * (layer.size.w - 1) // 2)
             odd = layer.size.h % 2 == 1 and layer.size.w % 2 == 1
             if odd and layer.pad != keep:
+                # more padding than (F-1)/2 grows the volume, less shrinks it
+                if out.w <= vol.w and out.h <= vol.h:
+                    change = "shrinks the volume"
+                elif out.w >= vol.w and out.h >= vol.h:
+                    change = f"grows the volume to {out.w}x{out.h}"
+                else:
+                    change = f"changes the volume to {out.w}x{out.h}"
                 self.warnings.append(Problem(
-                    f"{layer.name}: stride-1 conv with pad {layer.pad} shrinks the volume; "
+                    f"{layer.name}: stride-1 conv with pad {layer.pad} {change}; "
                     f"pad (F-1)/2 = {keep} keeps {vol.w}x{vol.h} (the notes' sizing pattern)",
                     layer.line, layer.name))
         if not first and max(layer.size.h, layer.size.w) > 5:
