@@ -38,6 +38,7 @@ from cnncli.spec import (
     Residual,
     Spec,
     Volume,
+    unrolled,
 )
 
 BYTES_FLOAT32 = 4
@@ -490,6 +491,7 @@ def analyze(spec: Spec, input_volume: Volume | None = None, rounding: str | None
     if report.errors:
         report.output = None
     _parameter_hint(report)
+    _bias_before_batchnorm_hint(report)
     return report
 
 
@@ -504,6 +506,54 @@ def _parameter_hint(report: Report) -> None:
             f"{heaviest.name} holds {share:.0%} of all parameters ({heaviest.parameters:,}); "
             "the notes: most parameters sit in the first FC layer, and replacing it by "
             "global average pooling removes most of them", heaviest.line, heaviest.name))
+
+
+def _bias_before_batchnorm_hint(report: Report) -> None:
+    """Batchnorm subtracts each channel's batch mean, so a constant added to a channel just
+    before it (a conv's or fc's bias) is removed again, and its own shift (beta) takes that
+    role: the bias parameters learn nothing (their gradient is zero)."""
+    layers = _biases_into_batchnorm(report.spec.layers)
+    if not layers:
+        return
+    wasted = sum(layer.filters if isinstance(layer, Conv) else layer.units for layer in layers)
+    names = ", ".join(layer.name for layer in layers[:3])
+    if len(layers) > 3:
+        names += f" and {len(layers) - 3} more"
+    report.warnings.append(Problem(
+        f"{names} {'has a bias' if len(layers) == 1 else 'have biases'} right before "
+        f"batchnorm, which subtracts each channel's mean and adds its own shift: {wasted:,} "
+        "parameters that learn nothing; write bias: false", layers[0].line, layers[0].name))
+
+
+def _biases_into_batchnorm(nodes: tuple[Node, ...]) -> list[Conv | FC]:
+    """Conv and fc layers with a bias whose output goes into batchnorm unchanged per channel:
+    directly, or as the end of a residual body or shortcut (an added constant) or of a
+    concat branch (its own channels), when the block is followed by batchnorm."""
+    found: list[Conv | FC] = []
+    sequence = unrolled(nodes)  # a repeat's passes follow one another
+    for index, node in enumerate(sequence):
+        if index + 1 < len(sequence) and isinstance(sequence[index + 1], BatchNorm):
+            found += _last_biases(node)
+        if isinstance(node, Residual):
+            found += _biases_into_batchnorm(node.body) + _biases_into_batchnorm(node.shortcut)
+        elif isinstance(node, Concat):
+            for branch in node.branches:
+                found += _biases_into_batchnorm(branch)
+    return found
+
+
+def _last_biases(node: Node) -> list[Conv | FC]:
+    """The biased conv/fc layers whose output is (part of) this node's output, unchanged."""
+    if isinstance(node, (Conv, FC)):
+        return [node] if node.bias else []
+    ends = [node.body, node.shortcut] if isinstance(node, Residual) else \
+        list(node.branches) if isinstance(node, Concat) else []
+    found: list[Conv | FC] = []
+    for nodes in ends:
+        sequence = unrolled(nodes)
+        if sequence:
+            found += _last_biases(sequence[-1])
+    return found
 
 
 def valid_input_sizes(spec: Spec, near: Volume, rounding: str | None = None,
