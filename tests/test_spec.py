@@ -670,3 +670,25 @@ def test_check_on_each_file_error_prints_one_line_and_exits_2(tmp_path: Path,
     result = runner.invoke(app, ["check", str(path)])
     assert result.exit_code == 2 and result.stdout == "", result.output
     assert result.stderr.startswith(f"error: {path}: ") and result.stderr.count("\n") == 1
+
+
+BAD_FILES = [
+    ("empty", b"", "the file is empty"),
+    ("two layers keys", b"input: 8x8x1\nlayers: [relu]\nlayers: [tanh]\n",
+     "duplicate key 'layers' at line 3 (first at line 2)"),
+    ("a setting twice", b"input: 8x8x1\nlayers:\n  - conv: {filters: 8, size: 3, filters: 16}\n",
+     "duplicate key 'filters' at line 3, column 33 (first at column 12)"),
+    ("plain but huge", b"input: 8x8x1\nlayers:\n" + b"  - relu\n" * (MAX_SPEC_BYTES // 9 + 1),
+     "larger than 4 MiB; a spec is a small YAML file"),
+    ("binary", b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)),
+     "not a text/YAML file (byte 0x80 at line 2 is not UTF-8)"),  # 0x0a comes first
+]
+
+
+@pytest.mark.parametrize("content, message", [c[1:] for c in BAD_FILES],
+                         ids=[c[0] for c in BAD_FILES])
+def test_check_on_a_bad_file_prints_one_line_naming_it_once(tmp_path: Path, content: bytes,
+                                                            message: str) -> None:
+    path = tmp_path / "net.yaml"
+    path.write_bytes(content)
+    assert_one_line_exit_2(cnncli_check(path), f"{path}: {message}")
