@@ -7,6 +7,7 @@ No numpy, no numba: `cnncli check` must start fast.
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +19,28 @@ ROUNDINGS = ("strict", "floor", "ceil")
 LOSSES = ("softmax", "svm")
 POOL_TYPES = ("max", "avg", "l2")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu")
-MAX_YAML_NODES = 200_000  # an alias "billion laughs" expands past this; real specs are far below
+MAX_SPEC_BYTES = 4 * 2**20  # the largest bundled spec is 10 KB; anything near this is not a spec
+MAX_YAML_NODES = 200_000  # values written in the file: bounds the loader's time and memory
+MAX_ALIAS_NODES = 200_000  # values repeated by aliases: a "billion laughs" expands past this
 MAX_LAYERS = 100_000  # layers after expanding `repeat`; nested repeats can multiply past any memory
 MAX_INT = 2**31 - 1  # sizes beyond int32 are typos, and overflow float formatting downstream
 _COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
 class SpecError(Exception):
-    """The file cannot be read or is not a spec at all (exit code 2)."""
+    """The file cannot be read or is not a spec at all (exit code 2).
+
+    The file is kept apart from the message and named once in front of it, however many
+    layers of the loader see the error go by (`str(exc)` is "net.yaml: the file is empty").
+    """
+
+    def __init__(self, message: str, source: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.source = source
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.message}" if self.source else self.message
 
 
 @dataclass(frozen=True)
@@ -196,9 +211,40 @@ class Spec:
 
 # --------------------------------------------------------------------------- YAML with lines
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_TOO_LARGE = f"larger than {MAX_SPEC_BYTES // 2**20} MiB; a spec is a small YAML file"
+_READ_CHUNK = 2**16
+
 
 class _Loader(yaml.SafeLoader):
-    """The safe loader; tags other than YAML's own are refused by SafeLoader itself."""
+    """The safe loader; tags other than YAML's own are refused by SafeLoader itself.
+
+    It also bounds what it builds: the values written in the file (counted as they are
+    composed, before any is kept) and the values that aliases repeat (counted as the tree is
+    converted). And it remembers how many pairs of each mapping came from `<<:` merges, so
+    that a key written twice is told apart from a key that overrides a merged one.
+    """
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.composed = 0
+        self.converted: set[int] = set()  # ids of the nodes converted so far
+        self.repeated = 0  # conversions of a node met before: copies made by aliases
+        self.merged: dict[int, int] = {}  # id(mapping node) -> merged pairs at its front
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self.composed += 1
+        if self.composed > MAX_YAML_NODES:
+            raise SpecError(f"the file holds more than {MAX_YAML_NODES:,} YAML values; "
+                            "a spec is a small file")
+        return super().compose_node(parent, index)
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        if id(node) in self.merged:  # flattened already, when an alias meets it again
+            return
+        written = sum(1 for key, _ in node.value if key.tag != _MERGE_TAG)
+        super().flatten_mapping(node)  # merged pairs go in front of the written ones
+        self.merged[id(node)] = len(node.value) - written
 
 
 @dataclass
@@ -209,14 +255,27 @@ class _Located:
     line: int
 
 
-def _to_python(node: yaml.Node, loader: _Loader, budget: list[int]) -> Any:
+def _duplicate_key(key: Any, node: yaml.Node, first: yaml.Node) -> str:
+    here, there = node.start_mark, first.start_mark
+    if here.line == there.line:  # a flow mapping on one line: the columns tell them apart
+        return (f"duplicate key {_show(key)} at line {here.line + 1}, column "
+                f"{here.column + 1} (first at column {there.column + 1})")
+    return f"duplicate key {_show(key)} at line {here.line + 1} (first at line {there.line + 1})"
+
+
+def _to_python(node: yaml.Node, loader: _Loader) -> Any:
     """Convert a composed node tree to plain data, wrapping mappings' values with lines.
 
-    Counting every visited node bounds alias expansion ("billion laughs").
+    A node converted a second time is a copy made by an alias; counting those copies bounds
+    alias expansion ("billion laughs"), which the file's size alone does not.
     """
-    budget[0] += 1
-    if budget[0] > MAX_YAML_NODES:
-        raise SpecError(f"the YAML expands to more than {MAX_YAML_NODES:,} nodes (alias bomb?)")
+    if id(node) in loader.converted:
+        loader.repeated += 1
+        if loader.repeated > MAX_ALIAS_NODES:
+            raise SpecError(f"its aliases expand the YAML by more than {MAX_ALIAS_NODES:,} "
+                            "nodes (an alias bomb?)")
+    else:
+        loader.converted.add(id(node))
     if isinstance(node, yaml.CollectionNode) and node.tag not in _COLLECTION_TAGS:
         # SafeLoader refuses unknown tags only when it constructs; we build collections ourselves
         tag = node.tag.replace("tag:yaml.org,2002:", "!!")
@@ -224,18 +283,25 @@ def _to_python(node: yaml.Node, loader: _Loader, budget: list[int]) -> Any:
                         "allowed in a spec")
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
+        merged = loader.merged[id(node)]
         out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = _to_python(key_node, loader, budget)
+        written: dict[Any, yaml.Node] = {}  # keys written in this mapping, not merged in
+        for index, (key_node, value_node) in enumerate(node.value):
+            key = _to_python(key_node, loader)
             if isinstance(key, _Located):
                 key = key.value
             if isinstance(key, (dict, list)):
                 raise SpecError(f"line {key_node.start_mark.line + 1}: a key must be a plain word")
-            out[key] = _Located(_to_python(value_node, loader, budget),
-                                value_node.start_mark.line + 1)
+            if index >= merged:
+                # YAML says keys are unique; PyYAML keeps the last, which would silently
+                # drop a whole `layers:` list or a setting written twice
+                if key in written:
+                    raise SpecError(_duplicate_key(key, key_node, written[key]))
+                written[key] = key_node
+            out[key] = _Located(_to_python(value_node, loader), value_node.start_mark.line + 1)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_Located(_to_python(item, loader, budget), item.start_mark.line + 1)
+        return [_Located(_to_python(item, loader), item.start_mark.line + 1)
                 for item in node.value]
     return loader.construct_object(node, deep=True)
 
@@ -252,29 +318,33 @@ def _plain(value: Any) -> Any:
 
 
 def read_yaml(text: str, source: str) -> Any:
+    """YAML text -> plain data whose values carry their lines; raises SpecError."""
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError(_TOO_LARGE, source)
     try:
         loader = _Loader(text)  # a str is checked for unprintable characters right here
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, max(0, exc.position)) + 1
-        raise SpecError(f"{source}: not valid YAML at line {line}: "
-                        f"{str(exc).splitlines()[0]}") from None
+        raise SpecError(f"not valid YAML at line {line}: {str(exc).splitlines()[0]}",
+                        source) from None
     try:
         node = loader.get_single_node()
         if node is None:
-            raise SpecError(f"{source}: the file is empty")
-        return _to_python(node, loader, [0])
+            raise SpecError("the file is empty")
+        return _to_python(node, loader)
     except yaml.constructor.ConstructorError as exc:
         where = f" (line {exc.problem_mark.line + 1})" if exc.problem_mark else ""
-        raise SpecError(f"{source}: {exc.problem}{where}") from None
+        raise SpecError(f"{exc.problem}{where}", source) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"{source}: not valid YAML{where}: {problem}") from None
+        raise SpecError(f"not valid YAML{where}: {problem}", source) from None
     except RecursionError:
-        raise SpecError(f"{source}: the YAML is nested too deeply") from None
-    except SpecError as exc:  # raised by _to_python, which does not know the file's name
-        raise SpecError(f"{source}: {exc}") from None
+        raise SpecError("the YAML is nested too deeply", source) from None
+    except SpecError as exc:  # raised above without the file, which is named here, once
+        exc.source = exc.source or source
+        raise
     finally:
         loader.dispose()
 
@@ -700,10 +770,10 @@ def parse_spec(data: Any, source: str = "<memory>") -> Spec:
         data = _relocate(data)
     top = data.value
     if not isinstance(top, dict):
-        raise SpecError(f"{source}: not a cnncli spec (expected a mapping with 'input' and "
-                        f"'layers', got {type(_plain(top)).__name__})")
+        raise SpecError("not a cnncli spec (expected a mapping with 'input' and "
+                        f"'layers', got {type(_plain(top)).__name__})", source)
     if "layers" not in top:
-        raise SpecError(f"{source}: not a cnncli spec (no 'layers:' key; see spec-format.md)")
+        raise SpecError("not a cnncli spec (no 'layers:' key; see spec-format.md)", source)
     r = _Reader()
     known = {"name", "input", "loss", "rounding", "layers", "description", "classes"}
     for key in top:
@@ -746,29 +816,61 @@ def _relocate(value: Any, line: int = 0) -> _Located:
     return _Located(value, line)
 
 
+def _read_text(path: Path) -> str:
+    """The file as text, read in chunks: /dev/zero, a FIFO or a huge file is refused once it
+    passes MAX_SPEC_BYTES (before any parsing), binary data where it stops being UTF-8."""
+    source = str(path)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    raw: list[bytes] = []
+    text: list[str] = []
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(min(_READ_CHUNK, MAX_SPEC_BYTES + 1 - size)):
+            if size + len(chunk) > MAX_SPEC_BYTES:
+                raise SpecError(_TOO_LARGE, source)
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the last chunk
+            raw.append(chunk)
+            try:
+                text.append(decoder.decode(chunk))
+            except UnicodeDecodeError as exc:
+                raise _not_text(b"".join(raw), size - pending + exc.start, source) from None
+            size += len(chunk)
+        try:
+            text.append(decoder.decode(b"", final=True))
+        except UnicodeDecodeError as exc:  # the file ends inside a character
+            pending = len(exc.object)
+            raise _not_text(b"".join(raw), size - pending + exc.start, source) from None
+    return "".join(text)
+
+
+def _not_text(data: bytes, at: int, source: str) -> SpecError:
+    line = data.count(b"\n", 0, at) + 1
+    return SpecError(f"not a text/YAML file (byte 0x{data[at]:02x} at line {line} is not "
+                     "UTF-8)", source)
+
+
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec file; raises SpecError / SpecInvalid."""
     path = Path(path)
+    source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_text(path)
     except FileNotFoundError:
-        raise SpecError(f"{path}: no such file") from None
+        raise SpecError("no such file", source) from None
     except IsADirectoryError:
-        raise SpecError(f"{path}: is a directory, not a spec file") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"{path}: not a text file (not UTF-8)") from None
+        raise SpecError("is a directory, not a spec file", source) from None
     except OSError as exc:
-        raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
+        raise SpecError(f"cannot read ({exc.strerror})", source) from None
     except ValueError as exc:  # e.g. a NUL byte in the path
-        raise SpecError(f"{str(path)!r}: cannot read ({exc})") from None
-    data = read_yaml(text, str(path))
+        raise SpecError(f"cannot read ({exc})", repr(source)) from None
+    data = read_yaml(text, source)
     if not isinstance(data, dict):
-        raise SpecError(f"{path}: not a cnncli spec (expected a mapping with 'input' and "
-                        "'layers')")
+        raise SpecError("not a cnncli spec (expected a mapping with 'input' and 'layers')",
+                        source)
     try:
-        return parse_spec(_Located(data, 1), str(path))
+        return parse_spec(_Located(data, 1), source)
     except RecursionError:
-        raise SpecError(f"{path}: the layers are nested too deeply") from None
+        raise SpecError("the layers are nested too deeply", source) from None
 
 
 def unrolled(nodes: tuple[Node, ...]) -> list[Node]:

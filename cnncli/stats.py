@@ -38,6 +38,7 @@ from cnncli.spec import (
     Residual,
     Spec,
     Volume,
+    unrolled,
 )
 
 BYTES_FLOAT32 = 4
@@ -404,7 +405,7 @@ class _Walker:
                 row.params[f"{layer.name}.bias"] = (layer.filters,)
         row.macs = oh * ow * layer.filters * per_filter
         self.rows.append(row)
-        self._lint_conv(layer, vol)
+        self._lint_conv(layer, vol, out)
         return out, new_rf
 
     def pool(self, layer: Pool, vol: Volume, rf: tuple[Field, Field],
@@ -430,14 +431,18 @@ class _Walker:
         row = self._row(layer.name, "pool", depth, settings, vol, out, new_rf, layer.line)
         row.notes = notes
         self.rows.append(row)
-        if max(layer.size.h, layer.size.w) > 3:
+        # a window over the whole volume is global pooling, which the notes recommend in
+        # place of big FC layers; only windows > 3 that leave several outputs are destructive
+        covers_all = (oh == ow == 1 and layer.size.h - layer.pad.h >= vol.h
+                      and layer.size.w - layer.pad.w >= vol.w)
+        if max(layer.size.h, layer.size.w) > 3 and not covers_all:
             self.warnings.append(Problem(
                 f"{layer.name}: pooling window {layer.size} is larger than 3; the notes warn "
                 "such pooling is too destructive (2x2/2 or 3x3/2 are the usual choices)",
                 layer.line, layer.name))
         return out, new_rf
 
-    def _lint_conv(self, layer: Conv | Local, vol: Volume) -> None:
+    def _lint_conv(self, layer: Conv | Local, vol: Volume, out: Volume) -> None:
         first = not self.first_conv_seen
         self.first_conv_seen = True
         if layer.stride == Pair(1, 1):
@@ -445,8 +450,15 @@ class _Walker:
                         layer.dilation.w * (layer.size.w - 1) // 2)
             odd = layer.size.h % 2 == 1 and layer.size.w % 2 == 1
             if odd and layer.pad != keep:
+                # more padding than (F-1)/2 grows the volume, less shrinks it
+                if out.w <= vol.w and out.h <= vol.h:
+                    change = "shrinks the volume"
+                elif out.w >= vol.w and out.h >= vol.h:
+                    change = f"grows the volume to {out.w}x{out.h}"
+                else:
+                    change = f"changes the volume to {out.w}x{out.h}"
                 self.warnings.append(Problem(
-                    f"{layer.name}: stride-1 conv with pad {layer.pad} shrinks the volume; "
+                    f"{layer.name}: stride-1 conv with pad {layer.pad} {change}; "
                     f"pad (F-1)/2 = {keep} keeps {vol.w}x{vol.h} (the notes' sizing pattern)",
                     layer.line, layer.name))
         if not first and max(layer.size.h, layer.size.w) > 5:
@@ -479,6 +491,7 @@ def analyze(spec: Spec, input_volume: Volume | None = None, rounding: str | None
     if report.errors:
         report.output = None
     _parameter_hint(report)
+    _bias_before_batchnorm_hint(report)
     return report
 
 
@@ -493,6 +506,54 @@ def _parameter_hint(report: Report) -> None:
             f"{heaviest.name} holds {share:.0%} of all parameters ({heaviest.parameters:,}); "
             "the notes: most parameters sit in the first FC layer, and replacing it by "
             "global average pooling removes most of them", heaviest.line, heaviest.name))
+
+
+def _bias_before_batchnorm_hint(report: Report) -> None:
+    """Batchnorm subtracts each channel's batch mean, so a constant added to a channel just
+    before it (a conv's or fc's bias) is removed again, and its own shift (beta) takes that
+    role: the bias parameters learn nothing (their gradient is zero)."""
+    layers = _biases_into_batchnorm(report.spec.layers)
+    if not layers:
+        return
+    wasted = sum(layer.filters if isinstance(layer, Conv) else layer.units for layer in layers)
+    names = ", ".join(layer.name for layer in layers[:3])
+    if len(layers) > 3:
+        names += f" and {len(layers) - 3} more"
+    report.warnings.append(Problem(
+        f"{names} {'has a bias' if len(layers) == 1 else 'have biases'} right before "
+        f"batchnorm, which subtracts each channel's mean and adds its own shift: {wasted:,} "
+        "parameters that learn nothing; write bias: false", layers[0].line, layers[0].name))
+
+
+def _biases_into_batchnorm(nodes: tuple[Node, ...]) -> list[Conv | FC]:
+    """Conv and fc layers with a bias whose output goes into batchnorm unchanged per channel:
+    directly, or as the end of a residual body or shortcut (an added constant) or of a
+    concat branch (its own channels), when the block is followed by batchnorm."""
+    found: list[Conv | FC] = []
+    sequence = unrolled(nodes)  # a repeat's passes follow one another
+    for index, node in enumerate(sequence):
+        if index + 1 < len(sequence) and isinstance(sequence[index + 1], BatchNorm):
+            found += _last_biases(node)
+        if isinstance(node, Residual):
+            found += _biases_into_batchnorm(node.body) + _biases_into_batchnorm(node.shortcut)
+        elif isinstance(node, Concat):
+            for branch in node.branches:
+                found += _biases_into_batchnorm(branch)
+    return found
+
+
+def _last_biases(node: Node) -> list[Conv | FC]:
+    """The biased conv/fc layers whose output is (part of) this node's output, unchanged."""
+    if isinstance(node, (Conv, FC)):
+        return [node] if node.bias else []
+    ends = [node.body, node.shortcut] if isinstance(node, Residual) else \
+        list(node.branches) if isinstance(node, Concat) else []
+    found: list[Conv | FC] = []
+    for nodes in ends:
+        sequence = unrolled(nodes)
+        if sequence:
+            found += _last_biases(sequence[-1])
+    return found
 
 
 def valid_input_sizes(spec: Spec, near: Volume, rounding: str | None = None,

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from cnncli import catalog
 from cnncli.cli.app import app
 from cnncli.render import human, report_csv, report_markdown
-from cnncli.spec import Volume, load_spec
+from cnncli.spec import Volume, load_spec, parse_spec
 from cnncli.stats import Report, analyze, valid_input_sizes
 
 runner = CliRunner()
@@ -335,6 +335,80 @@ def test_list() -> None:
     assert [(r["name"], r["input"], r["parameters"], r["macs"], r["output"]) for r in rows] == \
         BUNDLED
     assert all(r["valid"] for r in rows)
+
+
+# --------------------------------------------------------------------------- hints
+
+CONV_BN = """\
+name: conv bn
+input: 16x16x3
+layers:
+  - conv: {filters: 8, size: 3, pad: 1}
+  - batchnorm
+  - relu
+  - conv: {filters: 16, size: 3, pad: 1}
+  - batchnorm
+  - relu
+  - pool: {global: true, type: avg}
+  - fc: 10
+"""
+
+
+def _bias_hints(report: Report) -> list[str]:
+    return [w.message for w in report.warnings if "right before batchnorm" in w.message]
+
+
+def test_conv_bias_right_before_batchnorm_is_hinted_with_the_parameters_it_wastes(
+        tmp_path: Path) -> None:
+    path = tmp_path / "conv_bn.yaml"
+    path.write_text(CONV_BN, encoding="utf-8")
+    result = invoke("check", str(path))
+    assert result.exit_code == 0  # a hint never changes the exit code
+    assert ("hint: line 4: conv1, conv2 have biases right before batchnorm, which subtracts "
+            "each channel's mean and adds its own shift: 24 parameters that learn nothing; "
+            "write bias: false") in result.stdout
+    fixed = CONV_BN.replace("pad: 1}", "pad: 1, bias: false}")
+    path.write_text(fixed, encoding="utf-8")
+    assert _bias_hints(analyze(load_spec(path))) == []
+
+
+def test_resnet18_writes_bias_false_before_batchnorm_so_no_bias_hint() -> None:
+    report = report_of("resnet18")
+    assert _bias_hints(report) == []
+    assert sum(r.kind == "batchnorm" for r in report.layers) == 20
+
+
+@pytest.mark.parametrize("layers, hinted", [
+    # an fc layer's bias is one per unit, and batchnorm over [1x1xunits] removes it too
+    ([{"fc": 6}, "batchnorm"], ["fc1 has a bias", "6 parameters"]),
+    # the last conv of one repeat pass meets the first batchnorm of the next
+    ([{"repeat": 2, "layers": ["batchnorm", {"conv": {"filters": 4, "size": 1}}]}],
+     ["conv1 has a bias", "4 parameters"]),
+    # a residual adds its body's bias to the sum that batchnorm then centres
+    ([{"residual": {"layers": [{"conv": {"filters": 3, "size": 1}}]}}, "batchnorm"],
+     ["res1.conv1 has a bias", "3 parameters"]),
+    # a concat branch's channels go into batchnorm as they are
+    ([{"concat": [[{"conv": {"filters": 2, "size": 1}}], [{"conv": {"filters": 5, "size": 1,
+                                                                     "bias": False}}]]},
+      "batchnorm"], ["concat1.b1.conv1 has a bias", "2 parameters"]),
+    # more than three layers are counted, not all named
+    ([{"repeat": 5, "layers": [{"conv": {"filters": 2, "size": 1}}, "batchnorm"]}],
+     ["conv1, conv2, conv3 and 2 more have biases", "10 parameters"]),
+])
+def test_bias_before_batchnorm_is_found_through_blocks(layers: list, hinted: list[str]) -> None:  # type: ignore[type-arg]
+    found = _bias_hints(analyze(parse_spec({"input": "4x4x3", "layers": layers})))
+    assert len(found) == 1 and all(h in found[0] for h in hinted), found
+
+
+@pytest.mark.parametrize("layers", [
+    [{"conv": {"filters": 4, "size": 1}}, "relu", "batchnorm"],  # a ReLU in between: kept
+    [{"conv": {"filters": 4, "size": 1, "bias": False}}, "batchnorm"],
+    # a locally-connected bias differs per position; batchnorm removes only its mean
+    [{"local": {"filters": 4, "size": 1}}, "batchnorm"],
+    [{"residual": {"layers": [{"conv": {"filters": 3, "size": 1}}, "relu"]}}, "batchnorm"],
+])
+def test_no_bias_hint_where_batchnorm_does_not_cancel_the_bias(layers: list) -> None:  # type: ignore[type-arg]
+    assert _bias_hints(analyze(parse_spec({"input": "4x4x3", "layers": layers}))) == []
 
 
 # --------------------------------------------------------------------------- golden output

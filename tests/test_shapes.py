@@ -316,3 +316,47 @@ def test_lint_hints_never_change_validity() -> None:
     assert "conv1: stride-1 conv with pad 0 shrinks the volume; pad (F-1)/2 = 1 keeps" in messages
     assert "conv2: a 7 filter beyond the first layer" in messages
     assert "pool1: pooling window 4 is larger than 3" in messages
+
+
+def _hints(report: Report) -> str:
+    return " | ".join(w.message for w in report.warnings)
+
+
+def test_conv_pad_2_at_stride_1_grows_the_volume_not_shrinks_it() -> None:
+    # the notes: pad (F-1)/2 keeps the size; a 3x3 conv with pad 2 gives (8 - 3 + 4)/1 + 1 = 10
+    report = net("8x8x3", {"conv": {"filters": 4, "size": 3, "pad": 2}})
+    assert report.output == Volume(10, 10, 4)
+    assert "shrinks" not in _hints(report)
+    assert ("conv1: stride-1 conv with pad 2 grows the volume to 10x10; pad (F-1)/2 = 1 keeps "
+            "8x8 (the notes' sizing pattern)") in _hints(report)
+
+
+def test_conv_pad_that_grows_one_side_and_shrinks_the_other_says_so() -> None:
+    report = net("8x8x3", {"conv": {"filters": 4, "size": 3,
+                                    "pad": {"height": 2, "width": 0}}})
+    assert "conv1: stride-1 conv with pad 2x0 changes the volume to 6x10" in _hints(report)
+
+
+def test_conv_pad_same_gives_no_sizing_hint() -> None:
+    assert "stride-1 conv" not in _hints(net("8x8x3", {"conv": {"filters": 4, "size": 3,
+                                                                "pad": 1}}))
+
+
+@pytest.mark.parametrize("pool_type", ["avg", "max"])
+def test_a_pool_over_the_whole_volume_is_global_pooling_not_too_destructive(
+        pool_type: str) -> None:
+    # the notes recommend global average pooling in place of big FC layers: a 7x7 window over
+    # a [7x7x512] volume is exactly that, as is a 9x9 window with pad 1 over 7x7
+    for window in ({"size": 7}, {"size": 9, "pad": 1}):
+        report = net("7x7x512", {"pool": {**window, "type": pool_type}}, {"fc": 10})
+        assert report.row("pool1").output == Volume(1, 1, 512)
+        assert "too destructive" not in _hints(report)
+
+
+def test_a_pool_window_over_3_that_is_not_global_is_still_too_destructive() -> None:
+    # a 4x4/4 pool over 16x16 leaves 4x4 outputs: the notes' warning applies
+    assert "pool1: pooling window 4 is larger than 3" in _hints(
+        net("16x16x8", {"pool": {"size": 4, "type": "avg"}}))
+    # one window that misses some of the input (7x7 over 8x8, stride 7) is not global either
+    assert "pool1: pooling window 7 is larger than 3" in _hints(
+        net("8x8x8", {"pool": {"size": 7}}, rounding="floor"))
