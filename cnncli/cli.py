@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, Optional
 
 import typer
@@ -30,6 +31,7 @@ class Format(StrEnum):
     json = "json"
     csv = "csv"
     markdown = "markdown"
+    html = "html"
 
 
 class Rounding(StrEnum):
@@ -92,8 +94,12 @@ def check(
     spec: SpecArg,
     input: InputOpt = None,
     rounding: RoundingOpt = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="table | json | csv | markdown")]
-    = Format.table,
+    fmt: Annotated[Format, typer.Option(
+        "--format", "-f", help="table | json | csv | markdown | html (one self-contained page: "
+                               "the drawing, the table, the memory)")] = Format.table,
+    output: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Write the json, csv, markdown or html report to this file.",
+        show_default=False)] = None,
     fc_to_conv: Annotated[bool, typer.Option(
         "--fc-to-conv", help="Check the net with its FC layers rewritten as convolutions "
                              "(sliding-window evaluation at a larger --input).")] = False,
@@ -102,6 +108,8 @@ def check(
     from cnncli import render
     from cnncli.stats import analyze, valid_input_sizes
 
+    if output is not None and fmt is Format.table:
+        fail("--out writes a file: pick its --format (json, csv, markdown or html)", 2)
     try:
         net = load_spec(catalog.resolve(spec))
     except SpecError as exc:
@@ -124,7 +132,9 @@ def check(
     else:
         report = analyze(net, volume, mode)
         sliding = None
-    if fmt is Format.json:
+    if output is not None or fmt is Format.html:
+        _write_report(report, fmt, output, sliding)
+    elif fmt is Format.json:
         data = report.as_dict()
         if sliding is not None:
             data["sliding_window"] = sliding
@@ -154,6 +164,34 @@ def check(
         raise typer.Exit(1)
     if sliding is not None and not sliding["usable"]:
         raise typer.Exit(1)
+
+
+def _write_report(report: Any, fmt: Format, output: Path | None,
+                  sliding: dict[str, Any] | None) -> None:
+    """A report in a file format, to `output` (written whole, then renamed) or stdout."""
+    from cnncli import render
+    if fmt is Format.html:
+        from cnncli.pictures.html import report_page
+        text = report_page(report)
+    elif fmt is Format.json:
+        import json
+        data = report.as_dict()
+        if sliding is not None:
+            data["sliding_window"] = sliding
+        text = json.dumps(data, indent=2) + "\n"
+    elif fmt is Format.csv:
+        text = render.report_csv(report)
+    else:
+        text = render.report_markdown(report)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    from cnncli.pictures import write_text
+    try:
+        write_text(output, text)
+    except OSError as exc:
+        fail(f"{output}: cannot write ({exc.strerror or exc})", 2)
+    out.print(Text(f"wrote {output}"))
 
 
 @app.command("list")
@@ -208,9 +246,9 @@ def list_architectures(
 
 # The other commands live in their own modules, each importing its heavy parts (numpy,
 # numba, the engine) inside the command, so `check` and `memory` stay fast.
-from cnncli import cli_engine, cli_memory, cli_slide, cli_train  # noqa: E402
+from cnncli import cli_engine, cli_memory, cli_pictures, cli_slide, cli_train  # noqa: E402
 
-for _module in (cli_engine, cli_memory, cli_train, cli_slide):
+for _module in (cli_engine, cli_memory, cli_train, cli_slide, cli_pictures):
     _module.register(app)
 
 
