@@ -112,7 +112,7 @@ def register(app: typer.Typer) -> None:
         """Loss and accuracy per epoch (training against validation) and the learning rate,
         over the run's whole history, resumes included."""
         from cnncli.pictures import PictureError, write_atomic
-        from cnncli.pictures.curves import SUFFIXES, read_metrics, write_plot
+        from cnncli.pictures.curves import SUFFIXES, read_metrics, run_title, write_plot
 
         try:
             epochs = read_metrics(run)
@@ -123,7 +123,7 @@ def register(app: typer.Typer) -> None:
             return
         if output.suffix.lower() not in SUFFIXES:
             fail(f"{output}: write curves as {', '.join(SUFFIXES)} (by the file's suffix)", 2)
-        title = f"{run.name if run.is_dir() else run.parent.name}: {len(epochs)} epochs"
+        title = run_title(run, epochs)
         try:
             write_atomic(output, lambda tmp: write_plot(epochs, tmp, title))
         except PictureError as exc:

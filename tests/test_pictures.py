@@ -5,6 +5,7 @@ as a page that needs nothing else, the PNGs as images of the expected size."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -238,6 +239,17 @@ def test_draw_without_out_writes_svg_to_stdout_and_bad_input_is_one_line(tmp_pat
     one_line_error(invoke("draw", "no_such_net", "-o", tmp_path / "x.svg"), 2, "no_such_net")
     one_line_error(invoke("draw", "cifar_tiny", "-o", tmp_path / "x.png"), 2, ".svg")
     assert not list(tmp_path.iterdir())
+
+
+def test_pictures_are_written_whole_with_a_new_file_s_permissions(tmp_path: Path) -> None:
+    """Written under a temporary name and renamed: no leftover, and the permissions any new
+    file gets (not a temporary file's private 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    out = tmp_path / "deep" / "net.svg"
+    assert invoke("draw", "cifar_tiny", "-o", out).exit_code == 0
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in out.parent.iterdir()] == ["net.svg"]
 
 
 def test_draw_and_html_check_import_neither_numpy_nor_numba(tmp_path: Path) -> None:

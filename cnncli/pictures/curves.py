@@ -82,6 +82,20 @@ def read_metrics(run: str | Path) -> list[Epoch]:
     return epochs
 
 
+def run_title(run: str | Path, epochs: list[Epoch]) -> str:
+    """'CIFAR-10 small, runs/demo: 8 epochs': the spec's name from the run's config.json."""
+    import json
+
+    folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    name = ""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        name = str(config.get("spec_name") or "") if isinstance(config, dict) else ""
+    except (OSError, ValueError):
+        pass
+    return f"{name + ', ' if name else ''}{folder}: {len(epochs)} epochs"
+
+
 # --------------------------------------------------------------------------- files
 
 
