@@ -7,9 +7,11 @@ TYPED  := cnncli/spec.py cnncli/shapes.py cnncli/stats.py cnncli/render.py cnncl
           cnncli/cli cnncli/errors.py cnncli/memory.py cnncli/measure.py cnncli/gradcheck.py \
           cnncli/network.py cnncli/layers.py cnncli/profile.py cnncli/warmup.py cnncli/data.py \
           cnncli/optim.py cnncli/train.py cnncli/checkpoint.py cnncli/convert.py cnncli/slide.py \
-          cnncli/inplace.py cnncli/config.py
+          cnncli/inplace.py cnncli/config.py cnncli/pictures/__init__.py \
+          cnncli/pictures/netdraw.py cnncli/pictures/html.py cnncli/pictures/curves.py \
+          cnncli/pictures/tiles.py
 
-.PHONY: install dev demo test lint bench clean
+.PHONY: install dev demo test lint bench pictures clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +25,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[dev]'
+	# Pillow and matplotlib: the tests open the pictures the commands write
+	$(BIN)/pip install -q -e '.[dev,images,plot]'
 	# PyTorch is a test/benchmark reference only: the CPU build that lies on this disk
 	$(BIN)/pip install -q torch==2.13.0 torchinfo
 	touch $@
@@ -55,6 +58,21 @@ bench: dev
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_memory.py
 	$(BIN)/python bench/bench_slide.py
+
+# The README's pictures (docs/img/), made by the commands themselves: two drawings, then a
+# short run on the built-in dataset for the curves, the filters and one image's activations.
+pictures: dev
+	$(BIN)/cnncli draw cifar_small -o docs/img/net.svg
+	$(BIN)/cnncli draw resnet18 --vertical -o docs/img/resnet18.svg
+	$(BIN)/cnncli train cifar_small --epochs 8 --train-size 4000 --schedule cosine --lr 0.02 \
+	  --threads 2 --out runs/pictures --overwrite --quiet
+	$(BIN)/cnncli plot runs/pictures -o docs/img/curves.svg
+	$(BIN)/cnncli filters runs/pictures/best.npz -o docs/img/filters.png
+	# one image of the built-in dataset (an "x-cross", unseen in training: another seed)
+	$(BIN)/python -c "from PIL import Image; from cnncli.data import synthetic_shapes as s; \
+	  d = s(10, seed=3); Image.fromarray(d.x[list(d.y).index(6)]).save('docs/img/sample.png')"
+	$(BIN)/cnncli activations cifar_small docs/img/sample.png --weights runs/pictures/best.npz \
+	  -o docs/img/activations.png
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

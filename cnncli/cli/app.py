@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cnncli.cli import check, engine, listing, memory, slide, train
+from cnncli.cli import check, engine, listing, memory, pictures, slide, train
 from cnncli.cli.boundary import Command, Group
 
 app = typer.Typer(
@@ -50,6 +50,10 @@ COMMANDS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("export", train.export),
     ("convert", slide.convert),
     ("slide", slide.slide),
+    ("draw", pictures.draw),
+    ("plot", pictures.plot),
+    ("filters", pictures.filters),
+    ("activations", pictures.activations),
 )
 for _name, _function in COMMANDS:
     app.command(_name, cls=Command)(_function)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.text import Text
 
 from cnncli.cli.options import (
-    Format,
-    FormatOpt,
     InputOpt,
+    ReportFormat,
     RoundingOpt,
     SpecArg,
     input_override,
@@ -18,13 +18,19 @@ from cnncli.cli.options import (
     rounding_mode,
 )
 from cnncli.cli.output import err, out, print_json, write
+from cnncli.errors import InputError
 
 
 def check(
     spec: SpecArg,
     input: InputOpt = None,
     rounding: RoundingOpt = None,
-    fmt: FormatOpt = Format.table,
+    fmt: Annotated[ReportFormat, typer.Option(
+        "--format", "-f", help="table | json | csv | markdown | html (one self-contained page: "
+                               "the drawing, the table, the memory)")] = ReportFormat.table,
+    output: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Write the json, csv, markdown or html report to this file.",
+        show_default=False)] = None,
     fc_to_conv: Annotated[bool, typer.Option(
         "--fc-to-conv", help="Check the net with its FC layers rewritten as convolutions "
                              "(sliding-window evaluation at a larger --input).")] = False,
@@ -33,6 +39,8 @@ def check(
     from cnncli import render
     from cnncli.stats import analyze, valid_input_sizes
 
+    if output is not None and fmt is ReportFormat.table:
+        raise InputError("--out writes a file: pick its --format (json, csv, markdown or html)")
     net = open_spec(spec)
     volume = input_override(input)
     mode = rounding_mode(rounding)
@@ -46,21 +54,23 @@ def check(
         sliding = check_sliding(net, trained_at, report)
     else:
         report = analyze(net, volume, mode)
-    if fmt is Format.json:
+    if output is not None or fmt is ReportFormat.html:
+        _write_report(report, fmt, output, sliding)
+    elif fmt is ReportFormat.json:
         data = report.as_dict()
         if sliding is not None:
             data["sliding_window"] = sliding
         print_json(data)
-    elif fmt is Format.csv:
+    elif fmt is ReportFormat.csv:
         write(render.report_csv(report))
-    elif fmt is Format.markdown:
+    elif fmt is ReportFormat.markdown:
         write(render.report_markdown(report))
     else:
         render.print_report(out, report, errors=err)
         if sliding is not None:
             from cnncli.convert import print_sliding
             print_sliding(out, sliding)
-    if fmt is not Format.table:
+    if fmt is not ReportFormat.table:
         for p in report.errors:
             err.print(render.problem_text(p, "error"))
     if report.errors:
@@ -74,3 +84,31 @@ def check(
         raise typer.Exit(1)
     if sliding is not None and not sliding["usable"]:
         raise typer.Exit(1)
+
+
+def _write_report(report: Any, fmt: ReportFormat, output: Path | None,
+                  sliding: dict[str, Any] | None) -> None:
+    """A report in a file format, to `output` (written whole, then renamed) or stdout."""
+    import json
+
+    from cnncli import render
+
+    if fmt is ReportFormat.html:
+        from cnncli.pictures.html import report_page
+        text = report_page(report)
+    elif fmt is ReportFormat.json:
+        data = report.as_dict()
+        if sliding is not None:
+            data["sliding_window"] = sliding
+        text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    elif fmt is ReportFormat.csv:
+        text = render.report_csv(report)
+    else:
+        text = render.report_markdown(report)
+    if output is None:
+        write(text)
+        return
+    from cnncli.pictures import write_text
+
+    write_text(output, text)
+    out.print(Text(f"wrote {output}"))

@@ -24,6 +24,16 @@ class Format(StrEnum):
     markdown = "markdown"
 
 
+class ReportFormat(StrEnum):
+    """`check`'s formats: the others, and one self-contained HTML page."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
+    markdown = "markdown"
+    html = "html"
+
+
 class TableOrJson(StrEnum):
     table = "table"
     json = "json"

@@ -186,6 +186,10 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
                          f"--out {run.path} --resume"), soft_wrap=True)
         raise typer.Exit(130)
     out.print(escape(f"{stopped.message}; run saved in {run.path}"), soft_wrap=True)
+    # the curves at a glance in a terminal; logs and pipes stay as they were
+    if not quiet and sys.stdout.isatty():
+        from cnncli.cli.pictures import print_compact_curves
+        print_compact_curves(run.path)
 
 
 @contextmanager
