@@ -10,7 +10,7 @@ import re
 from typer.testing import CliRunner
 
 from cnncli import catalog
-from cnncli.cli import app
+from cnncli.cli.app import app
 from cnncli.profile import profile_layers
 from cnncli.render import bench_layout
 from cnncli.spec import Volume, load_spec, parse_spec
