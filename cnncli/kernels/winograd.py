@@ -426,6 +426,37 @@ def _input_tile_row(x2, n, H, r0, m, pad, KS, C, TW, xs, rowt, V2, t0):
 # ----------------------------------------------------------------------------------
 
 
+@njit(**JIT_OPTIONS)
+def _filter_transform(wt, G, u):
+    """u[a * alpha + b, c, k] = sum_pq G[a, p] * wt[c, p, q, k] * G[b, q], float64 sums.
+
+    Vectorised over k (wt is w transposed to [C, 3, 3, K]) and written one u[e] at a time
+    (its alpha^2 slices lie C * K apart: writing them side by side thrashed L1). numpy's
+    einsum and stacked matmuls over the K * C tiny filters took ~20 ms for 128 -> 128, as
+    long as that layer's whole forward pass. Serial: waking the pool costs more.
+    """
+    C = wt.shape[0]
+    K = wt.shape[3]
+    alpha = G.shape[0]
+    t = np.empty((C, 3, K))  # row a of G g, every input channel
+    for a in range(alpha):
+        g0 = G[a, 0]
+        g1 = G[a, 1]
+        g2 = G[a, 2]
+        for c in range(C):
+            for q in range(3):
+                for k in range(K):
+                    t[c, q, k] = g0 * wt[c, 0, q, k] + g1 * wt[c, 1, q, k] + g2 * wt[c, 2, q, k]
+        for b in range(alpha):
+            g0 = G[b, 0]
+            g1 = G[b, 1]
+            g2 = G[b, 2]
+            for c in range(C):
+                dst = u[a * alpha + b, c]
+                for k in range(K):
+                    dst[k] = t[c, 0, k] * g0 + t[c, 1, k] * g1 + t[c, 2, k] * g2
+
+
 @njit(**PARALLEL_JIT_OPTIONS)
 def _wino_fwd(x, U, bias, m, pad, R, nthreads, y):
     """y[N, OH, OW, K] = Winograd F(m x m, 3 x 3) conv of x with U[alpha^2, C, K] + bias
@@ -588,10 +619,13 @@ def winograd_filter_transform(w, tile=4):
         raise ValueError(f"w must be OIHW [K, C, 3, 3], got shape {w.shape}")
     if w.dtype not in (np.float32, np.float64):
         raise TypeError(f"w must be float32 or float64, got {w.dtype}")
+    ensure_configured()
     _, G, _ = transform_matrices(_check_pad_tile(0, tile)[1])
-    u = np.einsum("ap,kcpq,bq->abck", G, w.astype(np.float64), G)
-    alpha = G.shape[0]
-    return np.ascontiguousarray(u.reshape(alpha * alpha, w.shape[1], w.shape[0]), w.dtype)
+    K, C = w.shape[:2]
+    u = np.empty((G.shape[0] ** 2, C, K), dtype=w.dtype)
+    if u.size:
+        _filter_transform(np.ascontiguousarray(w.transpose(1, 2, 3, 0), np.float64), G, u)
+    return u
 
 
 def _forward(x, u, b, pad, tile, out_hw):
