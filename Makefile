@@ -51,6 +51,7 @@ lint: dev
 bench: dev
 	$(BIN)/python bench/bench_check.py
 	$(BIN)/python bench/bench_conv.py
+	$(BIN)/python bench/bench_winograd.py
 	$(BIN)/python bench/bench_step.py
 	$(BIN)/python bench/bench_fc_head.py
 	$(BIN)/python bench/bench_train.py
