@@ -34,10 +34,11 @@ Design (measured on the 2-core target, see bench/bench_winograd.py):
 * Each transform is separable: B^T (or A^T) down the rows of a whole tile row at once,
   then along the columns, both as long vectorised loops over a tile row copied into
   "phase layout" (see the comment above the transforms). Hand-simplified formulas, no
-  matrix loops. That halved the transforms' time against a loop per tile.
+  matrix loops. That halved the transforms' time against a loop per tile. What remains
+  at 32x32x32 is about half memory traffic: reading x and writing y once, as im2col does.
 * V and M get one spare tile row: with 32 tiles of 32 float32 channels their alpha^2
   slices would lie exactly 4 KiB apart, and the six stores of a column transform then
-  alias in L1.
+  alias in L1 (measured 1.25x slower input transform at 32 channels, no gain elsewhere).
 * dW: fixed chunks of blocks (``min(blocks, max(threads, MIN_CHUNKS))``) each sum their
   alpha^2 GEMMs into their own S, reduce it to a 3x3 partial with one GEMM, and the
   partials are summed in chunk order: bit-identical run to run and across thread counts
@@ -63,8 +64,11 @@ __all__ = [
 ]
 
 # Tiles per block, forward / dx: V and M of a block stay in L2 (alpha^2 x tiles x C).
+# 16-48 measured alike on the CIFAR layers, 64 and more slower.
 BLOCK_TILES = 32
-# Tiles per block, dW: the tiles are the GEMMs' inner dimension, so longer pays.
+# Tiles per block, dW: the tiles are the GEMMs' inner dimension, and each chunk reduces
+# its sums once, so small images (few tiles per row) want longer blocks; 32-128 measured
+# alike within the (heavy) noise, 256 slower.
 BLOCK_TILES_DW = 64
 # dW partial sums: at least this many chunks, so results do not depend on the thread
 # count (up to this many threads).
@@ -170,12 +174,17 @@ def _phase_rows(src, base, nrows, r0, shift, m, KS, C, P):
                 d[i] = zero
             continue
         s = src[base + r]
+        ph = shift % m  # column j + shift is slot k of phase ph (counted, not divided:
+        k = shift // m  # two integer divisions per column cost more than its copy)
         for j in range(W):
-            u = j + shift
-            do = np.uint64(((u % m) * KS + u // m) * C)
+            do = np.uint64((ph * KS + k) * C)
             so = np.uint64(j * C)
             for c in range(np.uint64(C)):
                 d[do + c] = s[so + c]
+            ph += 1
+            if ph == m:
+                ph = 0
+                k += 1
 
 
 @njit(**JIT_OPTIONS)
@@ -335,11 +344,17 @@ def _dephase_rows(src, m, TW, K, OW, dst, r0, nrows):
     for i in range(nrows):
         s = src[i]
         d = dst[r0 + i]
+        ph = 0  # column j is slot t of phase ph
+        t = 0
         for j in range(OW):
-            so = np.uint64(((j % m) * TW + j // m) * K)
+            so = np.uint64((ph * TW + t) * K)
             do = np.uint64(j * K)
             for k in range(np.uint64(K)):
                 d[do + k] = s[so + k]
+            ph += 1
+            if ph == m:
+                ph = 0
+                t += 1
 
 
 @njit(**JIT_OPTIONS)
@@ -540,8 +555,8 @@ def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, nthreads, dWp):
         tmp = np.empty((C, K), dtype=x.dtype)
         tmpf = tmp.reshape(C * K)
         for q in range(p * nchunk // T, (p + 1) * nchunk // T):
-            S[:] = 0
-            for blk in range(q * nblk // nchunk, (q + 1) * nblk // nchunk):
+            b0 = q * nblk // nchunk
+            for blk in range(b0, (q + 1) * nblk // nchunk):
                 g0 = blk * R
                 g1 = min(nrow, g0 + R)
                 nt = (g1 - g0) * TW
@@ -556,6 +571,9 @@ def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, nthreads, dWp):
                     for a in range(alpha):
                         _grad_cols(zrow[a], m, TW * K, Z2, a * alpha, t0 * K)
                 for e in range(A2):
+                    if blk == b0:  # the chunk's first block starts its sums
+                        np.dot(V[e, :nt].T, Z[e, :nt], S[e])
+                        continue
                     np.dot(V[e, :nt].T, Z[e, :nt], tmp)
                     acc = S2[e]
                     for i in range(C * K):
