@@ -43,7 +43,7 @@ test: dev
 	$(BIN)/python -m pytest -q
 	# kernel bodies once more as plain Python, on the smallest cases
 	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -q -k small tests/test_kernels_conv.py \
-	  tests/test_kernels_pool.py tests/test_kernels_norm.py
+	  tests/test_kernels_pool.py tests/test_kernels_norm.py tests/test_kernels_winograd.py
 
 lint: dev
 	$(BIN)/ruff check cnncli tests bench
@@ -53,6 +53,7 @@ lint: dev
 bench: dev
 	$(BIN)/python bench/bench_check.py
 	$(BIN)/python bench/bench_conv.py
+	$(BIN)/python bench/bench_winograd.py
 	$(BIN)/python bench/bench_step.py
 	$(BIN)/python bench/bench_fc_head.py
 	$(BIN)/python bench/bench_train.py

@@ -1,0 +1,737 @@
+"""Winograd minimal filtering for 3x3 stride-1 convolutions, NHWC, float32/float64.
+
+Public wrappers (plain Python: validate, allocate, call the @njit kernels):
+
+    winograd_filter_transform(w, tile=4) -> u
+    winograd_conv_forward(x, w, b, pad, tile=4, u=None) -> y
+    winograd_conv_backward_data(dy, w, pad, tile=4) -> dx
+    winograd_conv_backward_weights(x, dy, pad, tile=4) -> dw
+
+Shapes as in cnncli.kernels.conv: x[N, H, W, C], y/dy[N, OH, OW, K] with OH = H + 2*pad - 2
+and OW = W + 2*pad - 2, weights OIHW ``w[K, C, 3, 3]``, bias ``b[K]`` or None. Stride 1,
+dilation 1, groups 1; ``pad`` (0, 1 or 2) zero-pads every side. Same results as
+conv2d_forward / conv2d_backward up to rounding; ``tile`` is m in F(m x m, 3 x 3), 4 or 2.
+
+Algorithm (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks"): an
+m x m output tile is computed from its alpha x alpha input tile d (alpha = m + 2) as
+
+    Y = A^T [ (G g G^T) . (B^T d B) ] A        (. is the elementwise product)
+
+Summed over input channels, the elementwise product becomes alpha^2 independent GEMMs
+M[e] = V[e] @ U[e] ([tiles x C] by [C x K]) with V = B^T d B per tile and channel and
+U = G g G^T per filter: 16 multiplies per output where direct convolution needs 36
+(F(4x4): 4x fewer), or 2.25x fewer for F(2x2). dx is the same convolution of dy with the
+flipped, transposed filter; dW sums G^T [ (B^T d B) . (A dy A^T) ] G over tiles, again
+alpha^2 GEMMs ([C x tiles] by [tiles x K]).
+
+Design (measured on the 2-core target, see bench/bench_winograd.py):
+
+* Fused: ``prange`` over ranges of blocks; a block is a few consecutive tile rows
+  (about BLOCK_TILES tiles, across images when images are small). Per block: input
+  transform into V[e, tile, c] (in cache), alpha^2 ``np.dot`` calls on single-threaded
+  BLAS, output transform straight into y. Whole-batch V and M arrays through memory
+  measured 0.4-1.0x of direct convolution: the transforms decide, not the GEMMs.
+* Each transform is separable: B^T (or A^T) down the rows of a whole tile row at once,
+  then along the columns, both as long vectorised loops over a tile row copied into
+  "phase layout" (see the comment above the transforms). Hand-simplified formulas, no
+  matrix loops. That halved the transforms' time against a loop per tile. What remains
+  at 32x32x32 is about half memory traffic: reading x and writing y once, as im2col does.
+* V and M get one spare tile row: with 32 tiles of 32 float32 channels their alpha^2
+  slices would lie exactly 4 KiB apart, and the six stores of a column transform then
+  alias in L1 (measured 1.25x slower input transform at 32 channels, no gain elsewhere).
+* dW: fixed chunks of blocks (``min(blocks, max(threads, MIN_CHUNKS))``) each sum their
+  alpha^2 GEMMs into their own S, reduce it to a 3x3 partial with one GEMM, and the
+  partials are summed in chunk order: bit-identical run to run and across thread counts
+  up to MIN_CHUNKS. Forward and dx write disjoint outputs: any split gives the same bits.
+* float32 error grows with the tile (transform entries up to 8 and 1/24): measured against
+  float64 direct convolution on CIFAR layer sizes it stays near 1e-5 relative for F(4x4);
+  see the bench's error table.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from cnncli.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, ensure_configured
+
+__all__ = [
+    "winograd_filter_transform",
+    "winograd_conv_forward",
+    "winograd_conv_backward_data",
+    "winograd_conv_backward_weights",
+]
+
+# Tiles per block, forward / dx: V and M of a block stay in L2 (alpha^2 x tiles x C).
+# 16-48 measured alike on the CIFAR layers, 64 and more slower.
+BLOCK_TILES = 32
+# Tiles per block, dW: the tiles are the GEMMs' inner dimension, and each chunk reduces
+# its sums once, so small images (few tiles per row) want longer blocks; 32-128 measured
+# alike within the (heavy) noise, 256 slower.
+BLOCK_TILES_DW = 64
+# dW partial sums: at least this many chunks, so results do not depend on the thread
+# count (up to this many threads).
+MIN_CHUNKS = 8
+TILES = (2, 4)
+
+# ----------------------------------------------------------------------------------
+# transform matrices
+# ----------------------------------------------------------------------------------
+#
+# Derivation (Toom-Cook, as in Lavin & Gray section 4). Multiplying a polynomial h of
+# degree m-1 by the filter polynomial g of degree r-1 = 2 gives s = h g of degree
+# alpha-1, alpha = m + 2: evaluate h and g at alpha points, multiply the values, and
+# interpolate. With "infinity" as the last point (the value there is the leading
+# coefficient):
+#
+#     s = L [ (G g) . (A h) ],   A[j] = (1, p_j, ..., p_j^(m-1)),  G[j] = (1, p_j, p_j^2),
+#                                A[inf] = (0, ..., 0, 1), G[inf] = (0, 0, 1),
+#                                L = inverse of the alpha x alpha Vandermonde matrix.
+#
+# Linear convolution s_j = sum_i h_i g_(j-i) is that map h -> s; its transpose maps d to
+# y_i = sum_k g_k d_(i+k), the correlation a conv layer computes. Transposing gives
+#
+#     y = A^T [ (G g) . (B^T d) ],   B^T = L^T,
+#
+# and nesting it over rows and columns gives the 2-d form above. Scaling row j of G by
+# s_j and column j of L by 1/s_j changes nothing, which buys small integers in B^T.
+#
+# F(2x2, 3x3): points 0, 1, -1, inf.
+# F(4x4, 3x3): points 0, 1, -1, 2, -2, inf (1/2 and -1/2 would also do; these keep B^T
+# and A^T in small integers, and the fractions in G, where they cost nothing per call).
+# tests/test_kernels_winograd.py rebuilds both from their points and checks the identity.
+
+_BT2 = np.array([[1, 0, -1, 0],
+                 [0, 1, 1, 0],
+                 [0, -1, 1, 0],
+                 [0, 1, 0, -1]], dtype=np.float64)
+_G2 = np.array([[1, 0, 0],
+                [1 / 2, 1 / 2, 1 / 2],
+                [1 / 2, -1 / 2, 1 / 2],
+                [0, 0, 1]], dtype=np.float64)
+_AT2 = np.array([[1, 1, 1, 0],
+                 [0, 1, -1, -1]], dtype=np.float64)
+
+_BT4 = np.array([[4, 0, -5, 0, 1, 0],
+                 [0, -4, -4, 1, 1, 0],
+                 [0, 4, -4, -1, 1, 0],
+                 [0, -2, -1, 2, 1, 0],
+                 [0, 2, -1, -2, 1, 0],
+                 [0, 4, 0, -5, 0, 1]], dtype=np.float64)
+_G4 = np.array([[1 / 4, 0, 0],
+                [-1 / 6, -1 / 6, -1 / 6],
+                [-1 / 6, 1 / 6, -1 / 6],
+                [1 / 24, 1 / 12, 1 / 6],
+                [1 / 24, -1 / 12, 1 / 6],
+                [0, 0, 1]], dtype=np.float64)
+_AT4 = np.array([[1, 1, 1, 1, 1, 0],
+                 [0, 1, -1, 2, -2, 0],
+                 [0, 1, 1, 4, 4, 0],
+                 [0, 1, -1, 8, -8, 1]], dtype=np.float64)
+
+
+def transform_matrices(tile):
+    """(A^T, G, B^T) of F(tile x tile, 3 x 3), float64 copies. The kernels hard-code them."""
+    if tile == 4:
+        return _AT4.copy(), _G4.copy(), _BT4.copy()
+    if tile == 2:
+        return _AT2.copy(), _G2.copy(), _BT2.copy()
+    raise ValueError(f"tile must be 2 or 4, got {tile!r}")
+
+
+# ----------------------------------------------------------------------------------
+# njit transforms
+# ----------------------------------------------------------------------------------
+#
+# Each 2-d transform is separable: first down the rows of a whole tile row ("rows" stages:
+# 2-d arrays [row, flattened column x channel], one long loop), then along each tile's
+# columns ("cols" stages). NHWC interleaves columns with channels and tiles start every
+# m columns, so a tile row is first copied into *phase layout*:
+#
+#     P[row, ((u % m) * KS + u // m) * C + c] = column u, channel c    (KS slots a phase)
+#
+# where column b of tile t lies at o_b + t * C + c: a cols stage is then one loop over all
+# tiles and channels of a row. A loop per tile (C long) measured 3-4x slower at 32
+# channels: LLVM checks the twelve load/store streams for overlap once per loop.
+# Offsets into the innermost index are unsigned, so numba emits no negative-index
+# wraparound there (signed offsets measured 2-4x slower), and constants are cast to the
+# array dtype so float32 arithmetic stays float32.
+
+
+@njit(**JIT_OPTIONS)
+def _phase_rows(src, base, nrows, r0, shift, m, KS, C, P):
+    """P[a] = image row r0 + a (src rows base .. base + nrows, each W * C long) in phase
+    layout, column j at u = j + shift; rows outside the image are zero. Slots that no
+    column maps to are never written, so they stay zero: they are the padding."""
+    W = src.shape[1] // C
+    zero = P.dtype.type(0)
+    for a in range(P.shape[0]):
+        d = P[a]
+        r = r0 + a
+        if r < 0 or r >= nrows:
+            for i in range(d.shape[0]):
+                d[i] = zero
+            continue
+        s = src[base + r]
+        ph = shift % m  # column j + shift is slot k of phase ph (counted, not divided:
+        k = shift // m  # two integer divisions per column cost more than its copy)
+        for j in range(W):
+            do = np.uint64((ph * KS + k) * C)
+            so = np.uint64(j * C)
+            for c in range(np.uint64(C)):
+                d[do + c] = s[so + c]
+            ph += 1
+            if ph == m:
+                ph = 0
+                k += 1
+
+
+@njit(**JIT_OPTIONS)
+def _in_rows(src, m, dst):
+    """dst[a, i] = sum_b B^T[a, b] * src[b, i] (B^T d down the alpha rows of a tile row)."""
+    two = src.dtype.type(2)
+    four = src.dtype.type(4)
+    five = src.dtype.type(5)
+    if m == 4:
+        for i in range(src.shape[1]):
+            d0 = src[0, i]
+            d1 = src[1, i]
+            d2 = src[2, i]
+            d3 = src[3, i]
+            d4 = src[4, i]
+            d5 = src[5, i]
+            p = d4 - four * d2
+            q = d3 - four * d1
+            s = d4 - d2
+            t = two * (d3 - d1)
+            dst[0, i] = four * d0 - five * d2 + d4
+            dst[1, i] = p + q
+            dst[2, i] = p - q
+            dst[3, i] = s + t
+            dst[4, i] = s - t
+            dst[5, i] = four * d1 - five * d3 + d5
+    else:
+        for i in range(src.shape[1]):
+            d0 = src[0, i]
+            d1 = src[1, i]
+            d2 = src[2, i]
+            d3 = src[3, i]
+            dst[0, i] = d0 - d2
+            dst[1, i] = d1 + d2
+            dst[2, i] = d2 - d1
+            dst[3, i] = d1 - d3
+
+
+@njit(**JIT_OPTIONS)
+def _in_cols(src, m, KS, C, L, V2, e, do):
+    """V2[e + nu, do + i] = sum_b src[o_b + i] * B[b, nu] for i < L = tiles * C: row a of
+    (B^T d) B for every tile of a tile row (src: row a in phase layout, KS slots)."""
+    two = src.dtype.type(2)
+    four = src.dtype.type(4)
+    five = src.dtype.type(5)
+    o0 = np.uint64(0)
+    o1 = np.uint64(KS * C)
+    ud = np.uint64(do)
+    if m == 4:
+        o2 = np.uint64(2 * KS * C)
+        o3 = np.uint64(3 * KS * C)
+        o4 = np.uint64(C)
+        o5 = np.uint64((KS + 1) * C)
+        for i in range(np.uint64(L)):
+            d0 = src[o0 + i]
+            d1 = src[o1 + i]
+            d2 = src[o2 + i]
+            d3 = src[o3 + i]
+            d4 = src[o4 + i]
+            d5 = src[o5 + i]
+            p = d4 - four * d2
+            q = d3 - four * d1
+            s = d4 - d2
+            t = two * (d3 - d1)
+            j = ud + i
+            V2[e, j] = four * d0 - five * d2 + d4
+            V2[e + 1, j] = p + q
+            V2[e + 2, j] = p - q
+            V2[e + 3, j] = s + t
+            V2[e + 4, j] = s - t
+            V2[e + 5, j] = four * d1 - five * d3 + d5
+    else:
+        o2 = np.uint64(C)
+        o3 = np.uint64((KS + 1) * C)
+        for i in range(np.uint64(L)):
+            d0 = src[o0 + i]
+            d1 = src[o1 + i]
+            d2 = src[o2 + i]
+            d3 = src[o3 + i]
+            j = ud + i
+            V2[e, j] = d0 - d2
+            V2[e + 1, j] = d1 + d2
+            V2[e + 2, j] = d2 - d1
+            V2[e + 3, j] = d1 - d3
+
+
+@njit(**JIT_OPTIONS)
+def _out_cols(M2, e, so, m, L, dst):
+    """dst[b * L + i] = sum_nu M2[e + nu, so + i] * A[nu, b] for i < L = tiles * K: row a
+    of M A for every tile of a tile row, written in phase layout (b: output column)."""
+    two = M2.dtype.type(2)
+    four = M2.dtype.type(4)
+    eight = M2.dtype.type(8)
+    us = np.uint64(so)
+    uL = np.uint64(L)
+    if m == 4:
+        for i in range(uL):
+            j = us + i
+            m0 = M2[e, j]
+            m1 = M2[e + 1, j]
+            m2 = M2[e + 2, j]
+            m3 = M2[e + 3, j]
+            m4 = M2[e + 4, j]
+            m5 = M2[e + 5, j]
+            p = m1 + m2
+            q = m1 - m2
+            s = m3 + m4
+            w = m3 - m4
+            dst[i] = m0 + p + s
+            dst[uL + i] = q + two * w
+            dst[np.uint64(2) * uL + i] = p + four * s
+            dst[np.uint64(3) * uL + i] = q + eight * w + m5
+    else:
+        for i in range(uL):
+            j = us + i
+            m1 = M2[e + 1, j]
+            m2 = M2[e + 2, j]
+            dst[i] = M2[e, j] + m1 + m2
+            dst[uL + i] = m1 - m2 - M2[e + 3, j]
+
+
+@njit(**JIT_OPTIONS)
+def _out_rows(src, m, bias, dst):
+    """dst[i, j] = sum_a A^T[i, a] * src[a, j] + bias[j] for i < m (A^T (M A), rows)."""
+    two = src.dtype.type(2)
+    four = src.dtype.type(4)
+    eight = src.dtype.type(8)
+    if m == 4:
+        for j in range(bias.shape[0]):
+            m0 = src[0, j]
+            m1 = src[1, j]
+            m2 = src[2, j]
+            m3 = src[3, j]
+            m4 = src[4, j]
+            m5 = src[5, j]
+            bj = bias[j]
+            p = m1 + m2
+            q = m1 - m2
+            s = m3 + m4
+            w = m3 - m4
+            dst[0, j] = m0 + p + s + bj
+            dst[1, j] = q + two * w + bj
+            dst[2, j] = p + four * s + bj
+            dst[3, j] = q + eight * w + m5 + bj
+    else:
+        for j in range(bias.shape[0]):
+            m1 = src[1, j]
+            m2 = src[2, j]
+            bj = bias[j]
+            dst[0, j] = src[0, j] + m1 + m2 + bj
+            dst[1, j] = m1 - m2 - src[3, j] + bj
+
+
+@njit(**JIT_OPTIONS)
+def _dephase_rows(src, m, TW, K, OW, dst, r0, nrows):
+    """dst[r0 + i, j * K + k] = src[i] (phase layout, TW slots) at column j < OW, i < nrows."""
+    for i in range(nrows):
+        s = src[i]
+        d = dst[r0 + i]
+        ph = 0  # column j is slot t of phase ph
+        t = 0
+        for j in range(OW):
+            so = np.uint64((ph * TW + t) * K)
+            do = np.uint64(j * K)
+            for k in range(np.uint64(K)):
+                d[do + k] = s[so + k]
+            ph += 1
+            if ph == m:
+                ph = 0
+                t += 1
+
+
+@njit(**JIT_OPTIONS)
+def _grad_rows(src, m, dst):
+    """dst[a, i] = sum_r A[a, r] * src[r, i] (A dy down the m rows of a tile row)."""
+    two = src.dtype.type(2)
+    four = src.dtype.type(4)
+    eight = src.dtype.type(8)
+    if m == 4:
+        for i in range(src.shape[1]):
+            y0 = src[0, i]
+            y1 = src[1, i]
+            y2 = src[2, i]
+            y3 = src[3, i]
+            p = y0 + y2
+            q = y1 + y3
+            s = y0 + four * y2
+            w = two * y1 + eight * y3
+            dst[0, i] = y0
+            dst[1, i] = p + q
+            dst[2, i] = p - q
+            dst[3, i] = s + w
+            dst[4, i] = s - w
+            dst[5, i] = y3
+    else:
+        for i in range(src.shape[1]):
+            y0 = src[0, i]
+            y1 = src[1, i]
+            dst[0, i] = y0
+            dst[1, i] = y0 + y1
+            dst[2, i] = y0 - y1
+            dst[3, i] = -y1
+
+
+@njit(**JIT_OPTIONS)
+def _grad_cols(src, m, L, Z2, e, do):
+    """Z2[e + nu, do + i] = sum_b src[b * L + i] * A^T[b, nu] for i < L = tiles * K: row a
+    of (A dy) A^T for every tile of a tile row (src: row a in phase layout, tiles slots)."""
+    two = src.dtype.type(2)
+    four = src.dtype.type(4)
+    eight = src.dtype.type(8)
+    ud = np.uint64(do)
+    uL = np.uint64(L)
+    if m == 4:
+        for i in range(uL):
+            y0 = src[i]
+            y1 = src[uL + i]
+            y2 = src[np.uint64(2) * uL + i]
+            y3 = src[np.uint64(3) * uL + i]
+            p = y0 + y2
+            q = y1 + y3
+            s = y0 + four * y2
+            w = two * y1 + eight * y3
+            j = ud + i
+            Z2[e, j] = y0
+            Z2[e + 1, j] = p + q
+            Z2[e + 2, j] = p - q
+            Z2[e + 3, j] = s + w
+            Z2[e + 4, j] = s - w
+            Z2[e + 5, j] = y3
+    else:
+        for i in range(uL):
+            y0 = src[i]
+            y1 = src[uL + i]
+            j = ud + i
+            Z2[e, j] = y0
+            Z2[e + 1, j] = y0 + y1
+            Z2[e + 2, j] = y0 - y1
+            Z2[e + 3, j] = -y1
+
+
+@njit(**JIT_OPTIONS)
+def _input_tile_row(x2, n, H, r0, m, pad, KS, C, TW, xs, rowt, V2, t0):
+    """V2[:, t0 * C:(t0 + TW) * C] = B^T d B of the TW tiles whose input rows start at r0."""
+    alpha = m + 2
+    _phase_rows(x2, n * H, H, r0, pad, m, KS, C, xs)
+    _in_rows(xs, m, rowt)
+    for a in range(alpha):
+        _in_cols(rowt[a], m, KS, C, TW * C, V2, a * alpha, t0 * C)
+
+
+# ----------------------------------------------------------------------------------
+# kernels
+# ----------------------------------------------------------------------------------
+
+
+@njit(**JIT_OPTIONS)
+def _filter_transform(wt, G, u):
+    """u[a * alpha + b, c, k] = sum_pq G[a, p] * wt[c, p, q, k] * G[b, q], float64 sums.
+
+    Vectorised over k (wt is w transposed to [C, 3, 3, K]) and written one u[e] at a time
+    (its alpha^2 slices lie C * K apart: writing them side by side thrashed L1). numpy's
+    einsum and stacked matmuls over the K * C tiny filters took ~20 ms for 128 -> 128, as
+    long as that layer's whole forward pass. Serial: waking the pool costs more.
+    """
+    C = wt.shape[0]
+    K = wt.shape[3]
+    alpha = G.shape[0]
+    t = np.empty((C, 3, K))  # row a of G g, every input channel
+    for a in range(alpha):
+        g0 = G[a, 0]
+        g1 = G[a, 1]
+        g2 = G[a, 2]
+        for c in range(C):
+            for q in range(3):
+                for k in range(K):
+                    t[c, q, k] = g0 * wt[c, 0, q, k] + g1 * wt[c, 1, q, k] + g2 * wt[c, 2, q, k]
+        for b in range(alpha):
+            g0 = G[b, 0]
+            g1 = G[b, 1]
+            g2 = G[b, 2]
+            for c in range(C):
+                dst = u[a * alpha + b, c]
+                for k in range(K):
+                    dst[k] = t[c, 0, k] * g0 + t[c, 1, k] * g1 + t[c, 2, k] * g2
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _wino_fwd(x, U, bias, m, pad, R, nthreads, y):
+    """y[N, OH, OW, K] = Winograd F(m x m, 3 x 3) conv of x with U[alpha^2, C, K] + bias
+    (bias: one tile row of output columns in phase layout, m * TW * K).
+
+    Blocks are R consecutive tile rows (over all images); each thread runs a range of
+    blocks with its buffers in cache.
+    """
+    N, H, W, C = x.shape
+    OH = y.shape[1]
+    OW = y.shape[2]
+    K = y.shape[3]
+    alpha = m + 2
+    A2 = alpha * alpha
+    TH = (OH + m - 1) // m
+    TW = (OW + m - 1) // m
+    KS = TW + 1  # input columns reach one slot past the last tile's start
+    nrow = N * TH
+    nblk = (nrow + R - 1) // R
+    T = min(nthreads, nblk)
+    x2 = x.reshape(N * H, W * C)
+    y2 = y.reshape(N * OH, OW * K)
+    for p in prange(T):
+        V = np.empty((A2, R * TW + 1, C), dtype=x.dtype)  # + 1: see module docstring
+        M = np.empty((A2, R * TW + 1, K), dtype=x.dtype)
+        V2 = V.reshape(A2, (R * TW + 1) * C)
+        M2 = M.reshape(A2, (R * TW + 1) * K)
+        xs = np.zeros((alpha, m * KS * C), dtype=x.dtype)
+        rowt = np.empty((alpha, m * KS * C), dtype=x.dtype)
+        orow = np.empty((alpha, m * TW * K), dtype=x.dtype)
+        yrow = np.empty((m, m * TW * K), dtype=x.dtype)
+        for blk in range(p * nblk // T, (p + 1) * nblk // T):
+            g0 = blk * R
+            g1 = min(nrow, g0 + R)
+            nt = (g1 - g0) * TW
+            for g in range(g0, g1):
+                r0 = (g % TH) * m - pad
+                _input_tile_row(x2, g // TH, H, r0, m, pad, KS, C, TW, xs, rowt, V2,
+                                (g - g0) * TW)
+            for e in range(A2):
+                np.dot(V[e, :nt], U[e], M[e, :nt])
+            for g in range(g0, g1):
+                i0 = (g % TH) * m
+                t0 = (g - g0) * TW
+                for a in range(alpha):
+                    _out_cols(M2, a * alpha, t0 * K, m, TW * K, orow[a])
+                _out_rows(orow, m, bias, yrow)
+                _dephase_rows(yrow, m, TW, K, OW, y2, (g // TH) * OH + i0, min(m, OH - i0))
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, nthreads, dWp):
+    """dWp[chunk, 9, C, K] (p * 3 + q, c, k) = per-chunk partial dW; GGt[9, alpha^2] holds
+    G[a, p] * G[b, q]. Chunk q owns blocks [q * nblk // nchunk, (q + 1) * nblk // nchunk).
+    """
+    N, H, W, C = x.shape
+    OH = dy.shape[1]
+    OW = dy.shape[2]
+    K = dy.shape[3]
+    alpha = m + 2
+    A2 = alpha * alpha
+    TH = (OH + m - 1) // m
+    TW = (OW + m - 1) // m
+    KS = TW + 1
+    nrow = N * TH
+    nblk = (nrow + R - 1) // R
+    T = min(nthreads, nchunk)
+    x2 = x.reshape(N * H, W * C)
+    dy2 = dy.reshape(N * OH, OW * K)
+    for p in prange(T):
+        V = np.empty((A2, R * TW + 1, C), dtype=x.dtype)
+        Z = np.empty((A2, R * TW + 1, K), dtype=x.dtype)
+        V2 = V.reshape(A2, (R * TW + 1) * C)
+        Z2 = Z.reshape(A2, (R * TW + 1) * K)
+        xs = np.zeros((alpha, m * KS * C), dtype=x.dtype)
+        rowt = np.empty((alpha, m * KS * C), dtype=x.dtype)
+        ds = np.zeros((m, m * TW * K), dtype=x.dtype)
+        zrow = np.empty((alpha, m * TW * K), dtype=x.dtype)
+        S = np.empty((A2, C, K), dtype=x.dtype)
+        S2 = S.reshape(A2, C * K)
+        tmp = np.empty((C, K), dtype=x.dtype)
+        tmpf = tmp.reshape(C * K)
+        for q in range(p * nchunk // T, (p + 1) * nchunk // T):
+            b0 = q * nblk // nchunk
+            for blk in range(b0, (q + 1) * nblk // nchunk):
+                g0 = blk * R
+                g1 = min(nrow, g0 + R)
+                nt = (g1 - g0) * TW
+                for g in range(g0, g1):
+                    n = g // TH
+                    i0 = (g % TH) * m
+                    t0 = (g - g0) * TW
+                    _input_tile_row(x2, n, H, i0 - pad, m, pad, KS, C, TW, xs, rowt, V2, t0)
+                    # output rows past OH (bottom tile row) have zero gradient
+                    _phase_rows(dy2, n * OH, OH, i0, 0, m, TW, K, ds)
+                    _grad_rows(ds, m, zrow)
+                    for a in range(alpha):
+                        _grad_cols(zrow[a], m, TW * K, Z2, a * alpha, t0 * K)
+                for e in range(A2):
+                    if blk == b0:  # the chunk's first block starts its sums
+                        np.dot(V[e, :nt].T, Z[e, :nt], S[e])
+                        continue
+                    np.dot(V[e, :nt].T, Z[e, :nt], tmp)
+                    acc = S2[e]
+                    for i in range(C * K):
+                        acc[i] += tmpf[i]
+            np.dot(GGt, S2, dWp[q].reshape(9, C * K))
+
+
+# ----------------------------------------------------------------------------------
+# Python wrappers
+# ----------------------------------------------------------------------------------
+
+
+def _check_x(x, name):
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be NHWC (4-d), got shape {x.shape}")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    return np.ascontiguousarray(x)
+
+
+def _as(a, dtype, name):
+    a = np.asarray(a)
+    if a.dtype != dtype:
+        raise TypeError(f"{name} has dtype {a.dtype}, expected {dtype}")
+    return np.ascontiguousarray(a)
+
+
+def _check_w(w, dtype, C):
+    w = _as(w, dtype, "w")
+    if w.ndim != 4 or w.shape[1:] != (C, 3, 3):
+        raise ValueError(f"w must be OIHW [K, C={C}, 3, 3], got shape {w.shape}")
+    return w
+
+
+def _check_pad_tile(pad, tile):
+    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or not 0 <= pad <= 2:
+        raise ValueError(f"pad must be 0, 1 or 2 (every side), got {pad!r}")
+    if tile not in TILES:
+        raise ValueError(f"tile must be 2 or 4, got {tile!r}")
+    return int(pad), int(tile)
+
+
+def _rows_per_block(TW, nrow, tiles):
+    """Tile rows per block: about ``tiles`` tiles, at least one tile row."""
+    return max(1, min(nrow, round(tiles / TW)))
+
+
+def _threads():
+    return int(numba.get_num_threads())
+
+
+def winograd_filter_transform(w, tile=4):
+    """U[alpha^2, C, K] = G g G^T of OIHW w[K, C, 3, 3], computed in float64, w's dtype.
+
+    Depends on the weights only: compute it once per weight update and pass it as
+    ``u`` to winograd_conv_forward.
+    """
+    w = np.asarray(w)
+    if w.ndim != 4 or w.shape[2:] != (3, 3):
+        raise ValueError(f"w must be OIHW [K, C, 3, 3], got shape {w.shape}")
+    if w.dtype not in (np.float32, np.float64):
+        raise TypeError(f"w must be float32 or float64, got {w.dtype}")
+    ensure_configured()
+    _, G, _ = transform_matrices(_check_pad_tile(0, tile)[1])
+    K, C = w.shape[:2]
+    u = np.empty((G.shape[0] ** 2, C, K), dtype=w.dtype)
+    if u.size:
+        _filter_transform(np.ascontiguousarray(w.transpose(1, 2, 3, 0), np.float64), G, u)
+    return u
+
+
+def _forward(x, u, b, pad, tile, out_hw):
+    """The forward kernel on validated arrays; b[K] or None."""
+    N = x.shape[0]
+    K = u.shape[2]
+    OH, OW = out_hw
+    y = np.empty((N, OH, OW, K), dtype=x.dtype)
+    if N == 0 or K == 0:
+        return y
+    TW = -(-OW // tile)
+    bias = np.tile(b, tile * TW) if b is not None else np.zeros(tile * TW * K, x.dtype)
+    R = _rows_per_block(TW, N * -(-OH // tile), BLOCK_TILES)
+    _wino_fwd(x, u, bias, tile, pad, R, _threads(), y)
+    return y
+
+
+def _out_size(H, W, pad, name):
+    OH, OW = H + 2 * pad - 2, W + 2 * pad - 2
+    if OH < 1 or OW < 1:
+        raise ValueError(f"{name} spatial size {H}x{W} with pad={pad} leaves no 3x3 window")
+    return OH, OW
+
+
+def winograd_conv_forward(x, w, b, pad, tile=4, u=None):
+    """y[N, OH, OW, K] = conv2d(x[N, H, W, C], w[K, C, 3, 3]) + b[K], stride 1.
+
+    ``u``: winograd_filter_transform(w, tile), if the caller keeps it between calls.
+    """
+    ensure_configured()
+    pad, tile = _check_pad_tile(pad, tile)
+    x = _check_x(x, "x")
+    N, H, W, C = x.shape
+    w = _check_w(w, x.dtype, C)
+    K = w.shape[0]
+    OH, OW = _out_size(H, W, pad, "x")
+    if u is None:
+        u = winograd_filter_transform(w, tile)
+    else:
+        u = _as(u, x.dtype, "u")
+        if u.shape != ((tile + 2) ** 2, C, K):
+            raise ValueError(f"u must have shape {((tile + 2) ** 2, C, K)}, got {u.shape}")
+    if b is not None:
+        b = _as(b, x.dtype, "b").reshape(-1)
+        if b.shape != (K,):
+            raise ValueError(f"b must have shape ({K},), got {b.shape}")
+    return _forward(x, u, b, pad, tile, (OH, OW))
+
+
+def winograd_conv_backward_data(dy, w, pad, tile=4):
+    """dx[N, H, W, C] of winograd_conv_forward: the 3x3 stride-1 convolution of dy, padded
+    by 2 - pad, with the flipped filter and input/output channels swapped."""
+    ensure_configured()
+    pad, tile = _check_pad_tile(pad, tile)
+    dy = _check_x(dy, "dy")
+    N, OH, OW, K = dy.shape
+    w = _as(w, dy.dtype, "w")
+    if w.ndim != 4 or w.shape[0] != K or w.shape[2:] != (3, 3):
+        raise ValueError(f"w must be OIHW [K={K}, C, 3, 3], got shape {w.shape}")
+    wflip = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # [C, K, 3, 3]
+    u = winograd_filter_transform(wflip, tile)
+    H, W = _out_size(OH, OW, 2 - pad, "dy")
+    return _forward(dy, u, None, 2 - pad, tile, (H, W))
+
+
+def winograd_conv_backward_weights(x, dy, pad, tile=4):
+    """dw[K, C, 3, 3] of winograd_conv_forward (the bias gradient is dy.sum((0, 1, 2)))."""
+    ensure_configured()
+    pad, tile = _check_pad_tile(pad, tile)
+    x = _check_x(x, "x")
+    N, H, W, C = x.shape
+    dy = _as(dy, x.dtype, "dy")
+    OH, OW = _out_size(H, W, pad, "x")
+    if dy.ndim != 4 or dy.shape[:3] != (N, OH, OW):
+        raise ValueError(f"dy must have shape (N={N}, {OH}, {OW}, K), got {dy.shape}")
+    K = dy.shape[3]
+    if N == 0 or C == 0 or K == 0:
+        return np.zeros((K, C, 3, 3), dtype=x.dtype)
+    _, G, _ = transform_matrices(tile)
+    GGt = np.ascontiguousarray(np.einsum("ap,bq->pqab", G, G).reshape(9, -1), x.dtype)
+    TW = -(-OW // tile)
+    nrow = N * -(-OH // tile)
+    R = _rows_per_block(TW, nrow, BLOCK_TILES_DW)
+    nblk = -(-nrow // R)
+    nchunk = max(1, min(nblk, max(_threads(), MIN_CHUNKS)))
+    dWp = np.empty((nchunk, 9, C, K), dtype=x.dtype)
+    _wino_bwd_w(x, dy, GGt, tile, pad, R, nchunk, _threads(), dWp)
+    dW = dWp[0].copy()
+    for q in range(1, nchunk):  # chunk order: deterministic
+        dW += dWp[q]
+    return np.ascontiguousarray(dW.reshape(3, 3, C, K).transpose(3, 2, 0, 1))
