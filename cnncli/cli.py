@@ -220,6 +220,11 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except SystemExit as exc:
+        from cnncli.distributed import exiting
+
+        exiting(exc.code)  # under mpiexec: a rank failing early lets the others know
+        raise
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from cnncli.cli import SpecArg, err, open_spec, out
 DEFAULTS: dict[str, Any] = dict(
     val_fraction=0.2, train_size=8000, epochs=10, batch=64, lr=0.01, optimizer="momentum",
     momentum=0.9, weight_decay=0.0, schedule="constant", seed=0, augment=False,
-    dtype="float32")
+    dtype="float32", sync_batchnorm=False)
 # Options a resumed run may change: how long it goes on and how it is shown.
 RESUME_MAY_CHANGE = {"epochs", "threads", "quiet"}
 EVAL_SIZE = 2000   # built-in test images for `eval` without --data (seed 1: unseen in training)
@@ -93,7 +93,8 @@ def train(
         "--seed", help="Seeds initial weights, shuffling, augmentation and dropout. "
         "\\[default: 0]", show_default=False)] = None,
     threads: Annotated[Optional[int], typer.Option(
-        "--threads", help="Threads for the engine. \\[default: all cores]",
+        "--threads", help="Threads for the engine (per rank when distributed). \\[default: "
+        "all cores; distributed: the rank's share of its machine's cores]",
         show_default=False)] = None,
     augment: Annotated[Optional[bool], typer.Option(
         "--augment/--no-augment", help="Random crops (padding an eighth of the side) and "
@@ -110,30 +111,42 @@ def train(
         "--dtype", help="float32 | float64. \\[default: float32]", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="Only the final line.")] = False,
+    distributed: Annotated[bool, typer.Option(
+        "--distributed", help="Data-parallel over the ranks of `mpiexec -n N` (implied when "
+        "started by mpiexec with N > 1); --batch stays the global batch. See "
+        "docs/distributed.md.")] = False,
+    sync_batchnorm: Annotated[Optional[bool], typer.Option(
+        "--sync-batchnorm", help="Distributed: batchnorm statistics of the global batch "
+        "instead of each rank's shard. \\[default: per rank]", show_default=False)] = None,
 ) -> None:
     """Train a spec on a dataset; Ctrl-C stops after saving, --resume continues."""
     given = {k: v for k, v in dict(
         data=data, val_data=val_data, val_fraction=val_fraction, train_size=train_size,
         epochs=epochs, batch=batch, lr=lr, optimizer=optimizer, momentum=momentum,
         weight_decay=weight_decay, schedule=schedule, seed=seed, augment=augment,
-        dtype=dtype, threads=threads).items() if v is not None}
+        dtype=dtype, threads=threads, sync_batchnorm=sync_batchnorm).items() if v is not None}
     net_spec = open_spec(spec)
     with _errors_as_exit():
-        _train(spec, net_spec, given, out_dir, resume, overwrite, quiet)
+        _train(spec, net_spec, given, out_dir, resume, overwrite, quiet, distributed)
 
 
 def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | None,
-           resume: bool, overwrite: bool, quiet: bool) -> None:
+           resume: bool, overwrite: bool, quiet: bool, distributed: bool = False) -> None:
     from cnncli.checkpoint import check_spec, load_checkpoint
     from cnncli.config import configure_threads
+    from cnncli.distributed import connect
     from cnncli.network import Network
     from cnncli.train import RunDir, TrainConfig, Trainer, load_training_data, spec_text_of
 
+    # distributed: rank 0 reads the run directory and speaks; errors fail every rank alike
+    comm = connect(distributed)
+    out.quiet = err.quiet = not comm.is_root
+    quiet = quiet or not comm.is_root
     spec_text = spec_text_of(net_spec)
     run = RunDir(out_dir or Path("runs") / Path(net_spec.source).stem)
     ckpt = None
     if resume:
-        ckpt = load_checkpoint(run.last)
+        ckpt = comm.on_root(load_checkpoint, run.last)
         check_spec(ckpt, spec_text, run.last, spec_arg)
         stored = dict(ckpt.meta["info"]["options"])
         for key, value in given.items():
@@ -143,7 +156,9 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
                     f"{stored.get(key)}; --resume continues a run with its own settings "
                     "(drop the option, or start a new run with another --out)")
         # the run's thread count unless told otherwise: the same count, the same numbers
-        options = dict(stored, threads=ckpt.meta["info"].get("threads"))
+        # (per rank: on another number of ranks the default share applies instead)
+        same_ranks = ckpt.meta["info"].get("ranks", 1) == comm.size
+        options = dict(stored, threads=ckpt.meta["info"].get("threads") if same_ranks else None)
         options.update({k: v for k, v in given.items() if k in RESUME_MAY_CHANGE})
         if ckpt.epoch >= options["epochs"]:
             out.print(f"nothing to do: {run.path} has finished {ckpt.epoch} epochs "
@@ -153,26 +168,27 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
         if "val_data" in given and "val_fraction" in given:
             raise ValueError("--val-fraction and --val-data exclude each other: the "
                              "validation set is either held out of --data or given")
-        if run.last.exists() and not overwrite:
+        if comm.on_root(run.last.exists) and not overwrite:
             raise ValueError(f"{run.path} already holds a run ({run.last.name}); pass --resume "
                              "to continue it, --overwrite to start over, or another --out")
         options = dict(DEFAULTS, threads=None, data=None, val_data=None)
         options.update(given)
     config = TrainConfig.from_dict(options)
     config.validate()
-    threads = configure_threads(options.get("threads"))
+    threads = configure_threads(comm.threads() if options.get("threads") is None
+                                else options["threads"])
     net = Network(net_spec, dtype=config.dtype, seed=config.seed)
-    train_ds, val_ds = load_training_data(net, options["data"], options["val_data"],
-                                          options["val_fraction"], options["train_size"])
+    train_ds, val_ds = comm.together(
+        load_training_data, net, options["data"], options["val_data"],
+        options["val_fraction"], options["train_size"])
     info = {"options": {k: v for k, v in options.items() if k != "threads"},
-            "threads": threads, "data": train_ds.source,
+            "threads": threads, **comm.info(), "data": train_ds.source,
             "val_data": val_ds.source if val_ds else None}
-    trainer = Trainer(net, train_ds, val_ds, config, spec_text, run.path, info)
+    trainer = Trainer(net, train_ds, val_ds, config, spec_text, run.path, info, comm)
     if ckpt is not None:
         trainer.load(ckpt)
-    elif overwrite and run.path.exists():
-        for old in (run.last, run.best, run.jsonl, run.csv):
-            old.unlink(missing_ok=True)
+    elif overwrite:
+        comm.on_root(_forget_run, run)
     display = TrainDisplay(quiet, sys.stdout.isatty())
     if not quiet:
         verb = f"resuming at epoch {ckpt.epoch + 1}:" if ckpt else "training"
@@ -182,8 +198,10 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
             f"{verb} {net_spec.name} ({net.num_parameters():,} parameters) on {source}: "
             f"{len(train_ds)} training / {len(val_ds) if val_ds else 0} validation images,"
             f" {net.output.d} classes; {config.optimizer} lr {config.lr:g}, batch "
-            f"{config.batch}, {config.epochs} epochs, {threads} thread(s); run in {run.path}")
-    stopped = display.show(trainer, _sigint_stops(trainer, display))
+            f"{config.batch}, {config.epochs} epochs, {threads} thread(s)"
+            f"{comm.summary(config.batch)}; run in {run.path}")
+    with comm.abort_on_error():  # distributed: a rank failing alone takes the job down
+        stopped = display.show(trainer, _sigint_stops(trainer, display))
     if stopped.reason == "diverged":
         _fail(stopped.message, 1)
     if stopped.reason == "interrupted":
@@ -191,6 +209,12 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
                          f"--out {run.path} --resume"), soft_wrap=True)
         raise typer.Exit(130)
     out.print(escape(f"{stopped.message}; run saved in {run.path}"), soft_wrap=True)
+
+
+def _forget_run(run: Any) -> None:
+    """--overwrite: the old run's checkpoints and metrics go before the new run starts."""
+    for old in (run.last, run.best, run.jsonl, run.csv):
+        old.unlink(missing_ok=True)
 
 
 @contextmanager
