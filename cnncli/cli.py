@@ -97,6 +97,9 @@ def check(
     fc_to_conv: Annotated[bool, typer.Option(
         "--fc-to-conv", help="Check the net with its FC layers rewritten as convolutions "
                              "(sliding-window evaluation at a larger --input).")] = False,
+    ranks: Annotated[Optional[int], typer.Option(
+        "--ranks", min=1, help="Also size a data-parallel run over N MPI ranks: the gradient "
+        "buffer each step allreduces and what a ring allreduce moves (float32).")] = None,
 ) -> None:
     """Validate a spec's arithmetic and print the notes' per-layer table."""
     from cnncli import render
@@ -124,10 +127,16 @@ def check(
     else:
         report = analyze(net, volume, mode)
         sliding = None
+    plan = None
+    if ranks is not None:
+        from cnncli.distributed import AllreducePlan
+        plan = AllreducePlan(ranks, report.parameters, 4)
     if fmt is Format.json:
         data = report.as_dict()
         if sliding is not None:
             data["sliding_window"] = sliding
+        if plan is not None:
+            data["distributed"] = plan.as_dict()
         import json
         out.print_json(json.dumps(data)) if sys.stdout.isatty() else print(json.dumps(data,
                                                                                    indent=2))
@@ -140,6 +149,8 @@ def check(
         if sliding is not None:
             from cnncli.convert import print_sliding
             print_sliding(out, sliding)
+        if plan is not None:
+            out.print(Text(plan.text(render.binary_bytes)), soft_wrap=True)
     if fmt is not Format.table:
         for p in report.errors:
             err.print(render.problem_text(p, "error"))

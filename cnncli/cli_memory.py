@@ -80,6 +80,11 @@ def register(app: typer.Typer) -> None:
             "--measure", help="Also run one real step of the engine on random data and "
                               "report its measured peak (tracemalloc) next to the "
                               "estimate.")] = False,
+        ranks: Annotated[int, typer.Option(
+            help="Size one rank of a data-parallel run over N MPI ranks: --batch stays the "
+                 "global batch (each rank computes batch/N), plus the gradient buffer each "
+                 "rank allreduces; threads default to this machine's share per rank.",
+            min=1)] = 1,
     ) -> None:
         """Itemised memory of a training step or inference pass; the peak and a budget.
 
@@ -90,6 +95,8 @@ def register(app: typer.Typer) -> None:
         volume = input_override(input)
         mode_s = rounding.value if rounding else None
         # imported here, not at the top: every other command starts without it
+        from cnncli import distributed
+        from cnncli.config import rank_threads
         from cnncli.memory import (
             MemoryOptionError,
             default_threads,
@@ -98,23 +105,38 @@ def register(app: typer.Typer) -> None:
             parse_bytes,
         )
 
-        n_threads = threads or default_threads()
+        # --ranks N: one rank, as if the N shared this machine's cores (--threads: say so)
+        n_threads = threads or rank_threads(default_threads(), ranks, False)
         fit: dict[str, Any] | None = None
+        dist: dict[str, Any] | None = None
         try:
             if budget is not None:
                 limit = parse_bytes(budget)
+                extra = 0  # --ranks: the gradient buffer a rank allreduces comes off the top
+                if ranks > 1:
+                    extra = distributed.size_rank(estimate(
+                        net, 1, dtype.value, optimizer.value, mode.value, n_threads, volume,
+                        mode_s), ranks, ranks)["allreduce_buffer_bytes"]
                 best, best_peak, next_peak = largest_batch(
-                    net, limit, dtype.value, optimizer.value, mode.value, n_threads, volume,
-                    mode_s)
+                    net, limit - extra, dtype.value, optimizer.value, mode.value, n_threads,
+                    volume, mode_s)
                 fit = {"budget": budget, "budget_bytes": limit, "largest_batch": best,
-                       "peak_bytes": best_peak, "next_batch_peak_bytes": next_peak}
+                       "peak_bytes": best_peak + extra,
+                       "next_batch_peak_bytes": next_peak + extra if next_peak else 0}
+                if ranks > 1:
+                    fit["global_batch"] = best * ranks
                 if best == 0:
                     fit["peak_bytes"] = None
                 else:
                     batch = best
+                global_batch = batch * ranks
+            else:
+                global_batch, batch = batch, distributed.per_rank_batch(batch, ranks)
             report = estimate(net, batch, dtype.value, optimizer.value, mode.value, n_threads,
                               volume, mode_s)
-        except MemoryOptionError as exc:
+            if ranks > 1:
+                dist = distributed.size_rank(report, ranks, global_batch)
+        except (MemoryOptionError, distributed.DistributedError) as exc:
             fail(str(exc), 2)
         except SpecInvalid as exc:
             fail(f"{spec} is not valid at {volume or net.input}: {exc.problems[0].message} "
@@ -135,8 +157,12 @@ def register(app: typer.Typer) -> None:
                 data["budget"] = fit
             if measured is not None:
                 data["measured"] = measured
+            if dist is not None:
+                data["distributed"] = dist
             print(json.dumps(data, indent=2))
         else:
+            if dist is not None:
+                out.print(distributed.rank_text(dist), soft_wrap=True)
             print_memory(out, report, fit, measured)
         if fit is not None and fit["largest_batch"] == 0:
             need = size(fit["next_batch_peak_bytes"])
@@ -156,8 +182,10 @@ def print_memory(console: Console, r: MemoryReport, fit: dict[str, Any] | None =
             nxt = (f"; batch {fit['largest_batch'] + 1} needs "
                    f"{size(fit['next_batch_peak_bytes'])}" if fit["next_batch_peak_bytes"]
                    else "")
+            ranks = (f" per rank (global batch {fit['global_batch']})" if "global_batch" in fit
+                     else "")
             console.print(f"[bold green]largest batch that fits in {fit['budget']} "
-                          f"({size(fit['budget_bytes'])}): {fit['largest_batch']}[/] "
+                          f"({size(fit['budget_bytes'])}): {fit['largest_batch']}{ranks}[/] "
                           f"(peak {size(fit['peak_bytes'])}{nxt})")
         else:
             console.print(f"[bold red]not even one image fits in {fit['budget']}[/]")
