@@ -8,7 +8,7 @@ TYPED  := cnncli/spec.py cnncli/shapes.py cnncli/stats.py cnncli/render.py cnncl
           cnncli/cli_slide.py cnncli/memory.py cnncli/measure.py cnncli/gradcheck.py \
           cnncli/network.py cnncli/layers.py cnncli/profile.py cnncli/warmup.py cnncli/data.py \
           cnncli/optim.py cnncli/train.py cnncli/checkpoint.py cnncli/convert.py cnncli/slide.py \
-          cnncli/inplace.py cnncli/config.py
+          cnncli/inplace.py cnncli/config.py cnncli/distributed.py
 
 .PHONY: install dev demo test lint bench clean
 
@@ -24,7 +24,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[dev]'
+	# mpi: mpi4py and the mpich wheel (its mpiexec lands in $(BIN)), so the MPI tests run
+	$(BIN)/pip install -q -e '.[dev,mpi]'
 	# PyTorch is a test/benchmark reference only: the CPU build that lies on this disk
 	$(BIN)/pip install -q torch==2.13.0 torchinfo
 	touch $@
@@ -56,6 +57,7 @@ bench: dev
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_memory.py
 	$(BIN)/python bench/bench_slide.py
+	$(BIN)/python bench/bench_distributed.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
