@@ -9,7 +9,7 @@ TYPED  := cnncli/spec.py cnncli/shapes.py cnncli/stats.py cnncli/render.py cnncl
           cnncli/optim.py cnncli/train.py cnncli/checkpoint.py cnncli/convert.py cnncli/slide.py \
           cnncli/inplace.py cnncli/config.py cnncli/pictures/__init__.py \
           cnncli/pictures/netdraw.py cnncli/pictures/html.py cnncli/pictures/curves.py \
-          cnncli/pictures/tiles.py
+          cnncli/pictures/tiles.py cnncli/distributed.py
 
 .PHONY: install dev demo test lint bench pictures clean
 
@@ -25,8 +25,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.installed
-	# Pillow and matplotlib: the tests open the pictures the commands write
-	$(BIN)/pip install -q -e '.[dev,images,plot]'
+	# Pillow and matplotlib: the tests open the pictures the commands write; mpi: mpi4py and
+	# the mpich wheel (its mpiexec lands in $(BIN)), so the MPI tests run
+	$(BIN)/pip install -q -e '.[dev,images,plot,mpi]'
 	# PyTorch is a test/benchmark reference only: the CPU build that lies on this disk
 	$(BIN)/pip install -q torch==2.13.0 torchinfo
 	touch $@
@@ -59,6 +60,7 @@ bench: dev
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_memory.py
 	$(BIN)/python bench/bench_slide.py
+	$(BIN)/python bench/bench_distributed.py
 
 # The README's pictures (docs/img/), made by the commands themselves: two drawings, then a
 # short run on the built-in dataset for the curves, the filters and one image's activations.

@@ -131,6 +131,20 @@ def configure_threads(n: int | None = None) -> int:
     return n
 
 
+def rank_threads(cores: int, local_ranks: int, bound: bool) -> int:
+    """Threads for one MPI rank of a data-parallel run (cnncli.distributed asks).
+
+    ``cores``: how many this process may run on (its CPU affinity); ``local_ranks``: the
+    ranks on its machine; ``bound``: whether the launcher gave each of them cores of its
+    own (Open MPI binds by default, MPICH does not). Bound ranks use all of theirs; ranks
+    that may all run anywhere split the cores evenly, so that ranks x threads never
+    exceeds them (spinning threads of two ranks on one core cost 2-3x, as above).
+    """
+    if bound:
+        return max(1, cores)
+    return max(1, cores // max(1, local_ranks))
+
+
 def ensure_configured() -> int:
     """Call ``configure_threads()`` once with defaults unless the caller already did."""
     if _configured is None:

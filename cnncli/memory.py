@@ -85,7 +85,7 @@ ITEMS = {
 }
 SHORT = {"input": "input", "kept": "kept", "flight": "in flight", "grad": "activation grads",
          "param": "parameters", "pgrad": "parameter grads", "opt": "optimizer state",
-         "work": "workspace"}
+         "work": "workspace", "allreduce": "allreduce buffer"}  # the last: --ranks only
 
 
 class MemoryOptionError(InputError, ValueError):

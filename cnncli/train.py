@@ -19,6 +19,10 @@ stays.
 
 The reported training loss is the data loss (comparable with the validation loss); the
 L2 penalty of `weight_decay` is added to the gradients only.
+
+Distributed: given an MPI `comm` (cnncli.distributed), each rank computes its shard of
+every batch, the gradients are summed over the ranks before the step, and validation is
+split across them; alone, `Comm()` changes nothing (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from cnncli.checkpoint import (
     spec_sha256,
     write_atomically,
 )
+from cnncli.distributed import Comm
 from cnncli.errors import InputError
 from cnncli.network import Network
 from cnncli.optim import OPTIMIZERS, SCHEDULES, Schedule, make_optimizer
@@ -72,6 +77,8 @@ class TrainConfig:
     crop_pad: int = 0        # 0: an eighth of the image side (4 px at 32x32), as for CIFAR
     dtype: str = "float32"
     eval_batch: int = 256
+    # data-parallel runs only: batchnorm statistics of the global batch, not the rank's shard
+    sync_batchnorm: bool = False
 
     def validate(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -370,7 +377,7 @@ class _Progress:
 class Trainer:
     def __init__(self, net: Network, train: D.Dataset, val: D.Dataset | None,
                  config: TrainConfig, spec_text: str, run_dir: str | Path | None = None,
-                 info: dict[str, Any] | None = None):
+                 info: dict[str, Any] | None = None, comm: Comm | None = None):
         config.validate()
         if np.dtype(config.dtype) != net.dtype:
             raise TrainError(f"config dtype {config.dtype} but the net is {net.dtype}")
@@ -379,7 +386,13 @@ class Trainer:
         self.net, self.train_ds, self.val_ds, self.config = net, train, val, config
         self.spec_text = spec_text
         self.info = dict(info or {})
-        self.run_dir = RunDir(run_dir) if run_dir is not None else None
+        # distributed (cnncli.distributed): each rank computes its shard of every batch and
+        # validates its part of the validation set; only rank 0 writes the run directory
+        self.comm = comm or Comm()
+        self.comm.check_batch(config.batch)
+        self.comm.attach(net, config.sync_batchnorm)
+        self.val_part = self.comm.part_of(val) if val is not None else None
+        self.run_dir = RunDir(run_dir) if run_dir is not None and self.comm.is_root else None
         self.mean, self.std = D.channel_stats(train.x)
         self.optimizer = make_optimizer(config.optimizer, net.params, config.lr, config.momentum)
         gamma = config.gamma or (0.9 if config.schedule == "exp" else 0.5)
@@ -387,6 +400,7 @@ class Trainer:
                                  gamma)
         self.shuffle_rng = np.random.default_rng([config.seed, 1])
         self.augment_rng = np.random.default_rng([config.seed, 2])
+        self.augment_draws = self.comm.batch_draws(self.augment_rng)
         self._epoch_shuffle_state = _state(self.shuffle_rng)
         self.progress = _Progress()
         self._stop = False
@@ -471,9 +485,13 @@ class Trainer:
     def _batch_images(self, idx: np.ndarray) -> np.ndarray:
         x = self.train_ds.x[idx]
         if self.config.augment:
-            x = D.random_crop(x, self.crop_pad, self.augment_rng)
-            x = D.random_flip(x, self.augment_rng)
+            x = D.random_crop(x, self.crop_pad, self.augment_draws)
+            x = D.random_flip(x, self.augment_draws)
         return D.normalize(x, self.mean, self.std)
+
+    def _stopping(self) -> bool:
+        # distributed: only once every rank has seen the request, so all stop together
+        return self.comm.should_stop(self._stop)
 
     def _interrupted(self) -> Iterator[Event]:
         yield from self._save("last")
@@ -503,37 +521,43 @@ class Trainer:
             _set_state(self.shuffle_rng, self._epoch_shuffle_state)
             order = self.shuffle_rng.permutation(n)
             for b in range(p.batch, batches):
-                if self._stop:
+                if self._stopping():
                     yield from self._interrupted()
                     return
                 t0 = time.perf_counter()
                 idx = order[b * cfg.batch:(b + 1) * cfg.batch]
+                part = self.comm.shard(len(idx))  # this rank's images of the batch (alone: all)
+                idx = idx[part.local]
                 x, y = self._batch_images(idx), self.train_ds.y[idx]
                 with np.errstate(over="ignore", invalid="ignore"):  # a NaN is handled below
                     scores = net.forward(x, training=True)
                     loss, dscores = net.loss(scores, y)
+                    net.backward(part.weigh(dscores))
+                correct = int((scores.reshape(len(y), -1).argmax(axis=1) == y).sum())
+                # distributed: gradients summed over the ranks; the batch's loss over all
+                loss, correct, images = self.comm.reduce_step(net, part, loss, correct,
+                                                              self._stop)
                 if not math.isfinite(loss):
                     yield self._diverged(loss, lr, b)
                     return
-                net.backward(dscores)
                 net.weight_decay(cfg.weight_decay)
                 self.optimizer.step(net.grads)
-                correct = int((scores.reshape(len(y), -1).argmax(axis=1) == y).sum())
                 dt = time.perf_counter() - t0
-                p.batch, p.loss_sum = b + 1, p.loss_sum + loss * len(y)
-                p.correct, p.seen, p.seconds = p.correct + correct, p.seen + len(y), p.seconds + dt
-                yield BatchDone(p.epoch, b, batches, loss, correct / len(y), len(y), dt, lr)
-            if self._stop:
+                p.batch, p.loss_sum = b + 1, p.loss_sum + loss * images
+                p.correct, p.seen, p.seconds = p.correct + correct, p.seen + images, p.seconds + dt
+                yield BatchDone(p.epoch, b, batches, loss, correct / images, images, dt, lr)
+            if self._stopping():
                 yield from self._interrupted()
                 return
             t0 = time.perf_counter()
             result = None
-            if self.val_ds is not None:
-                result = evaluate(net, self.val_ds, self.mean, self.std, cfg.eval_batch,
-                                  lambda: self._stop)
+            if self.val_part is not None:
+                result = evaluate(net, self.val_part, self.mean, self.std, cfg.eval_batch,
+                                  self._stopping)
                 if result is None:
                     yield from self._interrupted()
                     return
+                result = self.comm.reduce_eval(result)
             yield from self._end_epoch(lr, result, time.perf_counter() - t0)
         yield Stopped("finished", self._summary(), p.epoch, p.batch)
 

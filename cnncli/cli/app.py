@@ -60,7 +60,13 @@ for _name, _function in COMMANDS:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        from cnncli.distributed import exiting
+
+        exiting(exc.code)  # under mpiexec: a rank failing early lets the others know
+        raise
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ def check(
     output: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Write the json, csv, markdown or html report to this file.",
         show_default=False)] = None,
+    ranks: Annotated[Optional[int], typer.Option(
+        "--ranks", min=1, help="Also size a data-parallel run over N MPI ranks: the gradient "
+        "buffer each step allreduces and what a ring allreduce moves (float32).")] = None,
     fc_to_conv: Annotated[bool, typer.Option(
         "--fc-to-conv", help="Check the net with its FC layers rewritten as convolutions "
                              "(sliding-window evaluation at a larger --input).")] = False,
@@ -54,13 +57,15 @@ def check(
         sliding = check_sliding(net, trained_at, report)
     else:
         report = analyze(net, volume, mode)
+    plan = None
+    if ranks is not None:
+        from cnncli.distributed import AllreducePlan
+
+        plan = AllreducePlan(ranks, report.parameters, 4)
     if output is not None or fmt is ReportFormat.html:
-        _write_report(report, fmt, output, sliding)
+        _write_report(report, fmt, output, sliding, plan)
     elif fmt is ReportFormat.json:
-        data = report.as_dict()
-        if sliding is not None:
-            data["sliding_window"] = sliding
-        print_json(data)
+        print_json(_report_data(report, sliding, plan))
     elif fmt is ReportFormat.csv:
         write(render.report_csv(report))
     elif fmt is ReportFormat.markdown:
@@ -70,6 +75,8 @@ def check(
         if sliding is not None:
             from cnncli.convert import print_sliding
             print_sliding(out, sliding)
+        if plan is not None:
+            out.print(Text(plan.text(render.binary_bytes)), soft_wrap=True)
     if fmt is not ReportFormat.table:
         for p in report.errors:
             err.print(render.problem_text(p, "error"))
@@ -86,8 +93,17 @@ def check(
         raise typer.Exit(1)
 
 
+def _report_data(report: Any, sliding: dict[str, Any] | None, plan: Any) -> dict[str, Any]:
+    data: dict[str, Any] = report.as_dict()
+    if sliding is not None:
+        data["sliding_window"] = sliding
+    if plan is not None:
+        data["distributed"] = plan.as_dict()
+    return data
+
+
 def _write_report(report: Any, fmt: ReportFormat, output: Path | None,
-                  sliding: dict[str, Any] | None) -> None:
+                  sliding: dict[str, Any] | None, plan: Any) -> None:
     """A report in a file format, to `output` (written whole, then renamed) or stdout."""
     import json
 
@@ -97,10 +113,7 @@ def _write_report(report: Any, fmt: ReportFormat, output: Path | None,
         from cnncli.pictures.html import report_page
         text = report_page(report)
     elif fmt is ReportFormat.json:
-        data = report.as_dict()
-        if sliding is not None:
-            data["sliding_window"] = sliding
-        text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+        text = json.dumps(_report_data(report, sliding, plan), indent=2, allow_nan=False) + "\n"
     elif fmt is ReportFormat.csv:
         text = render.report_csv(report)
     else:

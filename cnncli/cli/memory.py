@@ -79,6 +79,11 @@ def memory(
         "--measure", help="Also run one real step of the engine on random data and "
                           "report its measured peak (tracemalloc) next to the "
                           "estimate.")] = False,
+    ranks: Annotated[int, typer.Option(
+        help="Size one rank of a data-parallel run over N MPI ranks: --batch stays the "
+             "global batch (each rank computes batch/N), plus the gradient buffer each "
+             "rank allreduces; threads default to this machine's share per rank.",
+        min=1)] = 1,
 ) -> None:
     """Itemised memory of a training step or inference pass; the peak and a budget.
 
@@ -89,23 +94,41 @@ def memory(
     volume = input_override(input)
     mode_s = rounding_mode(rounding)
     # imported here, not at the top: every other command starts without it
+    from cnncli import distributed
+    from cnncli.config import rank_threads
     from cnncli.memory import default_threads, estimate, largest_batch, parse_bytes
 
-    # what the engine would run: more than the cores only warns (cnncli.config)
-    n_threads = min(threads or default_threads(), default_threads())
+    # what the engine would run: more than the cores only warns (cnncli.config); with
+    # --ranks N, one rank's share of this machine's cores
+    n_threads = min(threads or rank_threads(default_threads(), ranks, False), default_threads())
     fit: dict[str, Any] | None = None
+    dist: dict[str, Any] | None = None
     if budget is not None:
         limit = parse_bytes(budget)
+        extra = 0  # --ranks: the gradient buffer a rank allreduces comes off the top
+        if ranks > 1:
+            extra = distributed.size_rank(estimate(
+                net, 1, dtype.value, optimizer.value, mode.value, n_threads, volume,
+                mode_s), ranks, ranks)["allreduce_buffer_bytes"]
         best, best_peak, next_peak = largest_batch(
-            net, limit, dtype.value, optimizer.value, mode.value, n_threads, volume, mode_s)
+            net, limit - extra, dtype.value, optimizer.value, mode.value, n_threads, volume,
+            mode_s)
         fit = {"budget": budget, "budget_bytes": limit, "largest_batch": best,
-               "peak_bytes": best_peak, "next_batch_peak_bytes": next_peak}
+               "peak_bytes": best_peak + extra,
+               "next_batch_peak_bytes": next_peak + extra if next_peak else 0}
+        if ranks > 1:
+            fit["global_batch"] = best * ranks
         if best == 0:
             fit["peak_bytes"] = None
         else:
             batch = best
+        global_batch = batch * ranks
+    else:
+        global_batch, batch = batch, distributed.per_rank_batch(batch, ranks)
     report = estimate(net, batch, dtype.value, optimizer.value, mode.value, n_threads,
                       volume, mode_s)
+    if ranks > 1:
+        dist = distributed.size_rank(report, ranks, global_batch)
     measured: dict[str, Any] | None = None
     if measure and (fit is None or fit["largest_batch"]):
         from cnncli.measure import measure as run_measure
@@ -119,8 +142,12 @@ def memory(
             data["budget"] = fit
         if measured is not None:
             data["measured"] = measured
+        if dist is not None:
+            data["distributed"] = dist
         print_json(data)
     else:
+        if dist is not None:
+            out.print(distributed.rank_text(dist), soft_wrap=True)
         print_memory(out, report, fit, measured)
     if fit is not None and fit["largest_batch"] == 0:
         need = size(fit["next_batch_peak_bytes"])
@@ -140,8 +167,10 @@ def print_memory(console: Console, r: MemoryReport, fit: dict[str, Any] | None =
             nxt = (f"; batch {fit['largest_batch'] + 1} needs "
                    f"{size(fit['next_batch_peak_bytes'])}" if fit["next_batch_peak_bytes"]
                    else "")
+            ranks = (f" per rank (global batch {fit['global_batch']})" if "global_batch" in fit
+                     else "")
             console.print(f"[bold green]largest batch that fits in {fit['budget']} "
-                          f"({size(fit['budget_bytes'])}): {fit['largest_batch']}[/] "
+                          f"({size(fit['budget_bytes'])}): {fit['largest_batch']}{ranks}[/] "
                           f"(peak {size(fit['peak_bytes'])}{nxt})")
         else:
             console.print(f"[bold red]not even one image fits in {fit['budget']}[/]")

@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -25,6 +26,7 @@ from cnncli.cli.options import (
     ThreadsOpt,
     open_spec,
     seed_callback,
+    threads_callback,
 )
 from cnncli.cli.output import err, out, print_json, warn
 from cnncli.errors import InputError, RunInvalid
@@ -32,7 +34,7 @@ from cnncli.errors import InputError, RunInvalid
 DEFAULTS: dict[str, Any] = dict(
     val_fraction=0.2, train_size=8000, epochs=10, batch=64, lr=0.01, optimizer="momentum",
     momentum=0.9, weight_decay=0.0, schedule="constant", seed=0, augment=False,
-    dtype="float32", pad_data=False)
+    dtype="float32", pad_data=False, sync_batchnorm=False)
 # Options a resumed run may change: how long it goes on and how it is shown.
 RESUME_MAY_CHANGE = {"epochs", "threads", "quiet"}
 EVAL_SIZE = 2000   # built-in test images for `eval` without --data (seed 1: unseen in training)
@@ -89,7 +91,10 @@ def train(
     seed: Annotated[Optional[int], typer.Option(
         "--seed", callback=seed_callback, help="Seeds initial weights, shuffling, "
         "augmentation and dropout (>= 0). \\[default: 0]", show_default=False)] = None,
-    threads: ThreadsOpt = None,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", callback=threads_callback, show_default=False,
+        help="Threads for the engine, at least 1 (per rank when distributed). \\[default: "
+        "all cores; distributed: the rank's share of its machine's cores]")] = None,
     augment: Annotated[Optional[bool], typer.Option(
         "--augment/--no-augment", help="Random crops (padding an eighth of the side) and "
         "horizontal flips. \\[default: no-augment]", show_default=False)] = None,
@@ -105,28 +110,41 @@ def train(
         "--dtype", help="float32 | float64. \\[default: float32]", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="Only the final line.")] = False,
+    distributed: Annotated[bool, typer.Option(
+        "--distributed", help="Data-parallel over the ranks of `mpiexec -n N` (implied when "
+        "started by mpiexec with N > 1); --batch stays the global batch. See "
+        "docs/distributed.md.")] = False,
+    sync_batchnorm: Annotated[Optional[bool], typer.Option(
+        "--sync-batchnorm", help="Distributed: batchnorm statistics of the global batch "
+        "instead of each rank's shard. \\[default: per rank]", show_default=False)] = None,
 ) -> None:
     """Train a spec on a dataset; Ctrl-C stops after saving, --resume continues."""
     given = {k: v for k, v in dict(
         data=data, val_data=val_data, val_fraction=val_fraction, train_size=train_size,
         epochs=epochs, batch=batch, lr=lr, optimizer=optimizer, momentum=momentum,
         weight_decay=weight_decay, schedule=schedule, seed=seed, augment=augment,
-        dtype=dtype, threads=threads, pad_data=pad_data).items() if v is not None}
-    _train(spec, open_spec(spec), given, out_dir, resume, overwrite, quiet)
+        dtype=dtype, threads=threads, pad_data=pad_data,
+        sync_batchnorm=sync_batchnorm).items() if v is not None}
+    _train(spec, open_spec(spec), given, out_dir, resume, overwrite, quiet, distributed)
 
 
 def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | None,
-           resume: bool, overwrite: bool, quiet: bool) -> None:
+           resume: bool, overwrite: bool, quiet: bool, distributed: bool = False) -> None:
     from cnncli.checkpoint import check_spec, load_checkpoint
     from cnncli.config import configure_threads
+    from cnncli.distributed import connect
     from cnncli.network import Network
     from cnncli.train import RunDir, TrainConfig, Trainer, load_training_data, spec_text_of
 
+    # distributed: rank 0 reads the run directory and speaks; errors fail every rank alike
+    comm = connect(distributed)
+    out.quiet = err.quiet = not comm.is_root
+    quiet = quiet or not comm.is_root
     spec_text = spec_text_of(net_spec)
     run = RunDir(out_dir or Path("runs") / Path(net_spec.source).stem)
     ckpt = None
     if resume:
-        ckpt = load_checkpoint(run.last)
+        ckpt = comm.on_root(load_checkpoint, run.last)
         check_spec(ckpt, spec_text, run.last, spec_arg)
         stored = dict(ckpt.meta["info"]["options"])
         for key, value in given.items():
@@ -136,10 +154,12 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
                     f"{stored.get(key)}; --resume continues a run with its own settings "
                     "(drop the option, or start a new run with another --out)")
         # the run's thread count unless told otherwise: the same count, the same numbers
-        options = dict(stored, threads=ckpt.meta["info"].get("threads"))
+        # (per rank: on another number of ranks the default share applies instead)
+        same_ranks = ckpt.meta["info"].get("ranks", 1) == comm.size
+        options = dict(stored, threads=ckpt.meta["info"].get("threads") if same_ranks else None)
         options.update({k: v for k, v in given.items() if k in RESUME_MAY_CHANGE})
         if ckpt.epoch >= options["epochs"]:
-            run.recover(ckpt.meta["history"])
+            comm.on_root(run.recover, ckpt.meta["history"])
             out.print(f"nothing to do: {run.path} has finished {ckpt.epoch} epochs "
                       f"(pass --epochs N with N > {ckpt.epoch} to train longer)")
             return
@@ -147,27 +167,27 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
         if "val_data" in given and "val_fraction" in given:
             raise InputError("--val-fraction and --val-data exclude each other: the "
                              "validation set is either held out of --data or given")
-        if run.last.exists() and not overwrite:
+        if comm.on_root(run.last.exists) and not overwrite:
             raise InputError(f"{run.path} already holds a run ({run.last.name}); pass --resume "
                              "to continue it, --overwrite to start over, or another --out")
         options = dict(DEFAULTS, threads=None, data=None, val_data=None)
         options.update(given)
     config = TrainConfig.from_dict(options)
     config.validate()
-    threads = configure_threads(options.get("threads"))
+    threads = configure_threads(comm.threads() if options.get("threads") is None
+                                else options["threads"])
     net = Network(net_spec, dtype=config.dtype, seed=config.seed)
-    train_ds, val_ds = load_training_data(net, options["data"], options["val_data"],
-                                          options["val_fraction"], options["train_size"],
-                                          pad=options.get("pad_data", False), warn=warn)
+    train_ds, val_ds = comm.together(
+        partial(load_training_data, pad=options.get("pad_data", False), warn=warn), net,
+        options["data"], options["val_data"], options["val_fraction"], options["train_size"])
     info = {"options": {k: v for k, v in options.items() if k != "threads"},
-            "threads": threads, "data": train_ds.source,
+            "threads": threads, **comm.info(), "data": train_ds.source,
             "val_data": val_ds.source if val_ds else None}
-    trainer = Trainer(net, train_ds, val_ds, config, spec_text, run.path, info)
+    trainer = Trainer(net, train_ds, val_ds, config, spec_text, run.path, info, comm)
     if ckpt is not None:
         trainer.load(ckpt)
-    elif overwrite and run.path.exists():
-        for old in (run.last, run.best, run.jsonl, run.csv):
-            old.unlink(missing_ok=True)
+    elif overwrite:
+        comm.on_root(_forget_run, run)
     display = TrainDisplay(quiet, sys.stdout.isatty())
     if not quiet:
         verb = f"resuming at epoch {ckpt.epoch + 1}:" if ckpt else "training"
@@ -177,8 +197,10 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
             f"{verb} {net_spec.name} ({net.num_parameters():,} parameters) on {source}: "
             f"{len(train_ds)} training / {len(val_ds) if val_ds else 0} validation images,"
             f" {net.output.d} classes; {config.optimizer} lr {config.lr:g}, batch "
-            f"{config.batch}, {config.epochs} epochs, {threads} thread(s); run in {run.path}")
-    stopped = display.show(trainer, _sigint_stops(trainer, display))
+            f"{config.batch}, {config.epochs} epochs, {threads} thread(s)"
+            f"{comm.summary(config.batch)}; run in {run.path}")
+    with comm.abort_on_error():  # distributed: a rank failing alone takes the job down
+        stopped = display.show(trainer, _sigint_stops(trainer, display))
     if stopped.reason == "diverged":
         raise RunInvalid(stopped.message)
     if stopped.reason == "interrupted":
@@ -190,6 +212,12 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
     if not quiet and sys.stdout.isatty():
         from cnncli.cli.pictures import print_compact_curves
         print_compact_curves(run.path)
+
+
+def _forget_run(run: Any) -> None:
+    """--overwrite: the old run's checkpoints and metrics go before the new run starts."""
+    for old in (run.last, run.best, run.jsonl, run.csv):
+        old.unlink(missing_ok=True)
 
 
 @contextmanager
