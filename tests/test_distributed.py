@@ -152,7 +152,7 @@ def test_ring_allreduce_moves_2_n_minus_1_over_n_of_the_gradients() -> None:
 def test_check_and_memory_size_a_run_over_ranks_without_numpy() -> None:
     code = ("import sys, json\n"
             "from typer.testing import CliRunner\n"
-            "from cnncli.cli import app\n"
+            "from cnncli.cli.app import app\n"
             "r = CliRunner().invoke(app, ['check', 'vgg16', '--ranks', '8'])\n"
             "assert r.exit_code == 0, r.output\n"
             "print(r.output.splitlines()[-1])\n"
