@@ -1,6 +1,6 @@
 """YAML spec -> frozen dataclasses, with the line of every layer kept for messages.
 
-The format is the contract in shared/spec-format.md. This module only reads and
+The format is the contract in docs/spec-format.md. This module only reads and
 validates keys, types and ranges; shape arithmetic lives in `shapes.py`.
 No numpy, no numba: `cnncli check` must start fast.
 """
@@ -791,7 +791,7 @@ def parse_spec(data: Any, source: str = "<memory>") -> Spec:
         raise SpecError("not a cnncli spec (expected a mapping with 'input' and "
                         f"'layers', got {type(_plain(top)).__name__})", source)
     if "layers" not in top:
-        raise SpecError("not a cnncli spec (no 'layers:' key; see spec-format.md)", source)
+        raise SpecError("not a cnncli spec (no 'layers:' key; see docs/spec-format.md)", source)
     r = _Reader()
     known = {"name", "input", "loss", "rounding", "layers", "description", "classes"}
     for key in top:

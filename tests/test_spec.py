@@ -1,4 +1,4 @@
-"""The YAML loader against the contract in shared/spec-format.md.
+"""The YAML loader against the contract in docs/spec-format.md.
 
 Two kinds of failure, two exit codes: SpecError (exit 2) when the file cannot be read or
 is not a spec at all; SpecInvalid (exit 1) carrying every problem found in a spec.
@@ -452,7 +452,7 @@ def test_deeply_nested_yaml_is_refused(tmp_path: Path) -> None:
     ("# only a comment\n", "the file is empty"),
     ("- relu\n- relu\n", "not a cnncli spec (expected a mapping with 'input' and 'layers')"),
     ("just words\n", "not a cnncli spec"),
-    ("input: 8x8x1\n", "not a cnncli spec (no 'layers:' key"),
+    ("input: 8x8x1\n", "not a cnncli spec (no 'layers:' key; see docs/spec-format.md)"),
     ("input: [8, 8\n", "not valid YAML"),
     ("a: 1\n---\nb: 2\n", "not valid YAML"),
     ("a: b: c\n", "not valid YAML at line 1"),
