@@ -145,8 +145,8 @@ def convert(
 def slide(
     spec: SpecArg,
     images: Annotated[list[Path], typer.Argument(
-        help="Images: .npy/.npz arrays HxWxC (uint8 0-255 or float), or image files "
-             "with Pillow installed.", show_default=False)],
+        metavar="IMAGE", help="Images: .npy/.npz arrays HxWxC (uint8 0-255 or float), or "
+                              "image files with Pillow installed.", show_default=False)],
     weights: Annotated[Optional[Path], typer.Option(
         "--weights", help="A checkpoint from `cnncli train` or a weights .npz "
                           "(NAME -> array).", show_default=False)] = None,

@@ -389,9 +389,10 @@ def _print_eval(r: dict[str, Any]) -> None:
 
 
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by `cnncli train`.")],
-    output: Annotated[Path, typer.Argument(help="The .npz to write: weights only, PyTorch "
-                                                "names and layouts.")],
+    checkpoint: Annotated[Path, typer.Argument(
+        metavar="CHECKPOINT", help="A checkpoint written by `cnncli train`.")],
+    output: Annotated[Path, typer.Argument(
+        metavar="OUTPUT", help="The .npz to write: weights only, PyTorch names and layouts.")],
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite OUTPUT even if it is a training checkpoint (never the "
                         "checkpoint being exported).")] = False,
