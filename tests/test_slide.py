@@ -3,7 +3,9 @@ crop-by-crop evaluation (exact where the rule says so, honestly different where 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -595,3 +597,45 @@ def test_slide_warns_about_a_float_image_on_the_0_255_scale(tiny_run: Path,
     np.save(image, np.random.default_rng(0).random((64, 64, 3)).astype(np.float32))
     r = invoke("slide", "cifar_tiny", "--weights", str(tiny_run), str(image), "-f", "json")
     assert r.exit_code == 0 and r.stderr == ""
+
+
+@pytest.mark.parametrize("command", [
+    ["slide", "cifar_tiny", "--weights", "RUN", "IMAGE", "--out", "OUT/map.npy"],
+    ["slide", "cifar_tiny", "--weights", "RUN", "IMAGE", "--out", "OUT/map.npz"],
+    ["slide", "cifar_tiny", "--weights", "RUN", "IMAGE", "--out", "OUT/map.json"],
+    ["convert", "cifar_tiny", "--fc-to-conv", "-o", "OUT/conv.yaml"],
+    ["convert", "cifar_tiny", "--fc-to-conv", "--weights", "RUN", "-o", "OUT/conv.npz"],
+    ["export", "RUN", "OUT/weights.npz"],
+], ids=["slide-npy", "slide-npz", "slide-json", "convert-spec", "convert-weights", "export"])
+def test_an_output_file_is_never_left_cut_when_writing_it_fails(
+        command: list[str], tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file slide, convert and export write goes to a temporary beside it, renamed
+    over it once whole: when that fails, the old file is as it was and no temporary stays
+    behind (a direct write would have left the new file cut wherever it stopped)."""
+    image = tmp_path / "img.npy"
+    np.save(image, np.zeros((36, 36, 3), np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [a.replace("RUN", str(tiny_run)).replace("IMAGE", str(image))
+            .replace("OUT", str(out)) for a in command]
+    target = Path(args[-1])
+    target.write_bytes(b"the old file")
+    replace = os.replace
+
+    def failing_replace(src: Any, dst: Any) -> None:
+        if Path(src).parent == out:  # only the renames of the command's temporaries
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src), None, str(dst))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    r = invoke(*args)
+    assert r.exit_code == 2, r.output
+    assert r.stderr.strip().splitlines()[-1] == f"error: {target}: {os.strerror(errno.ENOSPC)}"
+    assert [p.name for p in out.iterdir()] == [target.name]
+    assert target.read_bytes() == b"the old file"
+    monkeypatch.setattr(os, "replace", replace)
+    r = invoke(*args)  # and when nothing fails, the file is written whole
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in out.iterdir()] == [target.name]
+    assert target.read_bytes() != b"the old file"

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, BinaryIO, Optional
 
 import typer
 from rich.markup import escape
@@ -22,7 +23,7 @@ from cnncli.cli.options import (
     rounding_mode,
 )
 from cnncli.cli.output import err, out, print_json, warn, write
-from cnncli.errors import InputError, RunInvalid, naming
+from cnncli.errors import InputError, RunInvalid
 from cnncli.spec import Spec
 
 # one colour per class in the grid (cycled past ten classes)
@@ -47,9 +48,19 @@ def _header(spec: Spec, rounding: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_file(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file the user named as checkpoints are written: to a temporary beside it,
+    renamed over it once whole, so an interrupted command leaves the old file or the new
+    one, never a cut one (and no temporary)."""
+    from cnncli.checkpoint import write_atomically
+
+    write_atomically([(path, write)])
+
+
 def _write_text(path: Path, text: str) -> None:
-    with naming(path):  # a full disk names the file
-        path.write_text(text, encoding="utf-8")
+    def write(fh: BinaryIO) -> None:
+        fh.write(text.encode("utf-8"))
+    _write_file(path, write)
 
 
 def _grid(scores: Any, names: list[str], geo: dict[str, Any]) -> Any:
@@ -302,15 +313,15 @@ def _write_maps(path: Path, maps: dict[str, Any], results: list[dict[str, Any]])
     import numpy as np
 
     from cnncli.slide import save_npz
-    with naming(path):  # a full disk names the file
-        suffix = path.suffix.lower()
-        if suffix == ".npy":
-            np.save(path, next(iter(maps.values())))
-        elif suffix == ".npz":
-            save_npz(path, maps)
-        else:
-            data = [dict(r, score_map_values=m.tolist()) for r, m in
-                    zip(results, maps.values(), strict=True)]
-            path.write_text(json.dumps({"images": data}, allow_nan=False), encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        scores = next(iter(maps.values()))
+        _write_file(path, lambda fh: np.save(fh, scores))
+    elif suffix == ".npz":
+        save_npz(path, maps)
+    else:
+        data = [dict(r, score_map_values=m.tolist()) for r, m in
+                zip(results, maps.values(), strict=True)]
+        _write_text(path, json.dumps({"images": data}, allow_nan=False))
     err.print(f"wrote the score map{'s' if len(maps) > 1 else ''} to {escape(str(path))} "
               "(\\[rows, columns, classes] per image)")
