@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -639,3 +640,36 @@ def test_an_output_file_is_never_left_cut_when_writing_it_fails(
     assert r.exit_code == 0, r.output
     assert [p.name for p in out.iterdir()] == [target.name]
     assert target.read_bytes() != b"the old file"
+
+
+def test_an_output_that_is_a_symlink_fifo_or_descriptor_is_written_through_not_replaced(
+        tmp_path: Path) -> None:
+    """A rename replaces a directory entry: over a symlink it would break the link, over a
+    FIFO or /dev/full it would put a file where the device was, and over /dev/fd/N (or
+    /dev/stdout) a file that a shell redirected. The file a symlink names is replaced;
+    the others are written in place."""
+    real, link = tmp_path / "real.yaml", tmp_path / "link.yaml"
+    real.write_text("old\n")
+    link.symlink_to(real.name)
+    r = invoke("convert", "cifar_tiny", "--fc-to-conv", "-o", str(link))
+    assert r.exit_code == 0, r.output
+    assert link.is_symlink() and "fc1" in real.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.yaml", "real.yaml"]
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so the write does not block
+    try:
+        r = invoke("convert", "cifar_tiny", "--fc-to-conv", "-o", str(fifo))
+        assert r.exit_code == 0, r.output
+        assert b"fc1" in os.read(reader, 2**16)  # the spec is a few hundred bytes
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+    opened = tmp_path / "redirected.yaml"
+    with opened.open("wb") as fh:
+        inode = os.fstat(fh.fileno()).st_ino
+        r = invoke("convert", "cifar_tiny", "--fc-to-conv", "-o", f"/dev/fd/{fh.fileno()}")
+        assert r.exit_code == 0, r.output
+    assert opened.stat().st_ino == inode and "fc1" in opened.read_text()
