@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
@@ -89,17 +90,26 @@ def write_atomically(files: Sequence[tuple[Path, Writer]]) -> None:
     A failure while writing leaves every target as it was and no temporary behind, so
     files that must agree (a checkpoint and the metrics derived from it) change together
     or not at all; only a kill (or a failed rename) between two renames leaves the later
-    ones behind.
+    ones behind. A symlink is written through (the file it points at is replaced), and a
+    target that is no file at all (/dev/stdout, a FIFO) is written in place, never
+    replaced by a file.
     """
     pending: list[tuple[str, Path]] = []
+    replaced: list[Path] = []
     try:
-        for path, write in files:
+        for target, write in files:
+            path = _replaced(target)
+            if path is None:
+                with naming(target), open(target, "wb") as fh:
+                    write(fh)
+                continue
+            replaced.append(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TEMP_PREFIX}{path.name}.",
                                        suffix=_TEMP_SUFFIX)
             pending.append((tmp, path))
             # a full disk names the file, not the temporary
-            with naming(path), os.fdopen(fd, "wb") as fh:
+            with naming(target), os.fdopen(fd, "wb") as fh:
                 os.fchmod(fh.fileno(), _mode_for(path))
                 write(fh)
                 fh.flush()
@@ -114,13 +124,35 @@ def write_atomically(files: Sequence[tuple[Path, Writer]]) -> None:
                 os.unlink(tmp)
         raise
     # make the renames themselves durable (best effort: not every file system allows this)
-    for folder in dict.fromkeys(path.parent for path, _ in files):
+    for folder in dict.fromkeys(path.parent for path in replaced):
         with contextlib.suppress(OSError):
             dir_fd = os.open(folder, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+
+
+def _replaced(path: Path) -> Path | None:
+    """The file a write to `path` replaces: `path`, or the file its symlink points at; None
+    for a device, FIFO or socket (renaming a file over /dev/full would replace the device)
+    and for an open descriptor (/dev/stdout, /dev/fd/1: the file a shell redirected)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # no such file yet (or a path that cannot be one: the write will say)
+        mode = 0
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return None
+    if not os.path.islink(path):
+        return path
+    hop = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on a chain of links
+        if hop.startswith(("/proc/", "/dev/fd/")):
+            return None
+        if not os.path.islink(hop):
+            break
+        hop = os.path.normpath(os.path.join(os.path.dirname(hop), os.readlink(hop)))
+    return Path(os.path.realpath(path))
 
 
 def _mode_for(path: Path) -> int:

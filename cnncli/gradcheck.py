@@ -217,11 +217,9 @@ def check_network(net: Network, batch: int = 2, samples: int = 12,
 
     for layer in net.layers:
         _freeze_dropout(layer, 2)
-    first = net.layers[0]
-    need_dx, first.need_dx = first.need_dx, True
     scale = float(np.sum(np.abs(upstream * net.forward(x, training=True))))
-    dx = net.backward(upstream)
-    first.need_dx = need_dx
+    dx = net.backward(upstream, input_grad=True)
+    assert dx is not None
     grads = {k: v.copy() for k, v in net.grads.items()}
     idx = _sample(rng, x.size, samples)
     checks.append(_compare("(net)", "input", dx, idx, _numeric(objective, x, idx), scale))

@@ -5,7 +5,8 @@ The Python API (usable from a notebook):
     >>> net = Network.from_spec("cifar_small")            # a file, a bundled name or a dict
     >>> scores = net.forward(x, training=True)             # x: [N, H, W, D] (NHWC), float
     >>> loss, dscores = net.loss(scores, labels)
-    >>> dx = net.backward(dscores)                         # fills net.grads
+    >>> net.backward(dscores)                              # fills net.grads, returns None
+    >>> dx = net.backward(dscores, input_grad=True)        # ... and returns d loss / d x
     >>> net.params["conv1.weight"].shape                   # (32, 3, 3, 3): PyTorch's OIHW
 
 Layouts: inputs and activations are NHWC (images as they lie on disk; measured faster
@@ -162,11 +163,12 @@ class Network:
         self.rng = np.random.default_rng(seed)
         self.body = _Builder(report, self.rng, self.dtype).sequence(spec.layers)
         self.layers: list[L.Layer] = list(self.body.leaves())
-        if self.layers:
-            # nothing upstream of the first layer needs a gradient: skip that work
-            first = self.body.items[0]
-            if isinstance(first, L.Layer):
-                first.need_dx = False
+        # nothing upstream of the first layer needs a gradient: it skips that work (for a
+        # conv, a third of its backward) unless `backward` is asked for the input's gradient
+        first = self.body.items[0] if self.body.items else None
+        self._skips_dx = first if isinstance(first, L.Layer) else None
+        if self._skips_dx is not None:
+            self._skips_dx.need_dx = False
         self.loss_name = spec.loss or "softmax"
 
     # ------------------------------------------------------------ construction
@@ -246,12 +248,24 @@ class Network:
         y = self.forward(x, training=False)
         return y.reshape(y.shape[0], -1)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        """Gradient of the output -> gradient of the input; parameter gradients in `grads`."""
+    def backward(self, dy: np.ndarray, input_grad: bool = False) -> np.ndarray | None:
+        """Gradient of the output -> parameter gradients in `grads`. Returns None, or with
+        `input_grad=True` the gradient of the input, [N, H, W, D] like the input.
+
+        Training needs no input gradient, and the first layer's is the costliest one to
+        compute, so it is computed only when asked for."""
         dy = np.ascontiguousarray(np.asarray(dy, dtype=self.dtype))
         if dy.ndim == 2:
             dy = dy.reshape(dy.shape[0], 1, 1, -1)
-        return self.body.backward(dy)
+        first = self._skips_dx if input_grad else None
+        if first is not None:
+            first.need_dx = True
+        try:
+            dx = self.body.backward(dy)
+        finally:
+            if first is not None:
+                first.need_dx = False
+        return dx if input_grad else None
 
     def loss(self, scores: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
         """Data loss (the spec's `loss`, softmax by default) and d loss / d scores."""

@@ -11,7 +11,7 @@ import json
 import textwrap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 from rich.cells import cell_len
 from rich.console import Console
@@ -93,9 +93,16 @@ def _cells(row: Row, tree: bool) -> list[str]:
 #      line, then one "title  value" line per figure.
 # Where the table fits, the lines are what rich's Table(box=None, pad_edge=False) printed,
 # byte for byte (the golden files pin it): columns two spaces apart, every line padded to
-# the table's width, the title left-justified above it.
+# the table's width, the title left-justified above it; with pad_edge=True, one space more
+# at each end of the lines below the title, as rich's default Table(box=None) prints.
 
 _GAP = 2  # spaces between columns
+
+# A row's style: one for the whole row, or one per cell (a class's colour, a FAIL in red).
+RowStyle = Union[str, None, tuple[Union[str, None], ...]]
+TableRow = tuple[Sequence[str], RowStyle]
+# A laid-out line's style: one for the whole line, or the (text, style) pieces it is made of.
+LineStyle = Union[str, None, tuple[tuple[str, Union[str, None]], ...]]
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,7 @@ class Column:
 class Laid:
     """A table laid out to a width: lines (text, rich style), and what had to give."""
 
-    lines: list[tuple[str, str | None]]
+    lines: list[tuple[str, LineStyle]]
     left_out: list[str]  # titles of the columns left out, in the order they went
     records: bool  # one record per row instead of a table
     width: int
@@ -137,8 +144,8 @@ def _longest_word(text: str) -> int:
 
 
 def lay_out(title: str, columns: Sequence[Column], header_style: str | None,
-            rows: Sequence[tuple[Sequence[str], str | None]], width: int,
-            leave_out: Sequence[str] = ()) -> Laid:
+            rows: Sequence[TableRow], width: int, leave_out: Sequence[str] = (),
+            pad_edge: bool = False) -> Laid:
     """`rows` (cells, style) under a header of `columns`, to fit `width`; the columns
     named (by key) in `leave_out` may be left out, first named first."""
     natural = [_cells_wide(c.title) for c in columns]
@@ -154,11 +161,12 @@ def lay_out(title: str, columns: Sequence[Column], header_style: str | None,
         else:
             shortest[i] = natural[i]
     order = [i for key in leave_out for i, c in enumerate(columns) if c.key == key]
+    edge = 1 if pad_edge else 0
     for n_out in range(len(order) + 1):
         kept = [i for i in range(len(columns)) if i not in order[:n_out]]
-        widths = _fit(kept, natural, shortest, width)
+        widths = _fit(kept, natural, shortest, width - 2 * edge)
         if widths is not None:
-            lines = _table_lines(title, columns, header_style, rows, kept, widths)
+            lines = _table_lines(title, columns, header_style, rows, kept, widths, edge)
             return Laid(lines, [columns[i].title for i in order[:n_out]], False, width)
     return Laid(_record_lines(title, columns, rows, width), [], True, width)
 
@@ -166,16 +174,17 @@ def lay_out(title: str, columns: Sequence[Column], header_style: str | None,
 def _fit(kept: list[int], natural: list[int], shortest: list[int],
          width: int) -> dict[int, int] | None:
     """Column widths for `kept` within `width`, narrowing free text first; None if they
-    cannot fit."""
+    cannot fit. Of several free-text columns the widest gives first, a cell at a time, so
+    they end up about as wide as each other (not the first one squeezed to a word)."""
     widths = {i: natural[i] for i in kept}
     excess = sum(widths.values()) + _GAP * (len(kept) - 1) - width
-    for i in kept:
-        if excess <= 0:
-            break
-        give = min(excess, natural[i] - shortest[i])
-        widths[i] -= give
-        excess -= give
-    return widths if excess <= 0 else None
+    if excess > sum(natural[i] - shortest[i] for i in kept):
+        return None
+    while excess > 0:
+        i = max((i for i in kept if widths[i] > shortest[i]), key=lambda i: widths[i])
+        widths[i] -= 1
+        excess -= 1
+    return widths
 
 
 def _pad(text: str, width: int, right: bool) -> str:
@@ -185,24 +194,46 @@ def _pad(text: str, width: int, right: bool) -> str:
     return fill + text if right else text + fill
 
 
+def _title_lines(title: str, width: int) -> list[str]:
+    """The title wrapped as rich wraps it (at spaces, not hyphens); none for no title."""
+    if not title:
+        return []
+    return textwrap.wrap(title, max(1, width), break_on_hyphens=False) or [""]
+
+
+def _line(padded: list[str], style: RowStyle, kept: list[int],
+          edge: int) -> tuple[str, LineStyle]:
+    """Padded cells joined into a line (`edge` spaces at each end), with the row's style,
+    or with the pieces that carry each cell's own style."""
+    gap, margin = " " * _GAP, " " * edge
+    text = margin + gap.join(padded) + margin
+    if not isinstance(style, tuple):
+        return text, style
+    pieces: list[tuple[str, str | None]] = [(margin, None)] if edge else []
+    for n, (cell, i) in enumerate(zip(padded, kept, strict=True)):
+        pieces.extend([(gap, None)] if n else [])
+        pieces.append((cell, style[i]))
+    pieces.extend([(margin, None)] if edge else [])
+    return text, tuple(pieces)
+
+
 def _table_lines(title: str, columns: Sequence[Column], header_style: str | None,
-                 rows: Sequence[tuple[Sequence[str], str | None]], kept: list[int],
-                 widths: dict[int, int]) -> list[tuple[str, str | None]]:
-    table_width = sum(widths.values()) + _GAP * (len(kept) - 1)
-    gap = " " * _GAP
+                 rows: Sequence[TableRow], kept: list[int], widths: dict[int, int],
+                 edge: int = 0) -> list[tuple[str, LineStyle]]:
+    table_width = sum(widths.values()) + _GAP * (len(kept) - 1) + 2 * edge
     # rich's "table.title" style; a title longer than the table wraps within its width
-    lines: list[tuple[str, str | None]] = [
+    lines: list[tuple[str, LineStyle]] = [
         (_pad(part, table_width, False), "italic")
-        for part in textwrap.wrap(title, max(1, table_width)) or [""]]
-    lines.append((gap.join(_pad(columns[i].title, widths[i], columns[i].right) for i in kept),
-                  header_style))
+        for part in _title_lines(title, table_width)]
+    lines.append(_line([_pad(columns[i].title, widths[i], columns[i].right) for i in kept],
+                       header_style, kept, edge))
     for cells, style in rows:
         folded = {i: textwrap.wrap(cells[i], widths[i], break_long_words=False,
                                    break_on_hyphens=False)
                   for i in kept if columns[i].wraps and _cells_wide(cells[i]) > widths[i]}
         if not folded:
-            lines.append((gap.join(_pad(cells[i], widths[i], columns[i].right) for i in kept),
-                          style))
+            lines.append(_line([_pad(cells[i], widths[i], columns[i].right) for i in kept],
+                               style, kept, edge))
             continue
         # a free-text cell wrapped over several lines; the other cells sit on the first
         for n in range(max(len(parts) for parts in folded.values())):
@@ -213,24 +244,22 @@ def _table_lines(title: str, columns: Sequence[Column], header_style: str | None
                 else:
                     cell = cells[i] if n == 0 else ""
                 line.append(_pad(cell, widths[i], columns[i].right))
-            lines.append((gap.join(line), style))
+            lines.append(_line(line, style, kept, edge))
     return lines
 
 
-def _record_lines(title: str, columns: Sequence[Column],
-                  rows: Sequence[tuple[Sequence[str], str | None]],
-                  width: int) -> list[tuple[str, str | None]]:
+def _record_lines(title: str, columns: Sequence[Column], rows: Sequence[TableRow],
+                  width: int) -> list[tuple[str, LineStyle]]:
     """One record per row: the first cell (the name, tree indent kept) on its own line,
     then "title  value" for every other non-empty cell. A value wider than the terminal
     is left whole for the terminal to wrap."""
     label = max(_cells_wide(c.title) for c in columns[1:])
-    lines: list[tuple[str, str | None]] = [
-        (part, "italic") for part in textwrap.wrap(title, max(1, width)) or [""]]
+    lines: list[tuple[str, LineStyle]] = [(part, "italic") for part in _title_lines(title, width)]
     for cells, style in rows:
         name = cells[0]
-        lines.append((name, style))
+        lines.append((name, style[0] if isinstance(style, tuple) else style))
         indent = " " * (len(name) - len(name.lstrip()) + 2)
-        for column, cell in zip(columns[1:], cells[1:], strict=True):
+        for i, (column, cell) in enumerate(zip(columns[1:], cells[1:], strict=True), 1):
             if not cell:
                 continue
             head = f"{indent}{_pad(column.title, label, False)}  "
@@ -239,8 +268,12 @@ def _record_lines(title: str, columns: Sequence[Column],
                 room = max(width - len(head), _longest_word(cell))
                 parts = textwrap.wrap(cell, room, break_long_words=False,
                                       break_on_hyphens=False) or [cell]
-            lines.append((head + parts[0], style))
-            lines.extend((" " * len(head) + part, style) for part in parts[1:])
+            heads = [head] + [" " * len(head)] * (len(parts) - 1)
+            if isinstance(style, tuple):  # the title plain, the value in its cell's style
+                lines.extend((h + part, ((h, None), (part, style[i])))
+                             for h, part in zip(heads, parts, strict=True))
+            else:
+                lines.extend((h + part, style) for h, part in zip(heads, parts, strict=True))
     return lines
 
 
@@ -249,17 +282,25 @@ class _Lines:
     crop (the layout already fits, or deliberately leaves a record's long value whole for
     the terminal to wrap). Control codes in a name are dropped, as rich's Text drops them."""
 
-    def __init__(self, lines: list[tuple[str, str | None]]):
+    def __init__(self, lines: list[tuple[str, LineStyle]]):
         self.lines = lines
 
     def __rich_console__(self, console: Console, options: Any) -> Iterator[Segment]:
         styles: dict[str | None, Style | None] = {None: None}
-        newline = Segment.line()
-        for line, style in self.lines:
+
+        def segment(text: str, style: str | None) -> Segment:
             if style not in styles:
                 styles[style] = console.get_style(style) if style else None
-            yield Segment(line if line.isascii() and line.isprintable()
-                          else strip_control_codes(line), styles[style])
+            return Segment(text if text.isascii() and text.isprintable()
+                           else strip_control_codes(text), styles[style])
+
+        newline = Segment.line()
+        for line, style in self.lines:
+            if isinstance(style, tuple):
+                for text, piece_style in style:
+                    yield segment(text, piece_style)
+            else:
+                yield segment(line, style)
             yield newline
 
 
@@ -282,7 +323,7 @@ def report_layout(report: Report, width: int) -> Laid:
     heading = f"{report.spec.name}  input {report.input}  rounding {report.rounding}"
     columns = [Column(key, title, justify == "right", key == "settings")
                for key, title, justify in COLUMNS]
-    rows: list[tuple[Sequence[str], str | None]] = [
+    rows: list[TableRow] = [
         (["input", "input", "", str(report.input), f"{report.input.size:,}",
           "", "", "", "1", "1"], None)]
     rows.extend((_cells(row, tree=True), "dim" if row.is_block else None)
@@ -309,7 +350,7 @@ BENCH_LEAVE_OUT = ("gflops_forward", "kind", "output", "gflops_total", "share")
 def bench_layout(result: dict[str, Any], width: int) -> Laid:
     heading = (f"{result['spec']}: batch {result['batch']}, float32, {result['threads']} "
                f"threads, median of {result['iterations']}")
-    rows: list[tuple[Sequence[str], str | None]] = []
+    rows: list[TableRow] = []
     for r in result["layers"]:
         indent = "  " * r["depth"]
         if r["block"]:

@@ -58,7 +58,7 @@ def window_output(size_in: int, size: int, pad: int, stride: int, rounding: str,
                   dilation: int = 1, is_pool: bool = False) -> WindowOutput:
     """Output length of a conv/pool/local window along one dimension.
 
-    Rounding rules (shared/spec-format.md):
+    Rounding rules (docs/spec-format.md):
     - strict: (W - F_eff + 2P)/S + 1 must be whole, else `out` is None;
     - floor (PyTorch): round down; the remainder of the padded input is never seen;
     - ceil (Caffe): pools round up, convs round down; a last window that would start

@@ -1,6 +1,6 @@
 """YAML spec -> frozen dataclasses, with the line of every layer kept for messages.
 
-The format is the contract in shared/spec-format.md. This module only reads and
+The format is the contract in docs/spec-format.md. This module only reads and
 validates keys, types and ranges; shape arithmetic lives in `shapes.py`.
 No numpy, no numba: `cnncli check` must start fast.
 """
@@ -253,6 +253,11 @@ class _Located:
 
     value: Any
     line: int
+    plain: bool = False  # written as a plain (unquoted) scalar; see _Reader.number
+
+
+def _is_plain_scalar(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.style is None
 
 
 def _duplicate_key(key: Any, node: yaml.Node, first: yaml.Node) -> str:
@@ -298,10 +303,12 @@ def _to_python(node: yaml.Node, loader: _Loader) -> Any:
                 if key in written:
                     raise SpecError(_duplicate_key(key, key_node, written[key]))
                 written[key] = key_node
-            out[key] = _Located(_to_python(value_node, loader), value_node.start_mark.line + 1)
+            out[key] = _Located(_to_python(value_node, loader), value_node.start_mark.line + 1,
+                                _is_plain_scalar(value_node))
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_Located(_to_python(item, loader), item.start_mark.line + 1)
+        return [_Located(_to_python(item, loader), item.start_mark.line + 1,
+                         _is_plain_scalar(item))
                 for item in node.value]
     return loader.construct_object(node, deep=True)
 
@@ -357,6 +364,11 @@ def _show(value: Any, limit: int = 60) -> str:
 
 # --------------------------------------------------------------------------- validation
 
+# A decimal number as YAML 1.2 writes one. PyYAML follows YAML 1.1, whose floats need a dot
+# and a signed exponent, so it reads 1e-5 and 1.0e5 as text; the number reader takes such a
+# plain scalar as the number it looks like. A quoted one stays text, as YAML says.
+_FLOAT_LITERAL = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
 
 class _Reader:
     """Walks the YAML and collects every problem, so all errors are reported at once."""
@@ -379,16 +391,22 @@ class _Reader:
             return max(minimum, 1)
         return value
 
-    def number(self, where: str, value: Any, line: int, lo: float, hi: float,
+    def number(self, where: str, loc: _Located, lo: float, hi: float,
                lo_open: bool = False, hi_open: bool = False) -> float:
+        value, line = loc.value, loc.line
+        looks_like_float = isinstance(value, str) and bool(_FLOAT_LITERAL.fullmatch(value))
+        if looks_like_float and loc.plain:
+            value = float(value)  # 1e-5: text to YAML 1.1, a number to YAML 1.2 and to people
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok:
             ok = ((value > lo if lo_open else value >= lo)
                   and (value < hi if hi_open else value <= hi))
         if not ok:
             left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+            quoted = " (quoted, so it is text: write it without quotes)" \
+                if looks_like_float and not loc.plain else ""
             self.error(f"{where}: expected a number in {left}{lo}, {hi}{right}, "
-                       f"got {_show(value)}", line)
+                       f"got {_show(value)}{quoted}", line)
             return lo if not lo_open else (lo + hi) / 2 if hi != float("inf") else lo + 1
         return float(value)
 
@@ -627,7 +645,7 @@ def _make_activation(function: str):  # type: ignore[no-untyped-def]
               rename: str) -> Activation:
         allowed = {"slope"} if function == "leaky_relu" else set()
         s = r.settings(where, loc, allowed, "slope" if allowed else None)
-        slope = r.number(f"{where}.slope", s["slope"].value, s["slope"].line, 0.0, 1.0) \
+        slope = r.number(f"{where}.slope", s["slope"], 0.0, 1.0) \
             if "slope" in s else 0.01
         return Activation(name, line, function, slope)
     return parse
@@ -636,9 +654,9 @@ def _make_activation(function: str):  # type: ignore[no-untyped-def]
 def _parse_batchnorm(r: _Reader, loc: _Located, name: str, line: int, where: str,
                      scope: _Scope, rename: str) -> BatchNorm:
     s = r.settings(where, loc, {"eps", "momentum"}, None)
-    eps = r.number(f"{where}.eps", s["eps"].value, s["eps"].line, 0.0, 1.0, lo_open=True) \
+    eps = r.number(f"{where}.eps", s["eps"], 0.0, 1.0, lo_open=True) \
         if "eps" in s else 1e-5
-    momentum = r.number(f"{where}.momentum", s["momentum"].value, s["momentum"].line, 0.0, 1.0) \
+    momentum = r.number(f"{where}.momentum", s["momentum"], 0.0, 1.0) \
         if "momentum" in s else 0.1
     return BatchNorm(name, line, eps, momentum)
 
@@ -646,7 +664,7 @@ def _parse_batchnorm(r: _Reader, loc: _Located, name: str, line: int, where: str
 def _parse_dropout(r: _Reader, loc: _Located, name: str, line: int, where: str, scope: _Scope,
                    rename: str) -> Dropout:
     s = r.settings(where, loc, {"p"}, "p")
-    p = r.number(f"{where}.p", s["p"].value, s["p"].line, 0.0, 1.0, hi_open=True) \
+    p = r.number(f"{where}.p", s["p"], 0.0, 1.0, hi_open=True) \
         if "p" in s else 0.5
     return Dropout(name, line, p)
 
@@ -656,11 +674,11 @@ def _parse_lrn(r: _Reader, loc: _Located, name: str, line: int, where: str, scop
     s = r.settings(where, loc, {"size", "alpha", "beta", "k"}, None)
     size = r.integer(f"{where}.size", s["size"].value, s["size"].line) if "size" in s else 5
     inf = float("inf")
-    alpha = r.number(f"{where}.alpha", s["alpha"].value, s["alpha"].line, 0.0, inf) \
+    alpha = r.number(f"{where}.alpha", s["alpha"], 0.0, inf) \
         if "alpha" in s else 1e-4
-    beta = r.number(f"{where}.beta", s["beta"].value, s["beta"].line, 0.0, inf) \
+    beta = r.number(f"{where}.beta", s["beta"], 0.0, inf) \
         if "beta" in s else 0.75
-    k = r.number(f"{where}.k", s["k"].value, s["k"].line, 0.0, inf) if "k" in s else 1.0
+    k = r.number(f"{where}.k", s["k"], 0.0, inf) if "k" in s else 1.0
     return LRN(name, line, size, alpha, beta, k)
 
 
@@ -773,7 +791,7 @@ def parse_spec(data: Any, source: str = "<memory>") -> Spec:
         raise SpecError("not a cnncli spec (expected a mapping with 'input' and "
                         f"'layers', got {type(_plain(top)).__name__})", source)
     if "layers" not in top:
-        raise SpecError("not a cnncli spec (no 'layers:' key; see spec-format.md)", source)
+        raise SpecError("not a cnncli spec (no 'layers:' key; see docs/spec-format.md)", source)
     r = _Reader()
     known = {"name", "input", "loss", "rounding", "layers", "description", "classes"}
     for key in top:

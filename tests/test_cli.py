@@ -118,6 +118,25 @@ def test_dash_h_is_help_on_the_app_and_every_command(args: list[str]) -> None:
     assert "Usage" in result.stdout and result.stdout == invoke(*args[:-1], "--help").stdout
 
 
+USAGE = {"check": "SPEC", "list": "", "gradcheck": "SPEC", "warmup": "", "bench": "SPEC",
+         "memory": "SPEC", "train": "SPEC", "eval": "SPEC", "export": "CHECKPOINT OUTPUT",
+         "convert": "SPEC", "slide": "SPEC IMAGE..."}
+
+
+def test_usage_names_positional_arguments_in_capitals() -> None:
+    """typer writes a required argument as `{spec}`; our usage lines say SPEC, as the
+    README and the error messages (`missing argument SPEC`) do."""
+    from cnncli.cli.app import COMMANDS
+
+    assert set(USAGE) == {name for name, _ in COMMANDS}
+    for name, arguments in USAGE.items():
+        result = invoke(name, "-h")
+        usage = next(line for line in result.stdout.splitlines() if "Usage:" in line)
+        assert usage.split("[OPTIONS]")[1].strip() == arguments, usage
+    assert "missing argument IMAGE" in invoke("slide", "cifar_tiny").stderr
+    assert "missing argument OUTPUT" in invoke("export", "last.npz").stderr
+
+
 # --------------------------------------------------------------------------- the boundary
 
 

@@ -76,3 +76,20 @@ def test_spec_format_documents_every_layer_type() -> None:
     headings = [line for line in text.splitlines() if line.startswith("### ")]
     for kind in spec_module._LAYER_PARSERS:
         assert any(f"`{kind}`" in h for h in headings), f"no section for `{kind}`"
+
+
+def test_pointers_to_the_docs_name_pages_that_exist() -> None:
+    """Docstrings, messages and pages point at pages under docs/, in the repository
+    (the format once lived in a shared/ folder outside it)."""
+    root = SPEC_FORMAT.parent.parent
+    files = [*(root / "cnncli").rglob("*.py"), *(root / "tests").glob("*.py"),
+             root / "README.md", *(root / "docs").glob("*.md")]
+    pointers = set()
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        stale = re.findall(r"\bshared/[\w-]+\.md\b", text)
+        assert not stale, f"{path.relative_to(root)}: {stale}"
+        pointers.update(re.findall(r"\bdocs/[\w-]+\.md\b", text))
+    assert "docs/spec-format.md" in pointers
+    for pointer in pointers:
+        assert (root / pointer).is_file(), pointer

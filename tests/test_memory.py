@@ -309,14 +309,17 @@ def test_cli_errors() -> None:
 
 
 def test_memory_does_not_import_numba() -> None:
-    code = ("import sys, time; from typer.testing import CliRunner; "
-            "from cnncli.cli.app import app; t = time.perf_counter(); "
-            "r = CliRunner().invoke(app, ['memory', 'vgg16', '--batch', '64']); "
-            "assert r.exit_code == 0, r.output; "
-            "r = CliRunner().invoke(app, ['memory', 'resnet50', '--budget', '12GiB']); "
-            "assert r.exit_code == 0, r.output; "
-            "print(time.perf_counter() - t, 'numba' in sys.modules, 'numpy' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out[1:] == ["False", "False"]
-    assert float(out[0]) < 2.0  # both commands, well under a second each
+    """`memory` answers at once because it walks the plans in pure Python: what it loads
+    is the test (a stopwatch would fail on a loaded machine), numpy and numba never."""
+    code = ("import sys\n"
+            "from typer.testing import CliRunner\n"
+            "from cnncli.cli.app import app\n"
+            "for args in (['memory', 'vgg16', '--batch', '64'],\n"
+            "             ['memory', 'resnet50', '--budget', '12GiB'],\n"
+            "             ['memory', 'googlenet', '--mode', 'infer', '-f', 'json']):\n"
+            "    r = CliRunner().invoke(app, args)\n"
+            "    assert r.exit_code == 0, (args, r.output)\n"
+            "print(sorted(m for m in ('numba', 'numpy', 'scipy', 'torch') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout

@@ -270,8 +270,8 @@ def test_forward_and_backward_match_pytorch(source, training):
         return
     upstream = rng.standard_normal(y.shape)
     yt.backward(torch.from_numpy(upstream.transpose(0, 3, 1, 2).copy()))
-    net.layers[0].need_dx = True
-    dx = net.backward(upstream)
+    dx = net.backward(upstream, input_grad=True)
+    assert dx is not None
     np.testing.assert_allclose(dx.transpose(0, 3, 1, 2), xt.grad.numpy(), rtol=1e-8,
                                atol=1e-10)
     ours = net.grads
@@ -283,6 +283,40 @@ def test_forward_and_backward_match_pytorch(source, training):
         pn = "weight" if name.endswith("weight") else "bias"
         np.testing.assert_allclose(ours[name], getattr(match[0], pn).grad.numpy(), rtol=1e-8,
                                    atol=1e-10, err_msg=name)
+
+
+@pytest.mark.parametrize("first", [
+    {"fc": 3}, {"conv": {"filters": 3, "size": 3, "pad": 1}}, {"local": {"filters": 2, "size": 2}},
+    "relu", {"residual": {"layers": [{"conv": {"filters": 2, "size": 1}}]}},
+], ids=["fc", "conv", "local", "relu", "residual"])
+def test_backward_returns_the_input_gradient_only_when_asked(first):
+    """Training skips the first layer's input gradient, so plain `backward` returns None
+    whatever the first layer is; `input_grad=True` returns d loss / d x, checked along a
+    random direction by centred differences (float64)."""
+    net = Network.from_spec({"input": "5x4x2", "layers": [first, "tanh", {"fc": 3}]},
+                            dtype=np.float64, seed=1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 5, 2))
+    upstream = rng.standard_normal((2, 3))
+
+    def loss(at):  # L = sum(R * net(x)): its gradient in x is backward(R)
+        return float(np.sum(upstream * net.scores(at)))
+
+    net.forward(x, training=True)
+    assert net.backward(upstream) is None
+    grads = {k: v.copy() for k, v in net.grads.items()}
+    net.forward(x, training=True)
+    dx = net.backward(upstream, input_grad=True)
+    assert dx is not None and dx.shape == x.shape
+    for name, g in net.grads.items():  # asking for dx changes nothing else
+        np.testing.assert_array_equal(g, grads[name], err_msg=name)
+    v = rng.standard_normal(x.shape)
+    h = 1e-6
+    numeric = (loss(x + h * v) - loss(x - h * v)) / (2 * h)
+    assert np.vdot(dx, v) == pytest.approx(numeric, rel=1e-6)
+    net.forward(x, training=True)
+    assert net.backward(upstream) is None  # and the next training step skips it again
+    assert all(layer.need_dx for layer in net.layers[1:])
 
 
 def test_network_at_another_input_size():

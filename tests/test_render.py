@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import re
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from rich.console import Console
@@ -152,3 +153,103 @@ def test_table_work_per_layer_is_the_same_at_any_depth(monkeypatch: pytest.Monke
     assert r1 == r2 == r3  # rich's work does not grow with the net
     assert m2 - m1 == m3 - m2 > 0  # ours grows linearly
     assert l2 - l1 == l3 - l2 == 1000  # one line per layer
+
+
+# --------------------------------------------------------------------------- every table
+
+
+NOTE = re.compile(r"note: (?:left\s+out|one\s+record).*?shows\s+(?:them|the\s+table)\)", re.S)
+
+
+def figures(text: str) -> set[str]:
+    """The tokens holding a digit, the note about a narrow terminal set aside."""
+    return {token for token in NOTE.sub("", text).split() if re.search(r"\d", token)}
+
+
+def console_print(draw: Callable[[Console], None], width: int) -> str:
+    console = Console(file=io.StringIO(), width=width, highlight=False)
+    draw(console)
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def command_print(args: list[str], width: int, monkeypatch: pytest.MonkeyPatch) -> str:
+    from typer.testing import CliRunner
+
+    from cnncli.cli import output
+    from cnncli.cli.app import app
+
+    with monkeypatch.context() as patch:
+        patch.setattr(output.out, "width", width)  # what a terminal of that width gives
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def gradcheck_table(console: Console) -> None:
+    from cnncli.cli.engine import print_gradcheck
+    from cnncli.gradcheck import Check
+
+    checks = [Check("conv1", "input", (2, 16, 16, 3), 8, 5.69e-10, False, False),
+              Check("conv1", "conv1.weight", (12, 3, 3, 3), 8, 2.85e-3, False, False, kinks=2),
+              Check("fc1", "fc1.bias", (10,), 8, 0.0, True, False),
+              Check("(loss softmax)", "scores", (2, 10), 20, 9.45e-10, False, False)]
+    print_gradcheck(console, "CIFAR-10 tiny (CS231n notes) at [16x16x3]", 8, checks, 12.5)
+
+
+def eval_tables(console: Console) -> None:
+    from cnncli.cli.train import print_eval
+
+    names = ["disc", "ring", "square", "square-outline", "triangle", "plus", "x-cross",
+             "h-stripes", "v-stripes", "checkerboard"]
+    confusion = [[(7 * i + 13 * j) % 101 if (i + j) % 3 else 0 for j in range(10)]
+                 for i in range(10)]
+    images = [sum(row) for row in confusion]
+    print_eval(console, {
+        "spec": "CIFAR-10 tiny", "weights": "best.npz", "data": "synthetic shapes",
+        "images": sum(images), "loss": 1.2345, "accuracy": 0.5, "classes": names,
+        "per_class_images": images, "confusion": confusion,
+        "per_class_accuracy": [row[i] / n if n else None
+                               for i, (row, n) in enumerate(zip(confusion, images, strict=True))]})
+
+
+def slide_grid(console: Console) -> None:
+    import numpy as np
+
+    from cnncli.cli.slide import grid_layout
+
+    scores = np.random.default_rng(0).random((5, 9, 10)) * 20
+    names = ["disc", "ring", "square", "square-outline", "triangle", "plus", "x-cross",
+             "h-stripes", "v-stripes", "checkerboard"]
+    render.print_laid(console, grid_layout(scores, names, {"window_stride": {"width": 8,
+                                                                            "height": 8}},
+                                           console.width))
+
+
+TABLE_COMMANDS: dict[str, Callable[[int, pytest.MonkeyPatch], str]] = {
+    "list": lambda width, mp: command_print(["list"], width, mp),
+    "memory vgg16": lambda width, mp: command_print(["memory", "vgg16"], width, mp),
+    "memory googlenet --budget": lambda width, mp: command_print(
+        ["memory", "googlenet", "--budget", "4GiB", "--optimizer", "adam"], width, mp),
+    "gradcheck": lambda width, _: console_print(gradcheck_table, width),
+    "eval": lambda width, _: console_print(eval_tables, width),
+    "slide": lambda width, _: console_print(slide_grid, width),
+}
+
+
+@pytest.mark.parametrize("width", [40, 60])
+@pytest.mark.parametrize("command", TABLE_COMMANDS)
+def test_every_command_table_on_a_narrow_terminal_never_cuts_a_figure(
+        command: str, width: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """list, memory, gradcheck, eval and slide print their tables through `lay_out`, as
+    check does: rich's Table cut figures to fit (an RF of 10 shown as "1", 138,357,544 as
+    "138,357,"). Narrow, a figure is printed whole or its column is named as left out."""
+    draw = TABLE_COMMANDS[command]
+    wide, narrow = draw(240, monkeypatch), draw(width, monkeypatch)
+    assert "note:" not in wide
+    cut = figures(narrow) - figures(wide)
+    assert not cut, f"{command} at {width} columns prints figures cut short: {sorted(cut)}"
+    said = " ".join(narrow.split())
+    if "left out to fit" not in said:
+        missing = figures(wide) - figures(narrow)
+        assert not missing, f"{command} at {width} columns lost {sorted(missing)}"
+    assert "Table" not in narrow and "…" not in narrow

@@ -3,7 +3,10 @@ crop-by-crop evaluation (exact where the rule says so, honestly different where 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -595,3 +598,78 @@ def test_slide_warns_about_a_float_image_on_the_0_255_scale(tiny_run: Path,
     np.save(image, np.random.default_rng(0).random((64, 64, 3)).astype(np.float32))
     r = invoke("slide", "cifar_tiny", "--weights", str(tiny_run), str(image), "-f", "json")
     assert r.exit_code == 0 and r.stderr == ""
+
+
+@pytest.mark.parametrize("command", [
+    ["slide", "cifar_tiny", "--weights", "RUN", "IMAGE", "--out", "OUT/map.npy"],
+    ["slide", "cifar_tiny", "--weights", "RUN", "IMAGE", "--out", "OUT/map.npz"],
+    ["slide", "cifar_tiny", "--weights", "RUN", "IMAGE", "--out", "OUT/map.json"],
+    ["convert", "cifar_tiny", "--fc-to-conv", "-o", "OUT/conv.yaml"],
+    ["convert", "cifar_tiny", "--fc-to-conv", "--weights", "RUN", "-o", "OUT/conv.npz"],
+    ["export", "RUN", "OUT/weights.npz"],
+], ids=["slide-npy", "slide-npz", "slide-json", "convert-spec", "convert-weights", "export"])
+def test_an_output_file_is_never_left_cut_when_writing_it_fails(
+        command: list[str], tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file slide, convert and export write goes to a temporary beside it, renamed
+    over it once whole: when that fails, the old file is as it was and no temporary stays
+    behind (a direct write would have left the new file cut wherever it stopped)."""
+    image = tmp_path / "img.npy"
+    np.save(image, np.zeros((36, 36, 3), np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [a.replace("RUN", str(tiny_run)).replace("IMAGE", str(image))
+            .replace("OUT", str(out)) for a in command]
+    target = Path(args[-1])
+    target.write_bytes(b"the old file")
+    replace = os.replace
+
+    def failing_replace(src: Any, dst: Any) -> None:
+        if Path(src).parent == out:  # only the renames of the command's temporaries
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src), None, str(dst))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    r = invoke(*args)
+    assert r.exit_code == 2, r.output
+    assert r.stderr.strip().splitlines()[-1] == f"error: {target}: {os.strerror(errno.ENOSPC)}"
+    assert [p.name for p in out.iterdir()] == [target.name]
+    assert target.read_bytes() == b"the old file"
+    monkeypatch.setattr(os, "replace", replace)
+    r = invoke(*args)  # and when nothing fails, the file is written whole
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in out.iterdir()] == [target.name]
+    assert target.read_bytes() != b"the old file"
+
+
+def test_an_output_that_is_a_symlink_fifo_or_descriptor_is_written_through_not_replaced(
+        tmp_path: Path) -> None:
+    """A rename replaces a directory entry: over a symlink it would break the link, over a
+    FIFO or /dev/full it would put a file where the device was, and over /dev/fd/N (or
+    /dev/stdout) a file that a shell redirected. The file a symlink names is replaced;
+    the others are written in place."""
+    real, link = tmp_path / "real.yaml", tmp_path / "link.yaml"
+    real.write_text("old\n")
+    link.symlink_to(real.name)
+    r = invoke("convert", "cifar_tiny", "--fc-to-conv", "-o", str(link))
+    assert r.exit_code == 0, r.output
+    assert link.is_symlink() and "fc1" in real.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.yaml", "real.yaml"]
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so the write does not block
+    try:
+        r = invoke("convert", "cifar_tiny", "--fc-to-conv", "-o", str(fifo))
+        assert r.exit_code == 0, r.output
+        assert b"fc1" in os.read(reader, 2**16)  # the spec is a few hundred bytes
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+    opened = tmp_path / "redirected.yaml"
+    with opened.open("wb") as fh:
+        inode = os.fstat(fh.fileno()).st_ino
+        r = invoke("convert", "cifar_tiny", "--fc-to-conv", "-o", f"/dev/fd/{fh.fileno()}")
+        assert r.exit_code == 0, r.output
+    assert opened.stat().st_ino == inode and "fc1" in opened.read_text()

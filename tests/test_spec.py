@@ -1,4 +1,4 @@
-"""The YAML loader against the contract in shared/spec-format.md.
+"""The YAML loader against the contract in docs/spec-format.md.
 
 Two kinds of failure, two exit codes: SpecError (exit 2) when the file cannot be read or
 is not a spec at all; SpecInvalid (exit 1) carrying every problem found in a spec.
@@ -177,6 +177,37 @@ def test_defaults(tmp_path: Path) -> None:
     assert drop.p == 0.5
     assert (lrn.size, lrn.alpha, lrn.beta, lrn.k) == (5, 1e-4, 0.75, 1.0)
     assert fc.units == 3 and fc.bias
+
+
+def test_batchnorm_eps_1e_minus_5_without_a_dot_is_a_number(tmp_path: Path) -> None:
+    """YAML 1.1 (PyYAML) reads 1e-5 and 1.0e5 as text; a real-valued setting takes any
+    plain scalar that spells a number, as YAML 1.2 does."""
+    spec = load(tmp_path, """
+        input: 8x8x4
+        layers:
+          - batchnorm: {eps: 1e-5, momentum: +1E-1}
+          - dropout: 5e-1
+          - leaky_relu: {slope: 2.5e-2}
+          - lrn: {alpha: 1e-4, beta: 75e-2, k: 2e0}
+        """)
+    bn, drop, leaky, lrn = spec.layers
+    assert (bn.eps, bn.momentum) == (1e-5, 0.1)
+    assert drop.p == 0.5 and leaky.slope == 0.025
+    assert (lrn.alpha, lrn.beta, lrn.k) == (1e-4, 0.75, 2.0)
+    assert all(type(v) is float for v in (bn.eps, bn.momentum, drop.p, lrn.k))
+
+
+def test_quoted_1e_minus_5_is_text_and_the_message_says_so(tmp_path: Path) -> None:
+    p = one_problem(tmp_path, 'input: 8x8x4\nlayers:\n  - batchnorm: {eps: "1e-5"}\n')
+    assert p.message == ("layers[0] (bn1).eps: expected a number in (0.0, 1.0], got '1e-5' "
+                         "(quoted, so it is text: write it without quotes)")
+    # a plain number out of range, or a word, is not told to drop quotes it does not have
+    for value in ("2e0", "tiny"):
+        p = one_problem(tmp_path, f"input: 8x8x4\nlayers:\n  - batchnorm: {{eps: {value}}}\n")
+        assert "quoted" not in p.message and "expected a number in (0.0, 1.0]" in p.message
+    # integer settings still take YAML integers only
+    p = one_problem(tmp_path, "input: 8x8x4\nlayers:\n  - fc: 1e3\n")
+    assert "expected an integer >= 1, got '1e3'" in p.message
 
 
 def test_pad_same_is_half_the_effective_filter(tmp_path: Path) -> None:
@@ -421,7 +452,7 @@ def test_deeply_nested_yaml_is_refused(tmp_path: Path) -> None:
     ("# only a comment\n", "the file is empty"),
     ("- relu\n- relu\n", "not a cnncli spec (expected a mapping with 'input' and 'layers')"),
     ("just words\n", "not a cnncli spec"),
-    ("input: 8x8x1\n", "not a cnncli spec (no 'layers:' key"),
+    ("input: 8x8x1\n", "not a cnncli spec (no 'layers:' key; see docs/spec-format.md)"),
     ("input: [8, 8\n", "not valid YAML"),
     ("a: 1\n---\nb: 2\n", "not valid YAML"),
     ("a: b: c\n", "not valid YAML at line 1"),

@@ -28,7 +28,7 @@ from typing import Any
 
 from rich.text import Text
 from typer import Abort, Exit
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from cnncli.cli.output import err
 from cnncli.errors import UserError, naming
@@ -137,7 +137,7 @@ def usage_line(exc: Any) -> str:
         if param.param_type_name == "option":
             name = max(param.opts, key=len)  # --format rather than -f
         else:
-            name = (param.name or "").upper()
+            name = argument_metavar(param)
         if isinstance(exc, click_errors.MissingParameter):
             return f"missing {param.param_type_name} {name}"
         message = " ".join(exc.message.split())
@@ -151,8 +151,25 @@ def usage_line(exc: Any) -> str:
     return message[:1].lower() + message[1:]
 
 
+def argument_metavar(param: Any) -> str:
+    """A positional argument as usage lines and messages name it: SPEC, CHECKPOINT."""
+    return str(param.metavar or (param.name or "").upper())
+
+
 class Command(TyperCommand):
     """A typer command whose errors go through `report` with its parameters known."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        # typer writes a required argument as `{spec}`; a usage line says `SPEC`, and
+        # `IMAGE...` for one that takes several, `[NAME]` for an optional one
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not isinstance(param, TyperArgument):
+                pieces.extend(param.get_usage_pieces(ctx))
+                continue
+            piece = argument_metavar(param) + ("..." if param.nargs != 1 else "")
+            pieces.append(piece if param.required else f"[{piece}]")
+        return pieces
 
     def invoke(self, ctx: Any) -> Any:
         try:

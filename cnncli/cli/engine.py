@@ -4,7 +4,7 @@ only inside them)."""
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,6 +20,12 @@ from cnncli.cli.options import (
 )
 from cnncli.cli.output import err, out, print_json
 from cnncli.spec import Spec, Volume
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from cnncli.gradcheck import Check
+    from cnncli.render import Laid
 
 
 def smallest_valid_input(spec: Spec, start: int = 16) -> Volume:
@@ -62,31 +68,51 @@ def gradcheck(
         print_json({"input": str(volume), "threshold": THRESHOLD, "passed": not failed,
                     "checks": [c.as_dict() for c in checks]})
     else:
-        from rich.table import Table
-        table = Table(title=f"gradient check of {net_spec.name} at {volume}, float64, "
-                      f"centred differences, {samples} samples per tensor",
-                      title_justify="left", header_style="bold", box=None)
-        for title in ("layer", "gradient of", "shape", "samples", "kinks", "max rel. error",
-                      ""):
-            table.add_column(title, justify="left" if title in ("layer", "gradient of", "")
-                             else "right")
-        for c in checks:
-            mark = "[green]ok[/]" if c.passed else "[bold red]FAIL[/]"
-            if c.analytic_all_zero and not c.numeric_all_zero:
-                mark = "[bold red]FAIL (analytic gradient is all zero)[/]"
-            table.add_row(c.layer, c.what, "x".join(map(str, c.shape)), str(c.samples),
-                          str(c.kinks) if c.kinks else "", f"{c.max_rel_error:.2e}", mark)
-        out.print(table)
-        worst = max(checks, key=lambda c: c.max_rel_error)
-        kinks = sum(c.kinks for c in checks)
-        out.print(f"{len(checks)} checks in {elapsed:.1f} s; worst {worst.max_rel_error:.2e} "
+        print_gradcheck(out, f"{net_spec.name} at {volume}", samples, checks, elapsed)
+    if failed:
+        err.print(f"[bold red]{len(failed)} gradient check(s) failed[/]")
+        raise typer.Exit(1)
+
+
+# what a narrow terminal gives up first: the error and its verdict are the point
+GRADCHECK_LEAVE_OUT = ("samples", "kinks", "shape")
+
+
+def gradcheck_layout(net: str, samples: int, checks: list[Check], width: int) -> Laid:
+    """One row per check: the layer, what was checked, the worst error and the verdict."""
+    from cnncli.render import Column, TableRow, lay_out
+
+    columns = (Column("layer", "layer"), Column("what", "gradient of"),
+               Column("shape", "shape", right=True), Column("samples", "samples", right=True),
+               Column("kinks", "kinks", right=True),
+               Column("error", "max rel. error", right=True),
+               Column("verdict", "", wraps=True))
+    rows: list[TableRow] = []
+    for c in checks:
+        verdict, style = ("ok", "green") if c.passed else ("FAIL", "bold red")
+        if c.analytic_all_zero and not c.numeric_all_zero:
+            verdict = "FAIL (analytic gradient is all zero)"
+        cells = [c.layer, c.what, "x".join(map(str, c.shape)), str(c.samples),
+                 str(c.kinks) if c.kinks else "", f"{c.max_rel_error:.2e}", verdict]
+        rows.append((cells, (None,) * 6 + (style,)))
+    return lay_out(f"gradient check of {net}, float64, centred differences, {samples} "
+                   "samples per tensor", columns, "bold", rows, width, GRADCHECK_LEAVE_OUT,
+                   pad_edge=True)
+
+
+def print_gradcheck(console: Console, net: str, samples: int, checks: list[Check],
+                    elapsed: float) -> None:
+    from cnncli.gradcheck import THRESHOLD
+    from cnncli.render import print_laid
+
+    print_laid(console, gradcheck_layout(net, samples, checks, console.width))
+    worst = max(checks, key=lambda c: c.max_rel_error)
+    kinks = sum(c.kinks for c in checks)
+    console.print(f"{len(checks)} checks in {elapsed:.1f} s; worst {worst.max_rel_error:.2e} "
                   f"({worst.layer} {worst.what}); threshold {THRESHOLD:g}"
                   + (f"; {kinks} sampled entries skipped: their +-h steps flipped a ReLU "
                      "or max-pool winner (a kink), where differences measure the jump"
                      if kinks else ""))
-    if failed:
-        err.print(f"[bold red]{len(failed)} gradient check(s) failed[/]")
-        raise typer.Exit(1)
 
 
 def warmup() -> None:

@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnncli import catalog
 from cnncli.cli.options import Format, FormatOpt
 from cnncli.cli.output import out, print_json
 from cnncli.spec import SpecError, SpecInvalid, load_spec
 
+if TYPE_CHECKING:
+    from cnncli.render import Laid
+
+# what a narrow terminal gives up first: the size and the cost of each net are the point
+LIST_LEAVE_OUT = ("output", "input", "title", "macs")
+
+
+def list_layout(rows: list[dict[str, Any]], width: int) -> Laid:
+    from cnncli.render import Column, TableRow, human, lay_out
+
+    columns = (Column("name", "name"), Column("title", "architecture", wraps=True),
+               Column("input", "input", right=True),
+               Column("parameters", "parameters", right=True),
+               Column("macs", "MACs", right=True), Column("output", "output", right=True))
+    cells: list[TableRow] = [
+        ([r["name"], r["title"], r["input"], f"{r['parameters']:,}", human(r["macs"]),
+          r["output"]], None) for r in rows]
+    return lay_out("", columns, "bold", cells, width, LIST_LEAVE_OUT)
+
 
 def list_architectures(fmt: FormatOpt = Format.table) -> None:
     """The bundled architectures, with their parameter counts and MACs."""
-    from rich.table import Table
-
-    from cnncli.render import human
+    from cnncli.render import human, print_laid
     from cnncli.stats import analyze
 
     rows: list[dict[str, Any]] = []
@@ -46,11 +63,4 @@ def list_architectures(fmt: FormatOpt = Format.table) -> None:
             print(f"| {r['name']} | {r['title']} | {r['input']} | {r['parameters']:,} | "
                   f"{human(r['macs'])} | {r['output']} |")
         return
-    table = Table(header_style="bold", box=None, pad_edge=False)
-    for title, justify in (("name", "left"), ("architecture", "left"), ("input", "right"),
-                           ("parameters", "right"), ("MACs", "right"), ("output", "right")):
-        table.add_column(title, justify=justify)  # type: ignore[arg-type]
-    for r in rows:
-        table.add_row(r["name"], r["title"], r["input"], f"{r['parameters']:,}",
-                      human(r["macs"]), r["output"])
-    out.print(table)
+    print_laid(out, list_layout(rows, out.width))

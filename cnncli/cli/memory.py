@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from cnncli.cli.options import (
     InputOpt,
@@ -28,6 +27,7 @@ from cnncli.cli.output import err, out, print_json
 
 if TYPE_CHECKING:
     from cnncli.memory import MemoryReport
+    from cnncli.render import Laid
 
 
 class Mode(StrEnum):
@@ -156,8 +156,66 @@ def memory(
         raise typer.Exit(1)
 
 
+# What a narrow terminal gives up first, per table: the bytes are the point of each.
+ITEMS_LEAVE_OUT = ("numbers", "per_image")
+RULES_LEAVE_OUT = ("exact_is",)
+LAYERS_LEAVE_OUT = ("kind", "parameters", "kept", "kept_per_image", "output", "workspace",
+                    "parameter_bytes")
+
+
+def memory_layouts(r: MemoryReport, width: int) -> dict[str, Laid]:
+    """The report's three tables (items, the notes' rules, per layer) laid out to `width`;
+    "rules" only when the report has rules."""
+    from cnncli.render import Column, TableRow, lay_out
+
+    def laid(title: str, columns: tuple[Column, ...], rows: list[TableRow],
+             leave_out: tuple[str, ...]) -> Laid:
+        return lay_out(title, columns, "bold", rows, width, leave_out)
+
+    items: list[TableRow] = [
+        ([it.label, f"{it.numbers:,}", size(it.bytes_per_image) if it.bytes_per_image
+          else "-", size(it.bytes)], None) for it in r.items]
+    items.append((["total (each item at its own peak)", "", "", size(r.total)], None))
+    items.append(([f"peak (most alive at one moment: {r.peak_where})", "", "", size(r.peak)],
+                  "bold"))
+    out = {"items": laid("", (
+        Column("item", "item", wraps=True), Column("numbers", "numbers", right=True),
+        Column("per_image", "per image", right=True),
+        Column("batch", f"batch of {r.batch}", right=True)), items, ITEMS_LEAVE_OUT)}
+    if r.rules:
+        rules: list[TableRow] = [
+            ([rule["rule"], size(rule["bytes"]), size(rule["exact"]) if "exact" in rule else "",
+              rule.get("exact_is", f"{rule.get('numbers_per_image', 0):,} numbers per image")],
+             None) for rule in r.rules]
+        out["rules"] = laid("the notes' rules of thumb, next to the exact items", (
+            Column("rule", "rule", wraps=True), Column("bytes", "rule gives", right=True),
+            Column("exact", "exact", right=True),
+            Column("exact_is", "exact is", wraps=True)), rules, RULES_LEAVE_OUT)
+    layers: list[TableRow] = [
+        (["  " * lm.depth + lm.name, lm.kind, lm.output, ", ".join(lm.kept),
+          size(lm.kept_bytes_per_image) if lm.kept_bytes else "",
+          size(lm.kept_bytes) if lm.kept_bytes else "",
+          f"{lm.parameters:,}" if lm.parameters else "",
+          size(lm.parameter_bytes) if lm.parameters else "",
+          size(lm.workspace_bytes) if lm.workspace_bytes else ""], None) for lm in r.layers]
+    out["layers"] = laid(
+        "per layer (kept: what the layer allocates that backward reads; parameters: with "
+        "gradients and optimizer state)", (
+            Column("name", "layer"), Column("kind", "type"),
+            Column("output", "output", right=True), Column("kept", "kept", wraps=True),
+            Column("kept_per_image", "kept/image", right=True),
+            Column("kept_bytes", f"kept, batch {r.batch}", right=True),
+            Column("parameters", "parameters", right=True),
+            Column("parameter_bytes", "param. memory", right=True),
+            Column("workspace", "workspace", right=True)), layers, LAYERS_LEAVE_OUT)
+    return out
+
+
 def print_memory(console: Console, r: MemoryReport, fit: dict[str, Any] | None = None,
                  measured: dict[str, Any] | None = None) -> None:
+    from cnncli.memory import SHORT
+    from cnncli.render import print_laid
+
     what = "training step" if r.mode == "train" else "inference (forward only, test time)"
     opt = f", {r.optimizer}" if r.optimizer else ""
     console.print(f"[bold]{r.name}[/] {r.input}: {what}, batch {r.batch}, {r.dtype} "
@@ -174,21 +232,8 @@ def print_memory(console: Console, r: MemoryReport, fit: dict[str, Any] | None =
                           f"(peak {size(fit['peak_bytes'])}{nxt})")
         else:
             console.print(f"[bold red]not even one image fits in {fit['budget']}[/]")
-    table = Table(header_style="bold", box=None, pad_edge=False)
-    table.add_column("item")
-    table.add_column("numbers", justify="right")
-    table.add_column("per image", justify="right")
-    table.add_column(f"batch of {r.batch}", justify="right")
-    for it in r.items:
-        table.add_row(it.label, f"{it.numbers:,}",
-                      size(it.bytes_per_image) if it.bytes_per_image else "-", size(it.bytes))
-    table.add_section()
-    table.add_row("total (each item at its own peak)", "", "", size(r.total))
-    table.add_row(f"[bold]peak (most alive at one moment: {r.peak_where})[/]", "", "",
-                  f"[bold]{size(r.peak)}[/]")
-    console.print(table)
-    from cnncli.memory import SHORT
-
+    layouts = memory_layouts(r, console.width)
+    print_laid(console, layouts["items"])
     short = dict(SHORT, flight="live activations") if r.mode == "infer" else SHORT
     parts = [f"{short[k]} {size(v)}" for k, v in r.peak_parts.items() if v]
     console.print("at the peak: " + " + ".join(parts))
@@ -199,34 +244,8 @@ def print_memory(console: Console, r: MemoryReport, fit: dict[str, Any] | None =
                       f"{measured['estimate_error']:+.1%}")
     if r.rules:
         console.print()
-        rules = Table(title="the notes' rules of thumb, next to the exact items",
-                      title_justify="left", header_style="bold", box=None, pad_edge=False)
-        rules.add_column("rule")
-        rules.add_column("rule gives", justify="right")
-        rules.add_column("exact", justify="right")
-        rules.add_column("exact is")
-        for rule in r.rules:
-            rules.add_row(rule["rule"], size(rule["bytes"]),
-                          size(rule["exact"]) if "exact" in rule else "",
-                          rule.get("exact_is", f"{rule.get('numbers_per_image', 0):,} numbers "
-                                               "per image"))
-        console.print(rules)
+        print_laid(console, layouts["rules"])
     console.print()
-    layers = Table(title="per layer (kept: what the layer allocates that backward reads; "
-                   "parameters: with gradients and optimizer state)", title_justify="left",
-                   header_style="bold", box=None, pad_edge=False)
-    for title, justify in (("layer", "left"), ("type", "left"), ("output", "right"),
-                           ("kept", "left"), ("kept/image", "right"),
-                           (f"kept, batch {r.batch}", "right"), ("parameters", "right"),
-                           ("param. memory", "right"), ("workspace", "right")):
-        layers.add_column(title, justify=justify)  # type: ignore[arg-type]
-    for lm in r.layers:
-        layers.add_row("  " * lm.depth + lm.name, lm.kind, lm.output, ", ".join(lm.kept),
-                       size(lm.kept_bytes_per_image) if lm.kept_bytes else "",
-                       size(lm.kept_bytes) if lm.kept_bytes else "",
-                       f"{lm.parameters:,}" if lm.parameters else "",
-                       size(lm.parameter_bytes) if lm.parameters else "",
-                       size(lm.workspace_bytes) if lm.workspace_bytes else "")
-    console.print(layers)
+    print_laid(console, layouts["layers"])
     for note in r.notes:
         console.print(f"- {note}")

@@ -64,8 +64,8 @@ def seed_callback(value: int | None) -> int | None:
 
 
 SpecArg = Annotated[str, typer.Argument(
-    help="A spec file, or the name of a bundled architecture (see `cnncli list`).",
-    show_default=False)]
+    metavar="SPEC", help="A spec file, or the name of a bundled architecture (see "
+                         "`cnncli list`).", show_default=False)]
 InputOpt = Annotated[Optional[str], typer.Option(
     "--input", help="Override the input volume, WIDTHxHEIGHTxDEPTH (e.g. 384x384x3).")]
 RoundingOpt = Annotated[Optional[Rounding], typer.Option(

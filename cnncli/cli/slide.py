@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, Optional
 
 import typer
 from rich.markup import escape
@@ -22,8 +23,11 @@ from cnncli.cli.options import (
     rounding_mode,
 )
 from cnncli.cli.output import err, out, print_json, warn, write
-from cnncli.errors import InputError, RunInvalid, naming
+from cnncli.errors import InputError, RunInvalid
 from cnncli.spec import Spec
+
+if TYPE_CHECKING:
+    from cnncli.render import Laid
 
 # one colour per class in the grid (cycled past ten classes)
 PALETTE = ("red", "green", "blue", "magenta", "cyan", "yellow", "bright_red", "bright_green",
@@ -47,30 +51,38 @@ def _header(spec: Spec, rounding: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_file(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file the user named as checkpoints are written: to a temporary beside it,
+    renamed over it once whole, so an interrupted command leaves the old file or the new
+    one, never a cut one (and no temporary)."""
+    from cnncli.checkpoint import write_atomically
+
+    write_atomically([(path, write)])
+
+
 def _write_text(path: Path, text: str) -> None:
-    with naming(path):  # a full disk names the file
-        path.write_text(text, encoding="utf-8")
+    def write(fh: BinaryIO) -> None:
+        fh.write(text.encode("utf-8"))
+    _write_file(path, write)
 
 
-def _grid(scores: Any, names: list[str], geo: dict[str, Any]) -> Any:
-    """Top class and its score per window, as a table laid out like the image."""
-    from rich.table import Table
+def grid_layout(scores: Any, names: list[str], geo: dict[str, Any], width: int) -> Laid:
+    """Top class and its score per window, as a table laid out like the image, each class
+    in its colour; a grid too wide for the terminal becomes one record per row of windows."""
+    from cnncli.render import Column, TableRow, lay_out
 
     top = scores.argmax(-1)
     best = scores.max(-1)
     step = geo["window_stride"]
-    table = Table(box=None, pad_edge=False, header_style="dim", show_edge=False)
-    table.add_column("y\\x", justify="right", style="dim")
-    for j in range(scores.shape[1]):
-        table.add_column(str(j * step["width"]), justify="left")
+    columns = (Column("y", "y\\x", right=True),
+               *(Column(str(j), str(j * step["width"])) for j in range(scores.shape[1])))
+    rows: list[TableRow] = []
     for i in range(scores.shape[0]):
-        cells = []
-        for j in range(scores.shape[1]):
-            k = int(top[i, j])
-            cells.append(f"[{PALETTE[k % len(PALETTE)]}]{escape(names[k][:10])} "
-                         f"{best[i, j]:.2f}[/]")
-        table.add_row(str(i * step["height"]), *cells)
-    return table
+        classes = [int(k) for k in top[i]]
+        rows.append(([str(i * step["height"]),
+                      *(f"{names[k][:10]} {best[i, j]:.2f}" for j, k in enumerate(classes))],
+                     ("dim", *(PALETTE[k % len(PALETTE)] for k in classes))))
+    return lay_out("", columns, "dim", rows, width)
 
 
 def _class_names(spec: Spec, weights: Any, k: int) -> list[str]:
@@ -145,8 +157,8 @@ def convert(
 def slide(
     spec: SpecArg,
     images: Annotated[list[Path], typer.Argument(
-        help="Images: .npy/.npz arrays HxWxC (uint8 0-255 or float), or image files "
-             "with Pillow installed.", show_default=False)],
+        metavar="IMAGE", help="Images: .npy/.npz arrays HxWxC (uint8 0-255 or float), or "
+                              "image files with Pillow installed.", show_default=False)],
     weights: Annotated[Optional[Path], typer.Option(
         "--weights", help="A checkpoint from `cnncli train` or a weights .npz "
                           "(NAME -> array).", show_default=False)] = None,
@@ -266,6 +278,8 @@ def slide(
         raise typer.Exit(1)
 
 def _print_result(r: dict[str, Any], scores: Any, names: list[str], geo: dict[str, Any]) -> None:
+    from cnncli.render import print_laid
+
     step = geo["window_stride"]
     win = geo["window"]
     out.print(f"[bold]{escape(r['image'])}[/] {r['size']['width']}x{r['size']['height']}: "
@@ -273,7 +287,7 @@ def _print_result(r: dict[str, Any], scores: Any, names: list[str], geo: dict[st
               f"stride {step['width']}, {scores.shape[2]} classes "
               f"({r['passes']} pass{'es' if r['passes'] != 1 else ''}, {r['seconds']:.3f} s); "
               "top class and score per window (rows: y, columns: x offset in px):")
-    out.print(_grid(scores, names, geo))
+    print_laid(out, grid_layout(scores, names, geo, out.width))
     if "average" in r:
         best = r["average"][0]
         others = ", ".join(f"{escape(a['name'])} {a['score']:.3f}" for a in r["average"][1:])
@@ -302,15 +316,15 @@ def _write_maps(path: Path, maps: dict[str, Any], results: list[dict[str, Any]])
     import numpy as np
 
     from cnncli.slide import save_npz
-    with naming(path):  # a full disk names the file
-        suffix = path.suffix.lower()
-        if suffix == ".npy":
-            np.save(path, next(iter(maps.values())))
-        elif suffix == ".npz":
-            save_npz(path, maps)
-        else:
-            data = [dict(r, score_map_values=m.tolist()) for r, m in
-                    zip(results, maps.values(), strict=True)]
-            path.write_text(json.dumps({"images": data}, allow_nan=False), encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        scores = next(iter(maps.values()))
+        _write_file(path, lambda fh: np.save(fh, scores))
+    elif suffix == ".npz":
+        save_npz(path, maps)
+    else:
+        data = [dict(r, score_map_values=m.tolist()) for r, m in
+                zip(results, maps.values(), strict=True)]
+        _write_text(path, json.dumps({"images": data}, allow_nan=False))
     err.print(f"wrote the score map{'s' if len(maps) > 1 else ''} to {escape(str(path))} "
               "(\\[rows, columns, classes] per image)")

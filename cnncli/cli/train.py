@@ -13,11 +13,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from cnncli.cli.options import (
     SpecArg,
@@ -30,6 +29,11 @@ from cnncli.cli.options import (
 )
 from cnncli.cli.output import err, out, print_json, warn
 from cnncli.errors import InputError, RunInvalid
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from cnncli.render import Laid
 
 DEFAULTS: dict[str, Any] = dict(
     val_fraction=0.2, train_size=8000, epochs=10, batch=64, lr=0.01, optimizer="momentum",
@@ -356,7 +360,7 @@ def evaluate(
     if fmt is TableOrJson.json:
         print_json(result)
     else:
-        _print_eval(result)
+        print_eval(out, result)
 
 
 def _evaluate(spec_arg: str, net_spec: Any, weights: Path, data: str | None, batch: int,
@@ -392,38 +396,53 @@ def _evaluate(spec_arg: str, net_spec: Any, weights: Path, data: str | None, bat
             "confusion": result.confusion.tolist()}
 
 
-def _print_eval(r: dict[str, Any]) -> None:
-    out.print(escape(f"{r['spec']} ({r['weights']}) on {r['data']}"), soft_wrap=True)
-    out.print(f"loss {r['loss']:.4f}   accuracy {100 * r['accuracy']:.2f}% "
-              f"({round(r['accuracy'] * r['images'])}/{r['images']})")
-    per_class = Table(header_style="bold", box=None, pad_edge=False, title_justify="left")
-    for title, justify in (("class", "left"), ("images", "right"), ("accuracy", "right")):
-        per_class.add_column(title, justify=justify)  # type: ignore[arg-type]
-    for name, n, acc in zip(r["classes"], r["per_class_images"], r["per_class_accuracy"],
-                            strict=True):
-        per_class.add_row(escape(name), str(n), "-" if acc is None else f"{100 * acc:.2f}%")
-    out.print()
-    out.print(per_class)
+def eval_layouts(r: dict[str, Any], width: int) -> dict[str, Laid]:
+    """The per-class table and, up to 20 classes, the confusion matrix, laid out to `width`
+    (a matrix too wide becomes one record per true class, never a cut count)."""
+    from cnncli.render import Column, TableRow, lay_out
+
+    per_class: list[TableRow] = [
+        ([name, str(n), "-" if acc is None else f"{100 * acc:.2f}%"], None)
+        for name, n, acc in zip(r["classes"], r["per_class_images"], r["per_class_accuracy"],
+                                strict=True)]
+    layouts = {"per_class": lay_out("", (
+        Column("class", "class"), Column("images", "images", right=True),
+        Column("accuracy", "accuracy", right=True)), "bold", per_class, width, ("images",))}
     confusion = r["confusion"]
-    if len(confusion) > 20:
-        out.print(f"\n(confusion matrix of {len(confusion)} classes: see --format json)")
+    if len(confusion) <= 20:
+        columns = (Column("true", "true \\ predicted"),
+                   *(Column(str(i), str(i), right=True) for i in range(len(confusion))))
+        matrix: list[TableRow] = []
+        for i, (name, row) in enumerate(zip(r["classes"], confusion, strict=True)):
+            # the diagonal (right) in bold; a zero as a dim dot, so the errors stand out
+            cells = [str(v) if v or j == i else "." for j, v in enumerate(row)]
+            styles = ["bold" if j == i else None if v else "dim" for j, v in enumerate(row)]
+            matrix.append(([f"{i} {name}", *cells], (None, *styles)))
+        layouts["confusion"] = lay_out("", columns, "bold", matrix, width)
+    return layouts
+
+
+def print_eval(console: Console, r: dict[str, Any]) -> None:
+    from cnncli.render import print_laid
+
+    console.print(escape(f"{r['spec']} ({r['weights']}) on {r['data']}"), soft_wrap=True)
+    console.print(f"loss {r['loss']:.4f}   accuracy {100 * r['accuracy']:.2f}% "
+                  f"({round(r['accuracy'] * r['images'])}/{r['images']})")
+    layouts = eval_layouts(r, console.width)
+    console.print()
+    print_laid(console, layouts["per_class"])
+    if "confusion" not in layouts:
+        console.print(f"\n(confusion matrix of {len(r['confusion'])} classes: see --format json)")
         return
-    table = Table(header_style="bold", box=None, pad_edge=False)
-    table.add_column("true \\ predicted", justify="left")
-    for i in range(len(confusion)):
-        table.add_column(str(i), justify="right")
-    for i, (name, row) in enumerate(zip(r["classes"], confusion, strict=True)):
-        cells = [f"[bold]{v}[/]" if j == i else (str(v) if v else "[dim].[/]")
-                 for j, v in enumerate(row)]
-        table.add_row(escape(f"{i} {name}"), *cells)
-    out.print("\nconfusion matrix (rows: true class, columns: predicted class)")
-    out.print(table)
+    console.print("\nconfusion matrix (rows: true class, columns: predicted class)")
+    print_laid(console, layouts["confusion"])
 
 
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by `cnncli train`.")],
-    output: Annotated[Path, typer.Argument(help="The .npz to write: weights only, PyTorch "
-                                                "names and layouts.")],
+    checkpoint: Annotated[Path, typer.Argument(
+        metavar="CHECKPOINT", help="A checkpoint written by `cnncli train`.")],
+    output: Annotated[Path, typer.Argument(
+        metavar="OUTPUT", help="The .npz to write: weights only, PyTorch names and layouts.")],
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite OUTPUT even if it is a training checkpoint (never the "
                         "checkpoint being exported).")] = False,
