@@ -120,7 +120,8 @@ def test_dash_h_is_help_on_the_app_and_every_command(args: list[str]) -> None:
 
 USAGE = {"check": "SPEC", "list": "", "gradcheck": "SPEC", "warmup": "", "bench": "SPEC",
          "memory": "SPEC", "train": "SPEC", "eval": "SPEC", "export": "CHECKPOINT OUTPUT",
-         "convert": "SPEC", "slide": "SPEC IMAGE..."}
+         "convert": "SPEC", "slide": "SPEC IMAGE...", "draw": "SPEC", "plot": "RUN_DIR",
+         "filters": "CHECKPOINT", "activations": "SPEC IMAGE"}
 
 
 def test_usage_names_positional_arguments_in_capitals() -> None:
