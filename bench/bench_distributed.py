@@ -233,12 +233,12 @@ def write(results: dict[str, Any], write_md: bool) -> None:
         f"{results['repeats']} after one untimed. (3) compute per image of one training "
         "step (forward, backward, momentum step) in one process with 2 threads.",
         "- **Command:** `.venv/bin/python bench/bench_distributed.py` (MPICH from the `mpich` "
-        "wheel; re-run it on a quiet machine: these figures were taken while other jobs "
-        "shared the 2 cores)",
-        f"- **Machine:** `{os.cpu_count()} cores`, Python {sys.version.split()[0]}, "
-        f"{results['mpi']}; load average {results['load'][0]:.2f} before, "
-        f"{results['load'][1]:.2f} after (2 cores: other jobs were running, so every time "
-        "here is slower than a quiet machine's, compute most)",
+        "wheel)",
+        f"- **Machine:** {results.get('cpu', 'unknown CPU')}, {os.cpu_count()} cores "
+        f"(a virtual machine), Python {sys.version.split()[0]}, {results['mpi']}; load "
+        f"average {results['load'][0]:.2f} before, {results['load'][1]:.2f} after"
+        + (f"; the host took back {results['steal']:.0%} of the CPU time while it ran "
+           "(steal: threads ready to run but not running)" if results.get("steal") else ""),
         f"- **Date:** {date.today().isoformat()}",
         "",
         "### Throughput on this machine (cifar_small, batch 64)",
@@ -258,10 +258,13 @@ def write(results: dict[str, Any], write_md: bool) -> None:
         f"2 ranks x 1 thread train at {two['images_per_s'] / one['images_per_s']:.2f}x the "
         "images/s of 1 process x 2 threads, each step including one Allreduce of the "
         f"gradients ({fmt_s(two['allreduce_s'])}, through shared memory). Both do the same "
-        "work on the same two cores; with other jobs on them, a process's two threads wait "
-        "for each other at every parallel loop whenever one is descheduled, which "
-        "single-threaded ranks do not, so a busy machine favours the ranks. Ranks pay off "
-        "across machines, where each brings its own cores.",
+        "work on the same two cores. A process's two threads meet at every parallel loop of "
+        "every layer, and whenever one of them is descheduled (by the host, or by anything "
+        "else on the machine) the other waits for it; single-threaded ranks meet once per "
+        "step, in the Allreduce. So a machine that does not give both cores steadily "
+        "favours the ranks (here 2 threads ran at "
+        f"{one['images_per_s'] / thr[2]['images_per_s']:.2f}x the images/s of 1). Across machines, ranks pay off anyway: each brings its own "
+        "cores.",
         "",
         "### The gradient Allreduce of each bundled net (2 ranks, shared memory)",
         "",
@@ -352,6 +355,35 @@ def write(results: dict[str, Any], write_md: bool) -> None:
         replace_section("bench_distributed", section)
 
 
+def cpu_times() -> list[int]:
+    """The machine's CPU time counters (/proc/stat's first line; empty where there is none)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            return [int(v) for v in fh.readline().split()[1:]]
+    except OSError:
+        return []
+
+
+def steal_share(before: list[int], after: list[int]) -> float | None:
+    """Of the CPU time that passed, the share a virtual machine's host took back (steal):
+    time in which this machine's threads were ready but not running."""
+    if len(before) < 8 or len(after) < 8:
+        return None
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    return spent[7] / max(1, sum(spent))
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=40, help="timed training steps")
@@ -379,7 +411,7 @@ def main() -> None:
         return
     from mpi4py import MPI
 
-    load0 = os.getloadavg()[0]
+    load0, cpu0 = os.getloadavg()[0], cpu_times()
     throughput = [run_child(["throughput", "2", str(args.steps)]),
                   run_child(["throughput", "1", str(args.steps)], ranks=2),
                   run_child(["throughput", "1", str(args.steps)])]
@@ -388,6 +420,7 @@ def main() -> None:
                for name in MODELLED]
     results = {"throughput": throughput, "allreduce": allreduce, "compute": compute,
                "repeats": args.repeats, "load": (load0, os.getloadavg()[0]),
+               "steal": steal_share(cpu0, cpu_times()), "cpu": cpu_model(),
                "mpi": " ".join(MPI.Get_library_version().splitlines()[0].split())}
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1), encoding="utf-8")
