@@ -263,8 +263,8 @@ def write(results: dict[str, Any], write_md: bool) -> None:
         "else on the machine) the other waits for it; single-threaded ranks meet once per "
         "step, in the Allreduce. So a machine that does not give both cores steadily "
         "favours the ranks (here 2 threads ran at "
-        f"{one['images_per_s'] / thr[2]['images_per_s']:.2f}x the images/s of 1). Across machines, ranks pay off anyway: each brings its own "
-        "cores.",
+        f"{one['images_per_s'] / thr[2]['images_per_s']:.2f}x the images/s of 1). Across "
+        "machines, ranks pay off anyway: each brings its own cores.",
         "",
         "### The gradient Allreduce of each bundled net (2 ranks, shared memory)",
         "",
