@@ -60,6 +60,8 @@ INSTALL_HINT = "pip install 'cnncli[mpi]'"
 # Seconds a rank may wait inside one collective before it concludes a peer is hung.
 TIMEOUT_ENV = "CNNCLI_MPI_TIMEOUT"
 DEFAULT_TIMEOUT = 600.0
+# Seconds between saying why a job aborts and ending it, so the launcher forwards the line.
+ABORT_GRACE = 1.0
 # World sizes set by launchers in every process they start: Open MPI, MPICH's and Intel
 # MPI's Hydra (also `srun --mpi=pmi2`), MVAPICH.
 _SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -353,6 +355,10 @@ class MpiComm(Comm):
             stream.write(f"error: rank {self.rank} of {self.size} ({self.host}): {message}; "
                          f"aborting all {self.size} ranks\n")
             stream.flush()
+            # mpiexec forwards each rank's output asynchronously and MPI_Abort tears the
+            # job down at once: without a moment for the launcher to pass the line on,
+            # the job could end with its reason unsaid (seen in CI-like runs)
+            time.sleep(ABORT_GRACE)
             self.world.Abort(code)
 
     def _excepthook(self, kind: type[BaseException], value: BaseException, tb: Any) -> None:
