@@ -523,19 +523,22 @@ def _pair(v, name):
     return a, b
 
 
-def _check_x(x):
+def _check_x(x, name="x"):
+    """An activation array as the kernels take it: NHWC float32/float64, contiguous (the
+    Winograd kernels check theirs with it too)."""
     x = np.asarray(x)
     if x.ndim != 4:
-        raise ValueError(f"x must be NHWC (4-d), got shape {x.shape}")
+        raise ValueError(f"{name} must be NHWC (4-d), got shape {x.shape}")
     if x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
     return np.ascontiguousarray(x)
 
 
 def _as(a, dtype, name):
+    """`a` contiguous in the input's dtype; a different dtype is refused, not cast."""
     a = np.asarray(a)
     if a.dtype != dtype:
-        raise TypeError(f"{name} has dtype {a.dtype}, expected {dtype} (same as x)")
+        raise TypeError(f"{name} has dtype {a.dtype}, expected {dtype} (the input's)")
     return np.ascontiguousarray(a)
 
 

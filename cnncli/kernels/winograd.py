@@ -55,6 +55,7 @@ import numpy as np
 from numba import njit, prange
 
 from cnncli.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, ensure_configured
+from cnncli.kernels.conv import _as, _check_x
 
 __all__ = [
     "winograd_filter_transform",
@@ -584,22 +585,6 @@ def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, nthreads, dWp):
 # ----------------------------------------------------------------------------------
 # Python wrappers
 # ----------------------------------------------------------------------------------
-
-
-def _check_x(x, name):
-    x = np.asarray(x)
-    if x.ndim != 4:
-        raise ValueError(f"{name} must be NHWC (4-d), got shape {x.shape}")
-    if x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
-    return np.ascontiguousarray(x)
-
-
-def _as(a, dtype, name):
-    a = np.asarray(a)
-    if a.dtype != dtype:
-        raise TypeError(f"{name} has dtype {a.dtype}, expected {dtype}")
-    return np.ascontiguousarray(a)
 
 
 def _check_w(w, dtype, C):
