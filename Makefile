@@ -3,13 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # the pure-Python parts that mypy checks (the analyzer, data and orchestration; not kernels)
-TYPED  := cnncli/spec.py cnncli/shapes.py cnncli/stats.py cnncli/render.py cnncli/catalog.py \
-          cnncli/cli cnncli/errors.py cnncli/memory.py cnncli/measure.py cnncli/gradcheck.py \
-          cnncli/network.py cnncli/layers.py cnncli/profile.py cnncli/warmup.py cnncli/data.py \
-          cnncli/optim.py cnncli/train.py cnncli/checkpoint.py cnncli/convert.py cnncli/slide.py \
-          cnncli/inplace.py cnncli/config.py cnncli/pictures/__init__.py \
-          cnncli/pictures/netdraw.py cnncli/pictures/html.py cnncli/pictures/curves.py \
-          cnncli/pictures/tiles.py cnncli/distributed.py
+TYPED  := cnncli/spec cnncli/analysis cnncli/render cnncli/cli cnncli/training cnncli/sliding \
+          cnncli/engine/*.py cnncli/errors.py cnncli/config.py
 
 .PHONY: install dev demo test lint bench pictures clean
 
@@ -73,7 +68,7 @@ pictures: dev
 	$(BIN)/cnncli plot runs/pictures -o docs/img/curves.svg
 	$(BIN)/cnncli filters runs/pictures/best.npz -o docs/img/filters.png
 	# one image of the built-in dataset (an "x-cross", unseen in training: another seed)
-	$(BIN)/python -c "from PIL import Image; from cnncli.data import synthetic_shapes as s; \
+	$(BIN)/python -c "from PIL import Image; from cnncli.training.data import synthetic_shapes as s; \
 	  d = s(10, seed=3); Image.fromarray(d.x[list(d.y).index(6)]).save('docs/img/sample.png')"
 	$(BIN)/cnncli activations cifar_small docs/img/sample.png --weights runs/pictures/best.npz \
 	  -o docs/img/activations.png

@@ -86,7 +86,7 @@ def run_impl(impl, threads, batch, reps_time):
     results = []
     if impl == "numba":
         from cnncli import config
-        from cnncli.kernels import conv
+        from cnncli.engine.kernels import conv
 
         config.configure_threads(threads)
     elif impl == "numpy":

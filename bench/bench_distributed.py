@@ -78,9 +78,15 @@ def run_child(args: list[str], ranks: int = 1, timeout: float = 1800) -> Any:
 def child_throughput(threads: int, steps: int) -> dict[str, Any]:
     """Train cifar_small with the Trainer (under mpiexec: data-parallel)."""
     from cnncli.config import configure_threads
-    from cnncli.distributed import connect
-    from cnncli.network import Network
-    from cnncli.train import BatchDone, TrainConfig, Trainer, load_training_data, spec_text_of
+    from cnncli.engine.network import Network
+    from cnncli.training.distributed import connect
+    from cnncli.training.loop import (
+        BatchDone,
+        TrainConfig,
+        Trainer,
+        load_training_data,
+        spec_text_of,
+    )
 
     comm = connect()
     configure_threads(threads)
@@ -114,9 +120,9 @@ def child_allreduce(repeats: int) -> list[dict[str, Any]]:
     """Time the in-place Allreduce of each bundled net's float32 gradient buffer."""
     from mpi4py import MPI
 
-    from cnncli import catalog
-    from cnncli.spec import load_spec
-    from cnncli.stats import analyze
+    from cnncli.analysis.report import analyze
+    from cnncli.spec import catalog
+    from cnncli.spec.parse import load_spec
 
     world = MPI.COMM_WORLD
     rows = []
@@ -142,8 +148,8 @@ def child_allreduce(repeats: int) -> list[dict[str, Any]]:
 def child_compute(name: str, batch: int, repeats: int) -> dict[str, Any]:
     """Seconds per training step (forward, loss, backward, momentum step) at `batch`."""
     from cnncli.config import configure_threads
-    from cnncli.network import Network
-    from cnncli.optim import Momentum
+    from cnncli.engine.network import Network
+    from cnncli.engine.optim import Momentum
 
     configure_threads(2)
     net = Network.from_spec(name, seed=0)

@@ -5,7 +5,7 @@
 
 For each net and batch: the estimate (`cnncli memory SPEC --batch N`, pure Python) and the
 measured peak of one real training step of the engine on random data (`--measure`, see
-cnncli/measure.py: tracemalloc traces numpy's arrays and, through numba's runtime
+cnncli/engine/measure.py: tracemalloc traces numpy's arrays and, through numba's runtime
 allocator `PyMem_RawMalloc`, the arrays the @njit kernels allocate; the peak of the
 second step, steady state). Beside them, what the notes' rules of thumb give
 (2 x the forward activations of the notes' table + 3 x the parameters), to show what the
@@ -27,10 +27,13 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks_md import BENCHMARKS, markers, replace_section  # noqa: E402  (beside this script)
 
-from cnncli import catalog  # noqa: E402
-from cnncli.memory import estimate  # noqa: E402
-from cnncli.spec import Volume, load_spec  # noqa: E402
-from cnncli.stats import analyze  # noqa: E402
+from cnncli.analysis.memory import estimate  # noqa: E402
+from cnncli.analysis.report import analyze  # noqa: E402
+from cnncli.spec.parse import (  # noqa: E402
+    Volume,
+    catalog,  # noqa: E402
+    load_spec,
+)
 
 START, END = markers("bench_memory")
 NETS = [  # (bundled name, --input, label)
@@ -50,7 +53,7 @@ def size(n: float) -> str:
 
 
 def run() -> list[dict]:  # type: ignore[type-arg]
-    from cnncli.measure import measure
+    from cnncli.engine.measure import measure
 
     rows = []
     for name, volume, label in NETS:
@@ -91,7 +94,7 @@ def write_section(rows: list[dict]) -> None:  # type: ignore[type-arg]
         "momentum update; float32; random images and labels) as `cnncli memory` estimates it "
         "without running anything, against the peak measured while the engine runs that "
         "step. The estimate replays the engine's allocations on a simulated heap "
-        "(cnncli/memory.py): inputs, activations kept for backward, their gradients, "
+        "(cnncli/analysis/memory.py): inputs, activations kept for backward, their gradients, "
         "parameters, parameter gradients, optimizer state, im2col bands and other kernel "
         "buffers, temporaries.",
         "- **How the peak is measured:** `tracemalloc` in the measuring process. numpy "

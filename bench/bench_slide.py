@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks_md import BENCHMARKS, markers, replace_section  # noqa: E402  (beside this script)
 
-from cnncli import catalog  # noqa: E402
 from cnncli.config import configure_threads  # noqa: E402
-from cnncli.network import Network  # noqa: E402
-from cnncli.slide import SlidingNet  # noqa: E402
-from cnncli.spec import load_spec  # noqa: E402
+from cnncli.engine.network import Network  # noqa: E402
+from cnncli.sliding.slide import SlidingNet  # noqa: E402
+from cnncli.spec import catalog  # noqa: E402
+from cnncli.spec.parse import load_spec  # noqa: E402
 
 START, END = markers("bench_slide")
 

@@ -23,8 +23,8 @@ def run_cnncli(batch: int, threads: int, steps: int) -> list[float]:
     import numpy as np
 
     from cnncli.config import configure_threads
-    from cnncli.network import Network
-    from cnncli.optim import make_optimizer
+    from cnncli.engine.network import Network
+    from cnncli.engine.optim import make_optimizer
 
     configure_threads(threads)
     net = Network.from_spec("cifar_small", seed=0)

@@ -41,9 +41,9 @@ EpochFn = Callable[[np.ndarray], dict[str, float]]
 
 def prepare(path: Path) -> None:
     """Data, normalisation, initial weights and per-epoch orders, shared by both children."""
-    from cnncli import data as D
-    from cnncli.network import Network
-    from cnncli.train import load_training_data
+    from cnncli.engine.network import Network
+    from cnncli.training import data as D
+    from cnncli.training.loop import load_training_data
 
     net = Network.from_spec(SPEC, seed=SEED)
     train, val = load_training_data(net, None, None, 0.2, 8000)
@@ -62,8 +62,8 @@ def orders(n: int, epochs: int) -> list[np.ndarray]:
 
 def setup_cnncli(path: Path, threads: int) -> tuple[str, EpochFn]:
     from cnncli.config import configure_threads
-    from cnncli.network import Network
-    from cnncli.optim import Momentum
+    from cnncli.engine.network import Network
+    from cnncli.engine.optim import Momentum
 
     configure_threads(threads)
     z = np.load(path)

@@ -1,4 +1,4 @@
-"""Benchmark the Winograd conv kernels against today's conv kernels (cnncli.kernels.conv).
+"""Benchmark the Winograd conv kernels against today's conv kernels (cnncli.engine.kernels.conv).
 
     .venv/bin/python bench/bench_winograd.py [--batch 64] [--threads 2] [--rounds 15]
 
@@ -50,8 +50,8 @@ def time_layer(N, H, W, C, K, rounds):
     """Median seconds per implementation, timed in alternating rounds."""
     import numpy as np
 
-    from cnncli.kernels import conv
-    from cnncli.kernels import winograd as wg
+    from cnncli.engine.kernels import conv
+    from cnncli.engine.kernels import winograd as wg
 
     x, w, b, dy = _layer_arrays(np.random.default_rng(0), N, H, W, C, K, np.float32)
     geo = ((1, 1), (1, 1), (1, 1), 1)
@@ -81,8 +81,8 @@ def error_layer(N, H, W, C, K):
     """Max relative error of float32 results against float64 direct convolution."""
     import numpy as np
 
-    from cnncli.kernels import conv
-    from cnncli.kernels import winograd as wg
+    from cnncli.engine.kernels import conv
+    from cnncli.engine.kernels import winograd as wg
 
     x, w, b, dy = _layer_arrays(np.random.default_rng(1), N, H, W, C, K, np.float64)
     geo = ((1, 1), (1, 1), (1, 1), 1)

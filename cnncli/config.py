@@ -132,7 +132,7 @@ def configure_threads(n: int | None = None) -> int:
 
 
 def rank_threads(cores: int, local_ranks: int, bound: bool) -> int:
-    """Threads for one MPI rank of a data-parallel run (cnncli.distributed asks).
+    """Threads for one MPI rank of a data-parallel run (cnncli.training.distributed asks).
 
     ``cores``: how many this process may run on (its CPU affinity); ``local_ranks``: the
     ranks on its machine; ``bound``: whether the launcher gave each of them cores of its

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from cnncli import data as D
-from cnncli.checkpoint import load_checkpoint
-from cnncli.distributed import Comm, connect
-from cnncli.network import Network
-from cnncli.train import BatchDone, TrainConfig, Trainer, spec_text_of
+from cnncli.engine.checkpoint import load_checkpoint
+from cnncli.engine.network import Network
+from cnncli.training import data as D
+from cnncli.training.distributed import Comm, connect
+from cnncli.training.loop import BatchDone, TrainConfig, Trainer, spec_text_of
 
 CONV = {"conv": {"filters": 4, "size": 3, "pad": 1}}
 NETS: dict[str, dict[str, Any]] = {

@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from cnncli import catalog
+from cnncli.analysis.report import Report, analyze, valid_input_sizes
 from cnncli.cli.app import app
-from cnncli.render import human, report_csv, report_markdown
-from cnncli.spec import Volume, load_spec, parse_spec
-from cnncli.stats import Report, analyze, valid_input_sizes
+from cnncli.render.tables import human, report_csv, report_markdown
+from cnncli.spec import catalog
+from cnncli.spec.parse import Volume, load_spec, parse_spec
 
 runner = CliRunner()
 

@@ -63,7 +63,7 @@ def write_checkpoint(path: Path) -> Path:
     """A small training checkpoint, written the way `cnncli train` writes one."""
     import numpy as np
 
-    from cnncli.checkpoint import Checkpoint, save_checkpoint
+    from cnncli.engine.checkpoint import Checkpoint, save_checkpoint
 
     weights = {"fc1.weight": np.ones((3, 8), np.float32), "fc1.bias": np.zeros(3, np.float32)}
     return save_checkpoint(path, Checkpoint(
@@ -292,7 +292,7 @@ def test_a_folder_named_like_a_bundled_net_does_not_hide_it(
 
 def test_a_spec_error_is_printed_as_the_library_words_it(tmp_path: Path) -> None:
     """The CLI adds nothing to the message (no second copy of the file name)."""
-    from cnncli.spec import SpecError, load_spec
+    from cnncli.spec.parse import SpecError, load_spec
 
     empty = tmp_path / "empty.yaml"
     empty.write_text("", encoding="utf-8")
@@ -327,7 +327,7 @@ def test_convert_on_a_full_disk_names_the_file() -> None:
 
 
 def test_export_over_its_own_checkpoint_is_refused(tmp_path: Path) -> None:
-    from cnncli.checkpoint import is_training_checkpoint
+    from cnncli.engine.checkpoint import is_training_checkpoint
 
     best = write_checkpoint(tmp_path / "r" / "best.npz")
     before = best.read_bytes()
@@ -342,7 +342,7 @@ def test_export_over_its_own_checkpoint_is_refused(tmp_path: Path) -> None:
 def test_export_over_another_training_checkpoint_needs_force(tmp_path: Path) -> None:
     import numpy as np
 
-    from cnncli.checkpoint import is_training_checkpoint
+    from cnncli.engine.checkpoint import is_training_checkpoint
 
     best = write_checkpoint(tmp_path / "best.npz")
     last = write_checkpoint(tmp_path / "last.npz")

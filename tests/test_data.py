@@ -1,4 +1,4 @@
-"""Tests for cnncli.data: readers (by content), writers, synthetic set, helpers."""
+"""Tests for cnncli.training.data: readers (by content), writers, synthetic set, helpers."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnncli.data import (
+from cnncli.training.data import (
     SHAPE_CLASSES,
     DataError,
     Dataset,
@@ -556,7 +556,7 @@ def test_dataset_validates_arrays():
 
 
 def test_module_does_not_import_numba():
-    code = "import sys, cnncli.data; assert 'numba' not in sys.modules, 'numba imported'"
+    code = "import sys, cnncli.training.data; assert 'numba' not in sys.modules, 'numba imported'"
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env)
@@ -609,7 +609,7 @@ def test_data_from_a_pipe_is_read_when_it_starts_like_a_format(tmp_path):
 
 
 def test_data_file_over_the_size_cap_is_refused_before_reading(tmp_path, monkeypatch):
-    import cnncli.data as D
+    import cnncli.training.data as D
 
     monkeypatch.setattr(D, "MAX_DATA_BYTES", 1000)
     (tmp_path / "big.bin").write_bytes(bytes(3073))
@@ -619,7 +619,7 @@ def test_data_file_over_the_size_cap_is_refused_before_reading(tmp_path, monkeyp
 
 
 def test_gzip_bomb_stops_at_the_size_cap(tmp_path, monkeypatch):
-    import cnncli.data as D
+    import cnncli.training.data as D
 
     monkeypatch.setattr(D, "MAX_DATA_BYTES", 1 << 16)
     (tmp_path / "bomb.gz").write_bytes(gzip.compress(bytes(1 << 20)))  # 1 MiB of zeros
@@ -677,7 +677,7 @@ def test_pickle_cannot_allocate_memory_it_does_not_hold(tmp_path, payload, fragm
 
 
 def test_check_finite_is_the_one_nan_check_for_data(tmp_path):
-    from cnncli.data import check_finite
+    from cnncli.training.data import check_finite
 
     x = np.ones((3, 4, 4, 1), np.float32)
     check_finite(x, "ok")
@@ -691,7 +691,7 @@ def test_check_finite_is_the_one_nan_check_for_data(tmp_path):
 
 
 def test_scale_warning_for_float_pixels_on_the_0_255_scale():
-    from cnncli.data import scale_warning
+    from cnncli.training.data import scale_warning
 
     unit = RNG.random((4, 6, 6, 3)).astype(np.float32)
     assert scale_warning(unit, "d") is None
@@ -705,7 +705,7 @@ def test_scale_warning_for_float_pixels_on_the_0_255_scale():
 
 
 def test_pad_to_input_zero_pads_each_image_centrally():
-    from cnncli.data import pad_to_input
+    from cnncli.training.data import pad_to_input
 
     ds = Dataset(x=_images(3), y=_labels(3), num_classes=10, class_names=None, source="m")
     padded = pad_to_input(ds, 32, 32, "m")

@@ -1,4 +1,4 @@
-"""Data-parallel training over MPI (cnncli.distributed, docs/distributed.md).
+"""Data-parallel training over MPI (cnncli.training.distributed, docs/distributed.md).
 
 The tests marked `mpi` start real jobs with `mpiexec -n 2` (the `mpich` wheel of
 `pip install 'cnncli[mpi]'` puts mpiexec beside the venv's python): tests/mpi_worker.py
@@ -34,10 +34,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cnncli import data as D
-from cnncli import distributed as dist
 from cnncli.cli.app import app
 from cnncli.config import rank_threads
+from cnncli.training import data as D
+from cnncli.training import distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
 import mpi_worker as W  # noqa: E402
@@ -211,8 +211,8 @@ def two_halves(steps: int) -> dict[str, np.ndarray]:
     """Per-rank batchnorm spelled out in one process: two copies of the net, each runs its
     half of every batch with its own batch statistics; the gradients are averaged, the
     running statistics too, and both copies take the same step."""
-    from cnncli.network import Network
-    from cnncli.optim import make_optimizer
+    from cnncli.engine.network import Network
+    from cnncli.engine.optim import make_optimizer
 
     train, _ = W.datasets()
     mean, std = D.channel_stats(train.x)
@@ -381,7 +381,7 @@ def test_cli_under_mpiexec_trains_on_two_ranks_and_rank_0_alone_speaks(tmp_path:
     single = runner.invoke(app, ["train", *args, "--out", str(tmp_path / "single"),
                                  "--epochs", "2", "--quiet"])
     assert single.exit_code == 0, single.output
-    from cnncli.checkpoint import load_checkpoint
+    from cnncli.engine.checkpoint import load_checkpoint
 
     assert_close(load_checkpoint(run / "last.npz").weights,
                  load_checkpoint(tmp_path / "single" / "last.npz").weights, 1e-12)

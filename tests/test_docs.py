@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cnncli import spec as spec_module
-from cnncli.spec import SpecInvalid, load_spec
-from cnncli.stats import analyze
+from cnncli.analysis.report import analyze
+from cnncli.spec import parse as spec_module
+from cnncli.spec.parse import SpecInvalid, load_spec
 
 SPEC_FORMAT = Path(__file__).resolve().parent.parent / "docs" / "spec-format.md"
 INVALID_MARKER = "<!-- invalid -->"

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnncli.gradcheck import THRESHOLD, Check, check_network, rel_error, rounding_noise
-from cnncli.network import Network
+from cnncli.engine.gradcheck import THRESHOLD, Check, check_network, rel_error, rounding_noise
+from cnncli.engine.network import Network
 
 # conv (with its default bias) -> batchnorm, as users write it: batchnorm subtracts each
 # channel's mean, so the conv bias has no effect and its true gradient is exactly 0

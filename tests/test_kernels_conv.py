@@ -1,4 +1,4 @@
-"""Tests for cnncli.kernels.conv against tests/naive.py and torch.nn.functional.conv2d.
+"""Tests for cnncli.engine.kernels.conv against tests/naive.py and torch.nn.functional.conv2d.
 
 Tests whose name contains ``small`` only use tiny shapes and also pass (slowly) with
 ``NUMBA_DISABLE_JIT=1``:
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnncli.kernels import conv
+from cnncli.engine.kernels import conv
 
 try:
     from tests import naive

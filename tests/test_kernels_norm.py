@@ -8,7 +8,7 @@ import naive_pool as ref
 import numpy as np
 import pytest
 
-from cnncli.kernels import norm
+from cnncli.engine.kernels import norm
 
 BN_SHAPES = [
     pytest.param((3, 4, 5, 3), id="small_nhwc"),

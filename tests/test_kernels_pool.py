@@ -10,7 +10,7 @@ import naive_pool as ref
 import numpy as np
 import pytest
 
-from cnncli.kernels import pool
+from cnncli.engine.kernels import pool
 
 # (id, N, H, W, C, size, stride, pad, ceil)
 CASES = [

@@ -1,5 +1,5 @@
-"""Tests for cnncli.kernels.winograd against tests/naive.py, direct convolution
-(cnncli.kernels.conv in float64) and torch.nn.functional.
+"""Tests for cnncli.engine.kernels.winograd against tests/naive.py, direct convolution
+(cnncli.engine.kernels.conv in float64) and torch.nn.functional.
 
 Tests whose name contains ``small`` only use tiny shapes and also pass (slowly) with
 ``NUMBA_DISABLE_JIT=1``:
@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnncli.kernels import conv
-from cnncli.kernels import winograd as wg
+from cnncli.engine.kernels import conv
+from cnncli.engine.kernels import winograd as wg
 
 try:
     from tests import naive
@@ -50,7 +50,7 @@ def _rel_err(a, ref):
 
 def _toom_cook(m, points):
     """(A^T, G, B^T) of F(m, 3) built from m + 1 finite points and infinity, as the
-    derivation in cnncli/kernels/winograd.py describes (no rescaling)."""
+    derivation in cnncli/engine/kernels/winograd.py describes (no rescaling)."""
     alpha = m + 2
     pts = np.asarray(points, dtype=np.float64)
     A = np.zeros((alpha, m))

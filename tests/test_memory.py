@@ -11,9 +11,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from cnncli import catalog
-from cnncli.cli.app import app
-from cnncli.memory import (
+from cnncli.analysis.memory import (
     OPTIMIZER_SLOTS,
     MemoryOptionError,
     estimate,
@@ -21,8 +19,10 @@ from cnncli.memory import (
     parse_bytes,
     simulate,
 )
-from cnncli.spec import Spec, load_spec, parse_spec
-from cnncli.stats import analyze
+from cnncli.analysis.report import analyze
+from cnncli.cli.app import app
+from cnncli.spec import catalog
+from cnncli.spec.parse import Spec, load_spec, parse_spec
 
 runner = CliRunner()
 MiB, GiB = 2**20, 2**30
@@ -193,9 +193,9 @@ def test_largest_batch_is_the_edge() -> None:
 
 
 def test_mirror_makes_the_engines_in_place_choices() -> None:
-    from cnncli import layers as L
-    from cnncli.memory import _Activation
-    from cnncli.network import Network
+    from cnncli.analysis.memory import _Activation
+    from cnncli.engine import layers as L
+    from cnncli.engine.network import Network
 
     for spec in (spec_of("resnet18"), spec_of("googlenet"), parse_spec(EVERY_LAYER)):
         net = Network(spec)
@@ -231,7 +231,7 @@ def _engine_kept_bytes(net: Any) -> int:
 def test_kept_activations_are_what_the_engine_keeps(name: str) -> None:
     import numpy as np
 
-    from cnncli.network import Network
+    from cnncli.engine.network import Network
 
     spec = parse_spec(EVERY_LAYER) if name == "every_layer" else spec_of(name)
     batch = 3
@@ -249,7 +249,7 @@ def test_kept_activations_are_what_the_engine_keeps(name: str) -> None:
                                              ("lenet5", "infer", 64)])
 def test_estimate_is_within_10_percent_of_the_measured_peak(name: str, mode: str,
                                                             batch: int) -> None:
-    from cnncli.measure import measure
+    from cnncli.engine.measure import measure
 
     spec = parse_spec(EVERY_LAYER) if name == "every_layer" else spec_of(name)
     measured = measure(spec, batch, mode=mode, threads=2)["peak_bytes"]

@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli.cli.app import app
-from cnncli.gradcheck import check_network
-from cnncli.network import Network
-from cnncli.spec import SpecInvalid, Volume
+from cnncli.engine.gradcheck import check_network
+from cnncli.engine.network import Network
+from cnncli.spec.parse import SpecInvalid, Volume
 
 # Every layer type and block of the contract, small enough to check in seconds.
 EVERY_LAYER = {
@@ -66,7 +66,7 @@ def test_small_global_pool_and_svm_gradient_check():
 
 
 def test_gradient_check_catches_a_broken_backward(monkeypatch):
-    from cnncli import layers as L
+    from cnncli.engine import layers as L
     monkeypatch.setattr(L.Activation, "backward", lambda self, dy: dy)  # relu' forgotten
     spec = {"input": "6x6x1", "layers": [{"conv": {"filters": 2, "size": 3}}, "relu",
                                          {"fc": 2}]}
@@ -153,8 +153,8 @@ def test_bench_command_prints_every_layer():
 def _torch_module(net: Network):  # type: ignore[no-untyped-def]
     """The same net in torch.nn, weights copied from ours (a chain or residual/concat)."""
     torch = pytest.importorskip("torch")
-    from cnncli import layers as L
-    from cnncli import network as N
+    from cnncli.engine import layers as L
+    from cnncli.engine import network as N
 
     class Residual(torch.nn.Module):
         def __init__(self, body, shortcut):  # type: ignore[no-untyped-def]
@@ -325,8 +325,8 @@ def test_network_at_another_input_size():
 
 
 def test_in_place_rule_is_what_the_engine_builds():
-    from cnncli import layers as L
-    from cnncli.inplace import in_place_activations
+    from cnncli.analysis.inplace import in_place_activations
+    from cnncli.engine import layers as L
 
     net = Network.from_spec(EVERY_LAYER)
     built = {x.name for x in net.layers if isinstance(x, L.Activation) and x.in_place}

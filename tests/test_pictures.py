@@ -19,11 +19,11 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from cnncli import catalog
+from cnncli.analysis.report import analyze
 from cnncli.cli.app import app
-from cnncli.pictures import curves, netdraw, tiles
-from cnncli.spec import load_spec
-from cnncli.stats import analyze
+from cnncli.render.pictures import curves, netdraw, tiles
+from cnncli.spec import catalog
+from cnncli.spec.parse import load_spec
 
 runner = CliRunner()
 SVG = "{http://www.w3.org/2000/svg}"
@@ -454,7 +454,7 @@ def test_filters_errors_are_one_line(run: tuple[Path, Path], tmp_path: Path,
 def test_activations_one_band_per_volume_of_the_drawing(run: tuple[Path, Path],
                                                         tmp_path: Path) -> None:
     spec, run_dir = run
-    from cnncli.data import synthetic_shapes
+    from cnncli.training.data import synthetic_shapes
     image = tmp_path / "shape.png"
     Image.fromarray(synthetic_shapes(1, width=16, height=16, num_classes=3, seed=2).x[0]) \
         .save(image)

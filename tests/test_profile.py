@@ -9,12 +9,12 @@ import re
 
 from typer.testing import CliRunner
 
-from cnncli import catalog
+from cnncli.analysis.report import Report, analyze
 from cnncli.cli.app import app
-from cnncli.profile import profile_layers
-from cnncli.render import bench_layout
-from cnncli.spec import Volume, load_spec, parse_spec
-from cnncli.stats import Report, analyze
+from cnncli.engine.profile import profile_layers
+from cnncli.render.tables import bench_layout
+from cnncli.spec import catalog
+from cnncli.spec.parse import Volume, load_spec, parse_spec
 
 SMALL = ["--input", "32x32x3", "--batch", "2", "--iterations", "1"]
 TIMES = re.compile(r"\s\d+\.\d\d\s+\d+\.\d\d(\s|$)")  # forward ms, backward ms

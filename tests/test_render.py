@@ -12,9 +12,10 @@ from collections.abc import Callable
 import pytest
 from rich.console import Console
 
-from cnncli import catalog, render
-from cnncli.spec import load_spec, parse_spec
-from cnncli.stats import Report, analyze
+from cnncli.analysis.report import Report, analyze
+from cnncli.render import tables as render
+from cnncli.spec import catalog
+from cnncli.spec.parse import load_spec, parse_spec
 
 # the check table's columns whose cells are right-justified (figures)
 RIGHT = ("output [WxHxD]", "activations", "weights", "biases", "MACs", "RF", "stride")
@@ -187,7 +188,7 @@ def command_print(args: list[str], width: int, monkeypatch: pytest.MonkeyPatch) 
 
 def gradcheck_table(console: Console) -> None:
     from cnncli.cli.engine import print_gradcheck
-    from cnncli.gradcheck import Check
+    from cnncli.engine.gradcheck import Check
 
     checks = [Check("conv1", "input", (2, 16, 16, 3), 8, 5.69e-10, False, False),
               Check("conv1", "conv1.weight", (12, 3, 3, 3), 8, 2.85e-3, False, False, kinks=2),

@@ -11,7 +11,8 @@ from fractions import Fraction
 
 import pytest
 
-from cnncli.shapes import (
+from cnncli.analysis.report import Report, analyze
+from cnncli.analysis.shapes import (
     Field,
     rounding_note,
     whole_inputs,
@@ -19,8 +20,7 @@ from cnncli.shapes import (
     whole_strides,
     window_output,
 )
-from cnncli.spec import Pair, Volume, parse_spec
-from cnncli.stats import Report, analyze
+from cnncli.spec.parse import Pair, Volume, parse_spec
 
 
 def net(input: str, *layers: dict, rounding: str = "strict") -> Report:  # type: ignore[type-arg]

@@ -15,9 +15,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cnncli import catalog
+from cnncli.analysis.report import analyze
 from cnncli.cli.app import app
-from cnncli.convert import (
+from cnncli.engine.network import Network
+from cnncli.sliding.convert import (
     ConvertError,
     check_sliding,
     convert_weights,
@@ -26,9 +27,18 @@ from cnncli.convert import (
     spec_to_dict,
     spec_yaml,
 )
-from cnncli.network import Network
-from cnncli.spec import FC, Conv, Pair, Pool, SpecInvalid, Volume, load_spec, parse_spec, walk
-from cnncli.stats import analyze
+from cnncli.spec.parse import (
+    FC,
+    Conv,
+    Pair,
+    Pool,
+    SpecInvalid,
+    Volume,
+    catalog,
+    load_spec,
+    parse_spec,
+    walk,
+)
 
 runner = CliRunner()
 
@@ -70,7 +80,7 @@ def random_image(h: int, w: int, d: int = 3, seed: int = 0) -> np.ndarray:
 
 
 def sliding_net(spec_data: Any, seed: int = 0):  # type: ignore[no-untyped-def]
-    from cnncli.slide import SlidingNet
+    from cnncli.sliding.slide import SlidingNet
 
     spec = spec_data if not isinstance(spec_data, (dict, str)) else (
         bundled(spec_data) if isinstance(spec_data, str) else parse_spec(spec_data))
@@ -376,7 +386,7 @@ def test_slide_prints_a_grid_and_the_average(files: dict[str, Path], tmp_path: P
     scores = np.load(out)
     assert scores.shape == (13, 13, 10)
     # the same map from the library with the same weights
-    from cnncli.slide import SlidingNet, load_image, load_weights
+    from cnncli.sliding.slide import SlidingNet, load_image, load_weights
     w = load_weights(files["w"])
     sn = SlidingNet(bundled("cifar_small"), w.state)
     assert np.abs(sn.score_map(sn.prepare(load_image(files["img128"]), w)) - scores).max() < 1e-6
@@ -465,10 +475,10 @@ def test_convert_weights_cli(files: dict[str, Path], tmp_path: Path) -> None:
 
 def test_slide_reads_a_training_checkpoint_with_its_normalisation(
         files: dict[str, Path], tmp_path: Path) -> None:
-    from cnncli.checkpoint import Checkpoint, save_checkpoint, spec_sha256
-    from cnncli.data import normalize
-    from cnncli.slide import SlidingNet, load_image
-    from cnncli.train import spec_text_of
+    from cnncli.engine.checkpoint import Checkpoint, save_checkpoint, spec_sha256
+    from cnncli.sliding.slide import SlidingNet, load_image
+    from cnncli.training.data import normalize
+    from cnncli.training.loop import spec_text_of
 
     spec = bundled("cifar_small")
     state = dict(np.load(files["w"]))
@@ -506,9 +516,9 @@ def test_image_files_need_pillow_or_read_with_it(tmp_path: Path) -> None:
 
 
 def test_a_stride_coarser_than_the_nets_is_every_kth_window_of_one_pass():
-    from cnncli import catalog
-    from cnncli.slide import SlidingNet
-    from cnncli.spec import load_spec
+    from cnncli.sliding.slide import SlidingNet
+    from cnncli.spec import catalog
+    from cnncli.spec.parse import load_spec
 
     sliding = SlidingNet.build(load_spec(catalog.resolve("lenet5")))
     image = np.random.default_rng(0).random((64, 64, 1)).astype(np.float32)

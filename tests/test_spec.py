@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cnncli import spec as spec_module
 from cnncli.cli.app import app
-from cnncli.spec import (
+from cnncli.spec import parse as spec_module
+from cnncli.spec.parse import (
     FC,
     LRN,
     MAX_INT,

@@ -18,12 +18,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cnncli import checkpoint as C
-from cnncli import data as D
-from cnncli import optim
 from cnncli.cli.app import app
-from cnncli.network import Network
-from cnncli.train import (
+from cnncli.engine import checkpoint as C
+from cnncli.engine import optim
+from cnncli.engine.network import Network
+from cnncli.training import data as D
+from cnncli.training.loop import (
     BatchDone,
     CheckpointSaved,
     EpochDone,
@@ -520,7 +520,7 @@ def test_metrics_csv_agrees_with_last_npz_after_a_failed_save_and_a_resume(
     """metrics.csv used to be rewritten in place after the checkpoint: a kill there left
     it cut short (0 rows beside a last.npz at epoch 994). Now the metrics are written with
     last.npz in one atomic save; the save of epoch 2 fails here at three points."""
-    from cnncli import train as T
+    from cnncli.training import loop as T
 
     run = tmp_path / "run"
     trainer = make_trainer(shapes, run, epochs=3)

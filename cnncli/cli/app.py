@@ -63,7 +63,7 @@ def main() -> None:
     try:
         app()
     except SystemExit as exc:
-        from cnncli.distributed import exiting
+        from cnncli.training.distributed import exiting
 
         exiting(exc.code)  # under mpiexec: a rank failing early lets the others know
         raise

@@ -32,7 +32,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from cnncli.cli.output import err
 from cnncli.errors import UserError, naming
-from cnncli.spec import SpecError, SpecInvalid
+from cnncli.spec.parse import SpecError, SpecInvalid
 
 try:  # typer 0.2x carries its own copy of click
     from typer._click import exceptions as click_errors
@@ -96,7 +96,7 @@ def error_line(message: str) -> None:
 def _invalid_net(exc: SpecInvalid, params: dict[str, Any]) -> None:
     """Every problem on stderr, a count; with --format json also the problems as JSON on
     stdout, so a script reading stdout sees why there is no report."""
-    from cnncli.render import problem_text
+    from cnncli.render.tables import problem_text
 
     source = params.get("spec")
     if source is not None and str(params.get("fmt")) == "json":

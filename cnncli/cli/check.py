@@ -39,8 +39,8 @@ def check(
                              "(sliding-window evaluation at a larger --input).")] = False,
 ) -> None:
     """Validate a spec's arithmetic and print the notes' per-layer table."""
-    from cnncli import render
-    from cnncli.stats import analyze, valid_input_sizes
+    from cnncli.analysis.report import analyze, valid_input_sizes
+    from cnncli.render import tables as render
 
     if output is not None and fmt is ReportFormat.table:
         raise InputError("--out writes a file: pick its --format (json, csv, markdown or html)")
@@ -49,7 +49,7 @@ def check(
     mode = rounding_mode(rounding)
     sliding = None
     if fc_to_conv:
-        from cnncli.convert import check_sliding, fc_to_conv_spec
+        from cnncli.sliding.convert import check_sliding, fc_to_conv_spec
 
         trained_at = net.input
         net = fc_to_conv_spec(net, mode)
@@ -59,7 +59,7 @@ def check(
         report = analyze(net, volume, mode)
     plan = None
     if ranks is not None:
-        from cnncli.distributed import AllreducePlan
+        from cnncli.training.distributed import AllreducePlan
 
         plan = AllreducePlan(ranks, report.parameters, 4)
     if output is not None or fmt is ReportFormat.html:
@@ -73,7 +73,7 @@ def check(
     else:
         render.print_report(out, report, errors=err)
         if sliding is not None:
-            from cnncli.convert import print_sliding
+            from cnncli.sliding.convert import print_sliding
             print_sliding(out, sliding)
         if plan is not None:
             out.print(Text(plan.text(render.binary_bytes)), soft_wrap=True)
@@ -107,10 +107,10 @@ def _write_report(report: Any, fmt: ReportFormat, output: Path | None,
     """A report in a file format, to `output` (written whole, then renamed) or stdout."""
     import json
 
-    from cnncli import render
+    from cnncli.render import tables as render
 
     if fmt is ReportFormat.html:
-        from cnncli.pictures.html import report_page
+        from cnncli.render.pictures.html import report_page
         text = report_page(report)
     elif fmt is ReportFormat.json:
         text = json.dumps(_report_data(report, sliding, plan), indent=2, allow_nan=False) + "\n"
@@ -121,7 +121,7 @@ def _write_report(report: Any, fmt: ReportFormat, output: Path | None,
     if output is None:
         write(text)
         return
-    from cnncli.pictures import write_text
+    from cnncli.render.pictures import write_text
 
     write_text(output, text)
     out.print(Text(f"wrote {output}"))

@@ -19,19 +19,19 @@ from cnncli.cli.options import (
     open_spec,
 )
 from cnncli.cli.output import err, out, print_json
-from cnncli.spec import Spec, Volume
+from cnncli.spec.parse import Spec, Volume
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from cnncli.gradcheck import Check
-    from cnncli.render import Laid
+    from cnncli.engine.gradcheck import Check
+    from cnncli.render.tables import Laid
 
 
 def smallest_valid_input(spec: Spec, start: int = 16) -> Volume:
     """The smallest square input (same depth) at which every layer is whole: gradient
     checks run in float64, and small volumes keep them to seconds."""
-    from cnncli.stats import analyze
+    from cnncli.analysis.report import analyze
 
     for size in range(start, max(start, spec.input.w) + 1):
         volume = Volume(size, size, spec.input.d)
@@ -54,8 +54,8 @@ def gradcheck(
     1e-6 or an analytic gradient is identically zero where the numeric one is not."""
     import numpy as np
 
-    from cnncli.gradcheck import THRESHOLD, check_network
-    from cnncli.network import Network
+    from cnncli.engine.gradcheck import THRESHOLD, check_network
+    from cnncli.engine.network import Network
 
     net_spec = open_spec(spec)
     volume = input_override(input) or smallest_valid_input(net_spec)
@@ -80,7 +80,7 @@ GRADCHECK_LEAVE_OUT = ("samples", "kinks", "shape")
 
 def gradcheck_layout(net: str, samples: int, checks: list[Check], width: int) -> Laid:
     """One row per check: the layer, what was checked, the worst error and the verdict."""
-    from cnncli.render import Column, TableRow, lay_out
+    from cnncli.render.tables import Column, TableRow, lay_out
 
     columns = (Column("layer", "layer"), Column("what", "gradient of"),
                Column("shape", "shape", right=True), Column("samples", "samples", right=True),
@@ -102,8 +102,8 @@ def gradcheck_layout(net: str, samples: int, checks: list[Check], width: int) ->
 
 def print_gradcheck(console: Console, net: str, samples: int, checks: list[Check],
                     elapsed: float) -> None:
-    from cnncli.gradcheck import THRESHOLD
-    from cnncli.render import print_laid
+    from cnncli.engine.gradcheck import THRESHOLD
+    from cnncli.render.tables import print_laid
 
     print_laid(console, gradcheck_layout(net, samples, checks, console.width))
     worst = max(checks, key=lambda c: c.max_rel_error)
@@ -117,7 +117,7 @@ def print_gradcheck(console: Console, net: str, samples: int, checks: list[Check
 
 def warmup() -> None:
     """Compile the engine's kernels once and cache them on disk (run by `make install`)."""
-    from cnncli.warmup import warm_up
+    from cnncli.engine.warmup import warm_up
 
     seconds = warm_up()
     out.print(f"engine kernels compiled and cached in {seconds:.1f} s")
@@ -136,12 +136,12 @@ def bench(
 
     Find the slow layer of any spec: every layer, inside residual and concat blocks
     too, and each block's add or concatenation."""
-    from cnncli.profile import profile_layers
+    from cnncli.engine.profile import profile_layers
 
     net_spec = open_spec(spec)
     result = profile_layers(net_spec, input_override(input), batch, iterations, threads)
     if fmt is TableOrJson.json:
         print_json(result)
         return
-    from cnncli.render import print_bench
+    from cnncli.render.tables import print_bench
     print_bench(out, result)

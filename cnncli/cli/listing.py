@@ -5,20 +5,20 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from cnncli import catalog
 from cnncli.cli.options import Format, FormatOpt
 from cnncli.cli.output import out, print_json
-from cnncli.spec import SpecError, SpecInvalid, load_spec
+from cnncli.spec import catalog
+from cnncli.spec.parse import SpecError, SpecInvalid, load_spec
 
 if TYPE_CHECKING:
-    from cnncli.render import Laid
+    from cnncli.render.tables import Laid
 
 # what a narrow terminal gives up first: the size and the cost of each net are the point
 LIST_LEAVE_OUT = ("output", "input", "title", "macs")
 
 
 def list_layout(rows: list[dict[str, Any]], width: int) -> Laid:
-    from cnncli.render import Column, TableRow, human, lay_out
+    from cnncli.render.tables import Column, TableRow, human, lay_out
 
     columns = (Column("name", "name"), Column("title", "architecture", wraps=True),
                Column("input", "input", right=True),
@@ -32,8 +32,8 @@ def list_layout(rows: list[dict[str, Any]], width: int) -> Laid:
 
 def list_architectures(fmt: FormatOpt = Format.table) -> None:
     """The bundled architectures, with their parameter counts and MACs."""
-    from cnncli.render import human, print_laid
-    from cnncli.stats import analyze
+    from cnncli.analysis.report import analyze
+    from cnncli.render.tables import human, print_laid
 
     rows: list[dict[str, Any]] = []
     for name in catalog.bundled_names():

@@ -1,6 +1,6 @@
 """`cnncli memory`: will this net fit, and where does the memory go?
 
-The estimate (cnncli.memory) is pure Python: no numpy, no numba. Only `--measure`
+The estimate (cnncli.analysis.memory) is pure Python: no numpy, no numba. Only `--measure`
 imports the engine, inside the command.
 """
 
@@ -26,8 +26,8 @@ from cnncli.cli.options import (
 from cnncli.cli.output import err, out, print_json
 
 if TYPE_CHECKING:
-    from cnncli.memory import MemoryReport
-    from cnncli.render import Laid
+    from cnncli.analysis.memory import MemoryReport
+    from cnncli.render.tables import Laid
 
 
 class Mode(StrEnum):
@@ -94,9 +94,9 @@ def memory(
     volume = input_override(input)
     mode_s = rounding_mode(rounding)
     # imported here, not at the top: every other command starts without it
-    from cnncli import distributed
+    from cnncli.analysis.memory import default_threads, estimate, largest_batch, parse_bytes
     from cnncli.config import rank_threads
-    from cnncli.memory import default_threads, estimate, largest_batch, parse_bytes
+    from cnncli.training import distributed
 
     # what the engine would run: more than the cores only warns (cnncli.config); with
     # --ranks N, one rank's share of this machine's cores
@@ -131,7 +131,7 @@ def memory(
         dist = distributed.size_rank(report, ranks, global_batch)
     measured: dict[str, Any] | None = None
     if measure and (fit is None or fit["largest_batch"]):
-        from cnncli.measure import measure as run_measure
+        from cnncli.engine.measure import measure as run_measure
 
         measured = run_measure(net, batch, dtype.value, optimizer.value, mode.value,
                                threads, volume, mode_s)
@@ -166,7 +166,7 @@ LAYERS_LEAVE_OUT = ("kind", "parameters", "kept", "kept_per_image", "output", "w
 def memory_layouts(r: MemoryReport, width: int) -> dict[str, Laid]:
     """The report's three tables (items, the notes' rules, per layer) laid out to `width`;
     "rules" only when the report has rules."""
-    from cnncli.render import Column, TableRow, lay_out
+    from cnncli.render.tables import Column, TableRow, lay_out
 
     def laid(title: str, columns: tuple[Column, ...], rows: list[TableRow],
              leave_out: tuple[str, ...]) -> Laid:
@@ -213,8 +213,8 @@ def memory_layouts(r: MemoryReport, width: int) -> dict[str, Laid]:
 
 def print_memory(console: Console, r: MemoryReport, fit: dict[str, Any] | None = None,
                  measured: dict[str, Any] | None = None) -> None:
-    from cnncli.memory import SHORT
-    from cnncli.render import print_laid
+    from cnncli.analysis.memory import SHORT
+    from cnncli.render.tables import print_laid
 
     what = "training step" if r.mode == "train" else "inference (forward only, test time)"
     opt = f", {r.optimizer}" if r.optimizer else ""

@@ -11,10 +11,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from cnncli import catalog
 from cnncli.cli.output import warn
 from cnncli.errors import InputError
-from cnncli.spec import ROUNDINGS, Spec, Volume, load_spec, parse_volume
+from cnncli.spec import catalog
+from cnncli.spec.parse import ROUNDINGS, Spec, Volume, load_spec, parse_volume
 
 
 class Format(StrEnum):
@@ -80,7 +80,7 @@ SeedOpt = Annotated[int, typer.Option("--seed", callback=seed_callback, help="Ra
 
 
 def open_spec(name: str) -> Spec:
-    """The spec a SPEC argument names: a file, or a bundled architecture (cnncli.catalog).
+    """The spec a SPEC argument names: a file, or a bundled architecture (cnncli.spec.catalog).
     Raises SpecError (unreadable, exit 2) or SpecInvalid (an invalid net, exit 1)."""
     return load_spec(catalog.resolve(name))
 

@@ -1,5 +1,5 @@
 """`cnncli draw`, `plot`, `filters` and `activations`: pictures of a net, a run and its
-weights (cnncli.pictures). `draw` is pure Python like `check`; the others import numpy,
+weights (cnncli.render.pictures). `draw` is pure Python like `check`; the others import numpy,
 matplotlib or Pillow inside the command. Errors go to the boundary (cnncli.cli.boundary)."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.text import Text
 
-from cnncli import catalog
 from cnncli.cli.options import InputOpt, RoundingOpt, SpecArg, input_override, open_spec
 from cnncli.cli.output import err, out, write
 from cnncli.errors import InputError
+from cnncli.spec import catalog
 
 COLOURS = ("cyan", "yellow")  # training, validation in the terminal charts
 
@@ -32,8 +32,8 @@ def _suffix(output: Path, allowed: tuple[str, ...], what: str) -> None:
 def print_compact_curves(run_dir: Path) -> None:
     """The sparklines of a run's metrics (after `cnncli train` in a terminal); silent when
     the run has no metrics to show."""
-    from cnncli.pictures import PictureError
-    from cnncli.pictures.curves import read_metrics, sparklines
+    from cnncli.render.pictures import PictureError
+    from cnncli.render.pictures.curves import read_metrics, sparklines
 
     try:
         epochs = read_metrics(run_dir)
@@ -44,7 +44,7 @@ def print_compact_curves(run_dir: Path) -> None:
 
 
 def _print_charts(epochs: Any, width: int) -> None:
-    from cnncli.pictures.curves import terminal_charts
+    from cnncli.render.pictures.curves import terminal_charts
 
     tty = sys.stdout.isatty()
     for text, runs in terminal_charts(epochs, width):
@@ -72,9 +72,9 @@ def draw(
 
     An invalid spec is drawn up to its failing layer, which carries the error; the
     file is written and the command exits 1."""
-    from cnncli.pictures import write_text
-    from cnncli.pictures.netdraw import draw as draw_net
-    from cnncli.render import problem_text
+    from cnncli.render.pictures import write_text
+    from cnncli.render.pictures.netdraw import draw as draw_net
+    from cnncli.render.tables import problem_text
 
     if output is not None:
         _suffix(output, (".svg",), "the drawing is")
@@ -107,8 +107,8 @@ def plot(
 ) -> None:
     """Loss and accuracy per epoch (training against validation) and the learning rate,
     over the run's whole history, resumes included."""
-    from cnncli.pictures import PictureError, write_atomic
-    from cnncli.pictures.curves import SUFFIXES, read_metrics, run_title, write_plot
+    from cnncli.render.pictures import PictureError, write_atomic
+    from cnncli.render.pictures.curves import SUFFIXES, read_metrics, run_title, write_plot
 
     epochs = read_metrics(run)
     if output is None:
@@ -136,9 +136,9 @@ def filters(
         show_default=False)] = None,
 ) -> None:
     """The learned filters as a grid of small tiles, like Krizhevsky's first layer."""
-    from cnncli.pictures import write_atomic
-    from cnncli.pictures.tiles import filters_picture
-    from cnncli.slide import load_weights
+    from cnncli.render.pictures import write_atomic
+    from cnncli.render.pictures.tiles import filters_picture
+    from cnncli.sliding.slide import load_weights
 
     _suffix(output, (".png",), "tiles are")
     weights = load_weights(checkpoint)
@@ -159,15 +159,15 @@ def activations(
         "--out", "-o", help="The .png to write.", show_default=False)],
 ) -> None:
     """One image's activation maps through the net: each volume's depth slices tiled."""
-    from cnncli.pictures import write_atomic
+    from cnncli.render.pictures import write_atomic
 
     _suffix(output, (".png",), "tiles are")
     net_spec = open_spec(spec)
-    from cnncli.checkpoint import check_spec
-    from cnncli.network import Network
-    from cnncli.pictures.tiles import activations_picture
-    from cnncli.slide import load_image, load_weights
-    from cnncli.train import spec_text_of
+    from cnncli.engine.checkpoint import check_spec
+    from cnncli.engine.network import Network
+    from cnncli.render.pictures.tiles import activations_picture
+    from cnncli.sliding.slide import load_image, load_weights
+    from cnncli.training.loop import spec_text_of
 
     w = load_weights(weights)
     if "spec_sha256" in w.meta:

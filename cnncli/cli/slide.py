@@ -24,10 +24,10 @@ from cnncli.cli.options import (
 )
 from cnncli.cli.output import err, out, print_json, warn, write
 from cnncli.errors import InputError, RunInvalid
-from cnncli.spec import Spec
+from cnncli.spec.parse import Spec
 
 if TYPE_CHECKING:
-    from cnncli.render import Laid
+    from cnncli.render.tables import Laid
 
 # one colour per class in the grid (cycled past ten classes)
 PALETTE = ("red", "green", "blue", "magenta", "cyan", "yellow", "bright_red", "bright_green",
@@ -35,7 +35,7 @@ PALETTE = ("red", "green", "blue", "magenta", "cyan", "yellow", "bright_red", "b
 
 
 def _header(spec: Spec, rounding: str | None) -> str:
-    from cnncli.convert import fc_layers, global_pools
+    from cnncli.sliding.convert import fc_layers, global_pools
 
     lines = [f"# {spec.name} with its FC layers rewritten as convolutions "
              "(cnncli convert --fc-to-conv).", f"# from {spec.source}"]
@@ -55,7 +55,7 @@ def _write_file(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write a file the user named as checkpoints are written: to a temporary beside it,
     renamed over it once whole, so an interrupted command leaves the old file or the new
     one, never a cut one (and no temporary)."""
-    from cnncli.checkpoint import write_atomically
+    from cnncli.engine.checkpoint import write_atomically
 
     write_atomically([(path, write)])
 
@@ -69,7 +69,7 @@ def _write_text(path: Path, text: str) -> None:
 def grid_layout(scores: Any, names: list[str], geo: dict[str, Any], width: int) -> Laid:
     """Top class and its score per window, as a table laid out like the image, each class
     in its colour; a grid too wide for the terminal becomes one record per row of windows."""
-    from cnncli.render import Column, TableRow, lay_out
+    from cnncli.render.tables import Column, TableRow, lay_out
 
     top = scores.argmax(-1)
     best = scores.max(-1)
@@ -119,13 +119,13 @@ def convert(
         raise InputError("--weights needs -o OUT.npz, the file for the converted weights")
     mode = rounding_mode(rounding)
     net = open_spec(spec)
-    from cnncli.convert import fc_to_conv_spec, spec_yaml
+    from cnncli.sliding.convert import fc_to_conv_spec, spec_yaml
 
     text = _header(net, mode) + spec_yaml(fc_to_conv_spec(net, mode))
     if weights is not None:
         assert output is not None
-        from cnncli.convert import ConvertError, convert_weights, fc_layers
-        from cnncli.slide import load_weights, save_npz
+        from cnncli.sliding.convert import ConvertError, convert_weights, fc_layers
+        from cnncli.sliding.slide import load_weights, save_npz
 
         loaded = load_weights(weights)
         try:
@@ -202,9 +202,9 @@ def slide(
     mode = rounding_mode(rounding)
     net = open_spec(spec)
     from cnncli.config import configure_threads
-    from cnncli.convert import ConvertError, fc_to_conv_spec
-    from cnncli.slide import SlideError, SlidingNet, load_image, load_weights
-    from cnncli.slide import average as average_scores
+    from cnncli.sliding.convert import ConvertError, fc_to_conv_spec
+    from cnncli.sliding.slide import SlideError, SlidingNet, load_image, load_weights
+    from cnncli.sliding.slide import average as average_scores
 
     fc_to_conv_spec(net, mode)  # a net that cannot convert stops here, before any work
     loaded = load_weights(weights) if weights is not None else None
@@ -215,8 +215,8 @@ def slide(
     except (ConvertError, ValueError) as exc:  # names the layer; add the file and the net
         raise RunInvalid(f"{weights}: the weights do not fit {net.name}: {exc}") from None
     if loaded is not None and loaded.meta.get("spec_sha256"):
-        from cnncli.checkpoint import spec_sha256
-        from cnncli.train import spec_text_of
+        from cnncli.engine.checkpoint import spec_sha256
+        from cnncli.training.loop import spec_text_of
 
         if loaded.meta["spec_sha256"] != spec_sha256(spec_text_of(net)):
             warn(f"{weights} was trained on '{loaded.meta.get('spec_name', '?')}', a spec "
@@ -278,7 +278,7 @@ def slide(
         raise typer.Exit(1)
 
 def _print_result(r: dict[str, Any], scores: Any, names: list[str], geo: dict[str, Any]) -> None:
-    from cnncli.render import print_laid
+    from cnncli.render.tables import print_laid
 
     step = geo["window_stride"]
     win = geo["window"]
@@ -315,7 +315,7 @@ def _print_result(r: dict[str, Any], scores: Any, names: list[str], geo: dict[st
 def _write_maps(path: Path, maps: dict[str, Any], results: list[dict[str, Any]]) -> None:
     import numpy as np
 
-    from cnncli.slide import save_npz
+    from cnncli.sliding.slide import save_npz
     suffix = path.suffix.lower()
     if suffix == ".npy":
         scores = next(iter(maps.values()))

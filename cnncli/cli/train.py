@@ -1,4 +1,4 @@
-"""`cnncli train`, `cnncli eval` and `cnncli export`: thin commands over `cnncli.train`.
+"""`cnncli train`, `cnncli eval` and `cnncli export`: thin commands over `cnncli.training.loop`.
 
 Every problem is one line on stderr (cnncli.cli.boundary): exit 2 for bad input (options,
 data, spec, checkpoint), 1 for a run that failed (the loss diverged), 130 after Ctrl-C
@@ -33,7 +33,7 @@ from cnncli.errors import InputError, RunInvalid
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from cnncli.render import Laid
+    from cnncli.render.tables import Laid
 
 DEFAULTS: dict[str, Any] = dict(
     val_fraction=0.2, train_size=8000, epochs=10, batch=64, lr=0.01, optimizer="momentum",
@@ -134,11 +134,11 @@ def train(
 
 def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | None,
            resume: bool, overwrite: bool, quiet: bool, distributed: bool = False) -> None:
-    from cnncli.checkpoint import check_spec, load_checkpoint
     from cnncli.config import configure_threads
-    from cnncli.distributed import connect
-    from cnncli.network import Network
-    from cnncli.train import RunDir, TrainConfig, Trainer, load_training_data, spec_text_of
+    from cnncli.engine.checkpoint import check_spec, load_checkpoint
+    from cnncli.engine.network import Network
+    from cnncli.training.distributed import connect
+    from cnncli.training.loop import RunDir, TrainConfig, Trainer, load_training_data, spec_text_of
 
     # distributed: rank 0 reads the run directory and speaks; errors fail every rank alike
     comm = connect(distributed)
@@ -277,7 +277,7 @@ class TrainDisplay:
                 f"{m.images_per_s:>7.0f}{mark}")
 
     def show(self, trainer: Any, sigint: Any) -> Any:
-        from cnncli.train import BatchDone, EpochDone, Stopped
+        from cnncli.training.loop import BatchDone, EpochDone, Stopped
 
         self.epochs = trainer.config.epochs
         if not self.quiet:
@@ -365,10 +365,10 @@ def evaluate(
 
 def _evaluate(spec_arg: str, net_spec: Any, weights: Path, data: str | None, batch: int,
               threads: int | None, pad_data: bool) -> dict[str, Any]:
-    from cnncli.checkpoint import load_checkpoint
     from cnncli.config import configure_threads
-    from cnncli.network import Network
-    from cnncli.train import (
+    from cnncli.engine.checkpoint import load_checkpoint
+    from cnncli.engine.network import Network
+    from cnncli.training.loop import (
         builtin_dataset,
         evaluate,
         load_test_data,
@@ -399,7 +399,7 @@ def _evaluate(spec_arg: str, net_spec: Any, weights: Path, data: str | None, bat
 def eval_layouts(r: dict[str, Any], width: int) -> dict[str, Laid]:
     """The per-class table and, up to 20 classes, the confusion matrix, laid out to `width`
     (a matrix too wide becomes one record per true class, never a cut count)."""
-    from cnncli.render import Column, TableRow, lay_out
+    from cnncli.render.tables import Column, TableRow, lay_out
 
     per_class: list[TableRow] = [
         ([name, str(n), "-" if acc is None else f"{100 * acc:.2f}%"], None)
@@ -423,7 +423,7 @@ def eval_layouts(r: dict[str, Any], width: int) -> dict[str, Laid]:
 
 
 def print_eval(console: Console, r: dict[str, Any]) -> None:
-    from cnncli.render import print_laid
+    from cnncli.render.tables import print_laid
 
     console.print(escape(f"{r['spec']} ({r['weights']}) on {r['data']}"), soft_wrap=True)
     console.print(f"loss {r['loss']:.4f}   accuracy {100 * r['accuracy']:.2f}% "
@@ -448,7 +448,7 @@ def export(
                         "checkpoint being exported).")] = False,
 ) -> None:
     """Export a checkpoint's weights as .npz for NumPy / PyTorch (`load_state_dict`)."""
-    from cnncli.checkpoint import check_export_target, export_npz, load_checkpoint
+    from cnncli.engine.checkpoint import check_export_target, export_npz, load_checkpoint
 
     check_export_target(output, checkpoint, force)  # before the load: refuse at once
     ckpt = load_checkpoint(checkpoint)

@@ -50,9 +50,9 @@ from cnncli.errors import InputError
 if TYPE_CHECKING:
     import numpy as np
 
-    from cnncli.data import Dataset
-    from cnncli.memory import MemoryReport
-    from cnncli.network import Network
+    from cnncli.analysis.memory import MemoryReport
+    from cnncli.engine.network import Network
+    from cnncli.training.data import Dataset
 
 T = TypeVar("T")
 
@@ -450,7 +450,7 @@ class MpiComm(Comm):
 
     # ------------------------------------------------------------ the net
     def attach(self, net: Network, sync_batchnorm: bool = False) -> None:
-        from cnncli import layers as L
+        from cnncli.engine import layers as L
 
         layout: list[tuple[Any, str, int, int]] = []
         averaged: list[tuple[Any, int, int]] = []
@@ -573,7 +573,7 @@ def _from_rank(exc: BaseException, rank: int, host: str) -> BaseException:
 
 
 def _batchnorm_classes() -> tuple[type, type]:
-    from cnncli import layers as L
+    from cnncli.engine import layers as L
 
     class RankBatchNorm(L.BatchNorm):
         """Per-rank statistics (Horovod's default); a rank computing a weight-0 stand-in
@@ -738,7 +738,7 @@ def size_rank(report: MemoryReport, ranks: int, global_batch: int) -> dict[str, 
     inside the call is not counted (measured: half the buffer with 2 ranks, MPICH 5.0 and
     Open MPI 5.0).
     """
-    from cnncli.memory import Item
+    from cnncli.analysis.memory import Item
 
     numbers = report.item("param").numbers
     plan = AllreducePlan(ranks, numbers, report.bytes_per_number)
@@ -752,7 +752,7 @@ def size_rank(report: MemoryReport, ranks: int, global_batch: int) -> dict[str, 
 
 def rank_text(sized: dict[str, Any]) -> str:
     """The line `memory --ranks` prints above one rank's table."""
-    from cnncli.render import binary_bytes
+    from cnncli.render.tables import binary_bytes
 
     plan = AllreducePlan(sized["ranks"], sized["parameters"], sized["bytes_per_number"])
     return (f"one rank of {plan.ranks}: batch {sized['batch_per_rank']} of the global "

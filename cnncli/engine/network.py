@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from cnncli import catalog
-from cnncli import layers as L
-from cnncli import spec as S
+from cnncli.analysis.inplace import in_place_activations
+from cnncli.analysis.report import Report, analyze
 from cnncli.config import ensure_configured
-from cnncli.inplace import in_place_activations
-from cnncli.spec import SpecInvalid, Volume
-from cnncli.stats import Report, analyze
+from cnncli.engine import layers as L
+from cnncli.spec import catalog
+from cnncli.spec import parse as S
+from cnncli.spec.parse import SpecInvalid, Volume
 
 
 class Sequence:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnncli.pictures import PictureError
+from cnncli.render.pictures import PictureError
 
 METRICS = "metrics.csv"
 SUFFIXES = (".png", ".svg", ".pdf")

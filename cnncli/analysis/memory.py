@@ -4,9 +4,9 @@
 array the engine would allocate (layer outputs, what each layer keeps for backward,
 gradients, kernel work buffers, temporaries, optimizer state) is a `_Buf` whose bytes are
 added when it is created and removed when its last reference goes. The replay mirrors
-`cnncli/network.py`, `cnncli/layers.py`, `cnncli/kernels/*` and `cnncli/optim.py` call
-for call, so CPython's reference counting frees each `_Buf` at the moment the engine's
-array would be freed. What comes out is plain data (`MemoryReport`):
+`cnncli/engine/network.py`, `cnncli/engine/layers.py`, `cnncli/engine/kernels/*` and
+`cnncli/engine/optim.py` call for call, so CPython's reference counting frees each `_Buf`
+at the moment the engine's array would be freed. What comes out is plain data (`MemoryReport`):
 
 - items, each at its own peak: the input batch; activations kept for backward; activations
   in flight (outputs not kept, alive until the next layer is done); gradients of the
@@ -34,14 +34,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnncli import spec as S
+from cnncli.analysis.inplace import in_place_activations
+from cnncli.analysis.report import Report, Row, analyze
 from cnncli.errors import InputError
-from cnncli.inplace import in_place_activations
-from cnncli.spec import SpecInvalid, Volume
-from cnncli.stats import Report, Row, analyze
+from cnncli.spec import parse as S
+from cnncli.spec.parse import SpecInvalid, Volume
 
 DTYPES = {"float16": 2, "float32": 4, "float64": 8}
-# Per-parameter state arrays each optimizer keeps (cnncli/optim.py `slots`): the notes'
+# Per-parameter state arrays each optimizer keeps (cnncli/engine/optim.py `slots`): the notes'
 # "x3 or more" for parameters is params + gradients + this.
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adagrad": 1, "rmsprop": 1,
                    "adam": 2}
@@ -60,7 +60,7 @@ OPTIMIZER_TEMPS = {"sgd": 1, "momentum": 1, "nesterov": 3, "adagrad": 2, "rmspro
 _EPS_TEMP = ("adagrad", "rmsprop", "adam")  # one more at float32 (and float16)
 MODES = ("train", "infer")
 
-# Engine constants (cnncli/kernels/conv.py); re-read them there when kernels change.
+# Engine constants (cnncli/engine/kernels/conv.py); re-read them there when kernels change.
 COL_BLOCK_BYTES = 1024 * 1024
 MIN_CHUNKS = 8
 DIRECT_MAX_CG_KG = 8

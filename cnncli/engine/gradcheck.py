@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from cnncli import layers as L
-from cnncli.network import Network
+from cnncli.engine import layers as L
+from cnncli.engine.network import Network
 
 THRESHOLD = 1e-6
 STEP = 1e-5

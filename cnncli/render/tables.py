@@ -20,8 +20,8 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
-from cnncli.spec import Problem
-from cnncli.stats import Report, Row
+from cnncli.analysis.report import Report, Row
+from cnncli.spec.parse import Problem
 
 # One header table for the report's columns: (key, title, justify).
 COLUMNS = (

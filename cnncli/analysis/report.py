@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from cnncli.shapes import (
+from cnncli.analysis.shapes import (
     Field,
     WindowOutput,
     effective_size,
@@ -21,7 +21,7 @@ from cnncli.shapes import (
     whole_strides,
     window_output,
 )
-from cnncli.spec import (
+from cnncli.spec.parse import (
     FC,
     LRN,
     Activation,

@@ -34,9 +34,9 @@ import gc
 import time
 from typing import Any
 
-from cnncli import spec as S
 from cnncli.errors import InputError
-from cnncli.spec import Volume
+from cnncli.spec import parse as S
+from cnncli.spec.parse import Volume
 
 ENGINE_DTYPES = ("float32", "float64")
 
@@ -58,8 +58,8 @@ def measure(spec: S.Spec, batch: int, dtype: str = "float32", optimizer: str = "
     import numpy as np
 
     from cnncli.config import configure_threads
-    from cnncli.network import Network
-    from cnncli.optim import make_optimizer
+    from cnncli.engine.network import Network
+    from cnncli.engine.optim import make_optimizer
 
     used_threads = configure_threads(threads)
     training = mode == "train"

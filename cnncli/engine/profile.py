@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from cnncli.config import configure_threads
-from cnncli.network import ConcatBlock, Network, ResidualBlock, Sequence
-from cnncli.spec import Spec, Volume
+from cnncli.engine.network import ConcatBlock, Network, ResidualBlock, Sequence
+from cnncli.spec.parse import Spec, Volume
 
 
 class _Timed:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from cnncli.pictures import PictureError, need_pillow
+from cnncli.render.pictures import PictureError, need_pillow
 
 GAP = 3              # pixels between tiles: each filter reads as a tile of its own
 BACKGROUND = 255     # the page between tiles
@@ -85,7 +85,7 @@ def first_conv(state: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
     else the first 4-D weight in the file (state dicts keep the layers' order)."""
     text = meta.get("spec_text")
     if isinstance(text, str):
-        from cnncli.spec import Conv, SpecError, SpecInvalid, parse_spec, read_yaml, walk
+        from cnncli.spec.parse import Conv, SpecError, SpecInvalid, parse_spec, read_yaml, walk
         try:
             spec = parse_spec(read_yaml(text, "the checkpoint's spec"))
             for layer in walk(spec.layers):
@@ -158,8 +158,8 @@ def filters_picture(state: dict[str, np.ndarray], meta: dict[str, Any],
 def _record(net: Any) -> tuple[dict[str, np.ndarray], list[tuple[Any, str]]]:
     """Make every layer and block of a built net keep a copy of its output (image 0) under
     the report's row name; returns the store and what to undo."""
-    from cnncli import spec as S
-    from cnncli.network import ConcatBlock, ResidualBlock, Sequence
+    from cnncli.engine.network import ConcatBlock, ResidualBlock, Sequence
+    from cnncli.spec import parse as S
 
     store: dict[str, np.ndarray] = {}
     patched: list[tuple[Any, str]] = []
@@ -220,8 +220,8 @@ def activations_picture(net: Any, image: np.ndarray, mean: np.ndarray | None,
                         std: np.ndarray | None) -> Any:
     """A PIL image: the input, then one band per volume of the drawing with its depth
     slices; `image` is [H, W, D] (uint8, or float in [0, 1]) at the net's input size."""
-    from cnncli.data import normalize
-    from cnncli.pictures.netdraw import Box, Fork, Item, build
+    from cnncli.render.pictures.netdraw import Box, Fork, Item, build
+    from cnncli.training.data import normalize
 
     v = net.input
     if image.shape != (v.h, v.w, v.d):

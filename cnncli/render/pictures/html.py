@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape
 
-from cnncli.pictures.netdraw import svg
-from cnncli.render import COLUMNS, _cells, binary_bytes, summary_lines
-from cnncli.stats import Report
+from cnncli.analysis.report import Report
+from cnncli.render.pictures.netdraw import svg
+from cnncli.render.tables import COLUMNS, _cells, binary_bytes, summary_lines
 
 STYLE = """
 body { font-family: DejaVu Sans, Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
@@ -78,7 +78,7 @@ def _pair(report: Report, jump: bool = False) -> str:
 def memory_section(report: Report, batch: int = 64) -> str:
     """The itemised memory of one training step at `batch` (float32, momentum): what
     `cnncli memory` prints first."""
-    from cnncli.memory import estimate
+    from cnncli.analysis.memory import estimate
 
     r = estimate(report.spec, batch=batch, input_volume=report.input,
                  rounding=report.rounding)

@@ -23,17 +23,17 @@ from typing import Any
 
 import numpy as np
 
-from cnncli.convert import (
+from cnncli.analysis.report import analyze
+from cnncli.engine.network import Network
+from cnncli.errors import InputError
+from cnncli.sliding.convert import (
     check_sliding,
     convert_weights,
     equivalence,
     fc_layers,
     fc_to_conv_spec,
 )
-from cnncli.errors import InputError
-from cnncli.network import Network
-from cnncli.spec import Pair, Spec, Volume
-from cnncli.stats import analyze
+from cnncli.spec.parse import Pair, Spec, Volume
 
 VERIFY_TOLERANCE = 1e-4  # float32, largest |one pass - crop by crop| over all scores
 
@@ -81,7 +81,7 @@ def load_weights(path: str | Path) -> Weights:
         # an exported weights file; PyTorch's BatchNorm step counter is not a parameter
         state = {k: v for k, v in arrays.items() if not k.endswith(".num_batches_tracked")}
         return Weights(state, source=str(path))
-    from cnncli.checkpoint import CheckpointError, load_checkpoint
+    from cnncli.engine.checkpoint import CheckpointError, load_checkpoint
 
     try:
         ckpt = load_checkpoint(path)
@@ -92,7 +92,7 @@ def load_weights(path: str | Path) -> Weights:
 
 def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     """Write arrays to `.npz` atomically (a temporary file renamed over the target)."""
-    from cnncli.checkpoint import npz_writer, write_atomically
+    from cnncli.engine.checkpoint import npz_writer, write_atomically
 
     path = Path(path)
     write_atomically([(path, npz_writer(arrays))])
@@ -184,8 +184,8 @@ class _WindowDot:
 
 def _window_dots(items: list[Any], names: set[str]) -> None:
     """Swap the engine's conv for `_WindowDot` on the converted FC layers (in place)."""
-    from cnncli import layers as L
-    from cnncli.network import ConcatBlock, ResidualBlock, Sequence
+    from cnncli.engine import layers as L
+    from cnncli.engine.network import ConcatBlock, ResidualBlock, Sequence
 
     for i, item in enumerate(items):
         if isinstance(item, L.Conv) and item.name in names:
@@ -293,7 +293,7 @@ class SlidingNet:
         finite (SlideError otherwise; float pixels that look like the 0..255 scale get a
         line to `warn`), uint8 -> [0, 1], then the checkpoint's per-channel normalisation,
         if it has one."""
-        from cnncli import data as D
+        from cnncli.training import data as D
 
         self.check_layout(image)
         try:

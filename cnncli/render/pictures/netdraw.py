@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Union
 from xml.sax.saxutils import escape, quoteattr
 
-from cnncli.render import human
-from cnncli.spec import (
+from cnncli.analysis.report import Report, Row, analyze
+from cnncli.render.tables import human
+from cnncli.spec.parse import (
     Problem,
     Spec,
     SpecError,
@@ -41,7 +42,6 @@ from cnncli.spec import (
     parse_spec,
     read_yaml,
 )
-from cnncli.stats import Report, Row, analyze
 
 FONT = "DejaVu Sans Mono, Menlo, Consolas, Liberation Mono, monospace"
 FONT_SIZE = 11
@@ -788,7 +788,7 @@ def draw(path: str | Path, input_volume: Volume | None = None, rounding: str | N
     """Draw a spec file. A spec whose arithmetic fails is drawn up to the failing layer; one
     that cannot even be read as a net (a bad setting) is drawn up to the top-level layer
     that holds the problem. SpecError (not a spec at all) is raised."""
-    from cnncli.spec import load_spec
+    from cnncli.spec.parse import load_spec
 
     try:
         spec = load_spec(path)

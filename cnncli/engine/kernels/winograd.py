@@ -7,7 +7,7 @@ Public wrappers (plain Python: validate, allocate, call the @njit kernels):
     winograd_conv_backward_data(dy, w, pad, tile=4) -> dx
     winograd_conv_backward_weights(x, dy, pad, tile=4) -> dw
 
-Shapes as in cnncli.kernels.conv: x[N, H, W, C], y/dy[N, OH, OW, K] with OH = H + 2*pad - 2
+Shapes as in cnncli.engine.kernels.conv: x[N, H, W, C], y/dy[N, OH, OW, K] with OH = H + 2*pad - 2
 and OW = W + 2*pad - 2, weights OIHW ``w[K, C, 3, 3]``, bias ``b[K]`` or None. Stride 1,
 dilation 1, groups 1; ``pad`` (0, 1 or 2) zero-pads every side. Same results as
 conv2d_forward / conv2d_backward up to rounding; ``tile`` is m in F(m x m, 3 x 3), 4 or 2.
@@ -55,7 +55,7 @@ import numpy as np
 from numba import njit, prange
 
 from cnncli.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, ensure_configured
-from cnncli.kernels.conv import _as, _check_x
+from cnncli.engine.kernels.conv import _as, _check_x
 
 __all__ = [
     "winograd_filter_transform",

@@ -10,7 +10,7 @@ test time).
 
 from __future__ import annotations
 
-from cnncli import spec as S
+from cnncli.spec import parse as S
 
 
 def output_reusable(node: S.Node) -> bool:

@@ -28,9 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from cnncli.analysis.report import Report, analyze
+from cnncli.analysis.shapes import window_output
 from cnncli.errors import RunInvalid
-from cnncli.shapes import window_output
-from cnncli.spec import (
+from cnncli.spec.parse import (
     FC,
     LRN,
     Activation,
@@ -50,7 +51,6 @@ from cnncli.spec import (
     Volume,
     walk,
 )
-from cnncli.stats import Report, analyze
 
 # --------------------------------------------------------------------------- the spec
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnncli.spec import SpecError
+from cnncli.spec.parse import SpecError
 
 
 def bundled_dir() -> Path:
     """Installed wheels carry the specs inside the package; a source checkout has them at
     the top level (`architectures/`), which is what an editable install sees."""
-    inside = Path(__file__).resolve().parent / "architectures"
+    package = Path(__file__).resolve().parent.parent
+    inside = package / "architectures"
     if inside.is_dir():
         return inside
-    return Path(__file__).resolve().parent.parent / "architectures"
+    return package.parent / "architectures"
 
 
 def bundled_names() -> list[str]:

@@ -20,7 +20,7 @@ stays.
 The reported training loss is the data loss (comparable with the validation loss); the
 L2 penalty of `weight_decay` is added to the gradients only.
 
-Distributed: given an MPI `comm` (cnncli.distributed), each rank computes its shard of
+Distributed: given an MPI `comm` (cnncli.training.distributed), each rank computes its shard of
 every batch, the gradients are summed over the ranks before the step, and validation is
 split across them; alone, `Comm()` changes nothing (docs/distributed.md).
 """
@@ -39,8 +39,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from cnncli import data as D
-from cnncli.checkpoint import (
+from cnncli.engine.checkpoint import (
     Checkpoint,
     Writer,
     remove_stale_temporaries,
@@ -48,10 +47,11 @@ from cnncli.checkpoint import (
     spec_sha256,
     write_atomically,
 )
-from cnncli.distributed import Comm
+from cnncli.engine.network import Network
+from cnncli.engine.optim import OPTIMIZERS, SCHEDULES, Schedule, make_optimizer
 from cnncli.errors import InputError
-from cnncli.network import Network
-from cnncli.optim import OPTIMIZERS, SCHEDULES, Schedule, make_optimizer
+from cnncli.training import data as D
+from cnncli.training.distributed import Comm
 
 
 class TrainError(InputError):
@@ -386,7 +386,7 @@ class Trainer:
         self.net, self.train_ds, self.val_ds, self.config = net, train, val, config
         self.spec_text = spec_text
         self.info = dict(info or {})
-        # distributed (cnncli.distributed): each rank computes its shard of every batch and
+        # distributed (cnncli.training.distributed): each rank computes its shard of every batch and
         # validates its part of the validation set; only rank 0 writes the run directory
         self.comm = comm or Comm()
         self.comm.check_batch(config.batch)

@@ -17,12 +17,12 @@ from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 
-from cnncli import spec as S
+from cnncli.analysis.report import Row
 from cnncli.config import blas_threads
-from cnncli.kernels import conv as conv_k
-from cnncli.kernels import norm as norm_k
-from cnncli.kernels import pool as pool_k
-from cnncli.stats import Row
+from cnncli.engine.kernels import conv as conv_k
+from cnncli.engine.kernels import norm as norm_k
+from cnncli.engine.kernels import pool as pool_k
+from cnncli.spec import parse as S
 
 
 class Layer:

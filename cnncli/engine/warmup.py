@@ -32,7 +32,7 @@ WARMUP_SPEC = {
 
 def warm_up() -> float:
     """Run one training step in float32 and float64; return the seconds it took."""
-    from cnncli.network import Network
+    from cnncli.engine.network import Network
 
     started = time.perf_counter()
     for dtype in (np.float32, np.float64):
