@@ -40,6 +40,13 @@ import numpy as np
 from numba import njit, prange
 
 from cnncli.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, ensure_configured
+from cnncli.engine.kernels.sizes import (
+    COL_BLOCK_BYTES,  # noqa: F401 - tests and benchmarks read it through this module
+    MIN_CHUNKS,  # noqa: F401
+    band_rows,
+    chunks,
+    use_direct,
+)
 
 __all__ = [
     "conv2d_forward",
@@ -48,14 +55,8 @@ __all__ = [
     "local2d_backward",
 ]
 
-# Column band target size in bytes (per chunk buffer; 2 MiB L2 per core on the target,
-# 1 MiB measured best, 256 KiB 10-20% slower).
-COL_BLOCK_BYTES = 1024 * 1024
-# Backward dW partial sums: at least this many chunks, so results do not depend on the
-# thread count (up to this many threads).
-MIN_CHUNKS = 8
-# Use the direct kernel when a group's GEMM would be this small (Cg * Kg).
-DIRECT_MAX_CG_KG = 8
+# How the work is split (band sizes, chunk counts) is defined once in sizes.py, which the
+# layers' memory plans read too.
 
 
 # ----------------------------------------------------------------------------------
@@ -567,7 +568,7 @@ def _check_conv_w(x, w, groups):
 
 
 def _use_direct(Cg, Kg, G):
-    return G > 1 and Cg * Kg <= DIRECT_MAX_CG_KG
+    return use_direct(Cg, Kg, G)
 
 
 def _gemm_weights(w, G):
@@ -586,8 +587,7 @@ def _direct_weights(w, G):
 
 
 def _band_rows(OH, OW, G, kdim, itemsize):
-    per_row = max(1, OW * G * kdim * itemsize)
-    return max(1, min(OH, COL_BLOCK_BYTES // per_row))
+    return band_rows(OH, OW, G, kdim, itemsize)
 
 
 def _threads():
@@ -595,7 +595,7 @@ def _threads():
 
 
 def _nchunk(N):
-    return max(1, min(N, max(_threads(), MIN_CHUNKS)))
+    return chunks(N, _threads())
 
 
 def _out_hw(out_hw):

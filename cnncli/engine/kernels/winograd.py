@@ -56,6 +56,7 @@ from numba import njit, prange
 
 from cnncli.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, ensure_configured
 from cnncli.engine.kernels.conv import _as, _check_x
+from cnncli.engine.kernels.sizes import MIN_CHUNKS  # dW partial sums, as conv.py
 
 __all__ = [
     "winograd_filter_transform",
@@ -71,9 +72,6 @@ BLOCK_TILES = 32
 # its sums once, so small images (few tiles per row) want longer blocks; 32-128 measured
 # alike within the (heavy) noise, 256 slower.
 BLOCK_TILES_DW = 64
-# dW partial sums: at least this many chunks, so results do not depend on the thread
-# count (up to this many threads).
-MIN_CHUNKS = 8
 TILES = (2, 4)
 
 # ----------------------------------------------------------------------------------
