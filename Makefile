@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # the pure-Python parts that mypy checks (the analyzer, data and orchestration; not kernels)
-TYPED  := cnncli/spec cnncli/analysis cnncli/render cnncli/cli cnncli/training cnncli/sliding \
+TYPED  := cnncli/spec cnncli/layers cnncli/analysis cnncli/render cnncli/cli cnncli/training cnncli/sliding \
           cnncli/engine/*.py cnncli/errors.py cnncli/config.py
 
 .PHONY: install dev demo test lint bench pictures clean

@@ -1,6 +1,6 @@
 """VGG16's fully connected head (7x7x512 -> 4096 -> 4096 -> 1000), one training step at
 batch 64, float32: BLAS on one thread (as inside the conv kernels) against the cores lent
-to BLAS for big GEMMs (cnncli.engine.layers.PARALLEL_GEMM_MACS).
+to BLAS for big GEMMs (cnncli.layers.fc.PARALLEL_GEMM_MACS).
 
     .venv/bin/python bench/bench_fc_head.py
 """
@@ -12,7 +12,7 @@ from statistics import median
 
 import numpy as np
 
-import cnncli.engine.layers as L
+import cnncli.layers.fc as L
 from cnncli.config import configure_threads
 from cnncli.engine.network import Network
 

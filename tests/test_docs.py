@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cnncli.analysis.report import analyze
-from cnncli.spec import parse as spec_module
+from cnncli.layers import REGISTRY
 from cnncli.spec.parse import SpecInvalid, load_spec
 
 SPEC_FORMAT = Path(__file__).resolve().parent.parent / "docs" / "spec-format.md"
@@ -74,7 +74,7 @@ def test_spec_format_example_checks_as_the_page_says(tmp_path: Path, line: int, 
 def test_spec_format_documents_every_layer_type() -> None:
     text = SPEC_FORMAT.read_text(encoding="utf-8")
     headings = [line for line in text.splitlines() if line.startswith("### ")]
-    for kind in spec_module._LAYER_PARSERS:
+    for kind in REGISTRY:
         assert any(f"`{kind}`" in h for h in headings), f"no section for `{kind}`"
 
 

@@ -3,6 +3,8 @@ compared with PyTorch (weights copied across, as tinygrad's tests do)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -10,7 +12,18 @@ from typer.testing import CliRunner
 from cnncli.cli.app import app
 from cnncli.engine.gradcheck import check_network
 from cnncli.engine.network import Network
+from cnncli.layers.activations import ActivationEngine
+from cnncli.layers.batchnorm import BatchNormEngine
+from cnncli.layers.blocks import ConcatBlock, ResidualBlock, Sequence
+from cnncli.layers.conv import ConvEngine
+from cnncli.layers.fc import FCEngine
+from cnncli.layers.lrn import LRNEngine
+from cnncli.layers.pool import PoolEngine
 from cnncli.spec.parse import SpecInvalid, Volume
+
+# the engine's layer classes, by the name of their layer type (each in its own module)
+L = SimpleNamespace(Conv=ConvEngine, FC=FCEngine, Pool=PoolEngine, Activation=ActivationEngine,
+                    BatchNorm=BatchNormEngine, LRN=LRNEngine)
 
 # Every layer type and block of the contract, small enough to check in seconds.
 EVERY_LAYER = {
@@ -66,7 +79,6 @@ def test_small_global_pool_and_svm_gradient_check():
 
 
 def test_gradient_check_catches_a_broken_backward(monkeypatch):
-    from cnncli.engine import layers as L
     monkeypatch.setattr(L.Activation, "backward", lambda self, dy: dy)  # relu' forgotten
     spec = {"input": "6x6x1", "layers": [{"conv": {"filters": 2, "size": 3}}, "relu",
                                          {"fc": 2}]}
@@ -153,8 +165,6 @@ def test_bench_command_prints_every_layer():
 def _torch_module(net: Network):  # type: ignore[no-untyped-def]
     """The same net in torch.nn, weights copied from ours (a chain or residual/concat)."""
     torch = pytest.importorskip("torch")
-    from cnncli.engine import layers as L
-    from cnncli.engine import network as N
 
     class Residual(torch.nn.Module):
         def __init__(self, body, shortcut):  # type: ignore[no-untyped-def]
@@ -179,11 +189,11 @@ def _torch_module(net: Network):  # type: ignore[no-untyped-def]
         return torch.nn.Parameter(torch.from_numpy(np.array(a, dtype=np.float64)))
 
     def convert(item):  # type: ignore[no-untyped-def]
-        if isinstance(item, N.Sequence):
+        if isinstance(item, Sequence):
             return torch.nn.Sequential(*[convert(i) for i in item.items])
-        if isinstance(item, N.ResidualBlock):
+        if isinstance(item, ResidualBlock):
             return Residual(convert(item.body), convert(item.shortcut))
-        if isinstance(item, N.ConcatBlock):
+        if isinstance(item, ConcatBlock):
             return Concat([convert(b) for b in item.branches])
         name = item.name
         if isinstance(item, L.Conv):
@@ -210,7 +220,7 @@ def _torch_module(net: Network):  # type: ignore[no-untyped-def]
         if isinstance(item, L.Activation):
             return {"relu": torch.nn.ReLU(), "tanh": torch.nn.Tanh(),
                     "sigmoid": torch.nn.Sigmoid(),
-                    "leaky_relu": torch.nn.LeakyReLU(item.slope)}[item.function]
+                    "leaky_relu": torch.nn.LeakyReLU(item.layer.slope)}[item.function]
         if isinstance(item, L.BatchNorm):
             m = torch.nn.BatchNorm2d(len(params[f"{name}.weight"]), eps=item.eps,
                                      momentum=item.momentum).double()
@@ -326,7 +336,6 @@ def test_network_at_another_input_size():
 
 def test_in_place_rule_is_what_the_engine_builds():
     from cnncli.analysis.inplace import in_place_activations
-    from cnncli.engine import layers as L
 
     net = Network.from_spec(EVERY_LAYER)
     built = {x.name for x in net.layers if isinstance(x, L.Activation) and x.in_place}

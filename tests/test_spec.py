@@ -18,22 +18,12 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli.cli.app import app
+from cnncli.layers import FC, LRN, BatchNorm, Concat, Conv, Dropout, Local, Pool, Repeat, Residual
+from cnncli.layers.activations import Activation
+from cnncli.spec import loading as loading_module
 from cnncli.spec import parse as spec_module
 from cnncli.spec.parse import (
-    FC,
-    LRN,
-    MAX_INT,
-    MAX_SPEC_BYTES,
-    Activation,
-    BatchNorm,
-    Concat,
-    Conv,
-    Dropout,
-    Local,
     Pair,
-    Pool,
-    Repeat,
-    Residual,
     SpecError,
     SpecInvalid,
     Volume,
@@ -42,6 +32,7 @@ from cnncli.spec.parse import (
     parse_volume,
     walk,
 )
+from cnncli.spec.types import MAX_INT, MAX_SPEC_BYTES
 
 runner = CliRunner()
 
@@ -123,7 +114,7 @@ def test_every_layer_type_and_block_parses(tmp_path: Path) -> None:
     assert spec.input == Volume(32, 24, 3)  # WIDTH x HEIGHT x DEPTH
     assert spec.loss == "svm" and spec.rounding == "floor"
     kinds = [type(n).__name__ for n in spec.layers]
-    assert kinds == ["Conv", "Activation", "Activation", "Activation", "Activation", "BatchNorm",
+    assert kinds == ["Conv", "ReLU", "Tanh", "Sigmoid", "LeakyReLU", "BatchNorm",
                      "LRN", "Pool", "Local", "Dropout", "Repeat", "Residual", "Concat", "Pool",
                      "FC"]
     stem = spec.layers[0]
@@ -513,16 +504,16 @@ def test_a_file_over_4_mib_is_refused_by_size_before_it_is_parsed(
 def test_a_file_of_exactly_the_size_cap_is_read(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, "input: 8x8x1\nlayers: [relu]\n")
-    monkeypatch.setattr(spec_module, "MAX_SPEC_BYTES", path.stat().st_size)
+    monkeypatch.setattr(loading_module, "MAX_SPEC_BYTES", path.stat().st_size)
     assert load_spec(path).input == Volume(8, 8, 1)
-    monkeypatch.setattr(spec_module, "MAX_SPEC_BYTES", path.stat().st_size - 1)
+    monkeypatch.setattr(loading_module, "MAX_SPEC_BYTES", path.stat().st_size - 1)
     with pytest.raises(SpecError, match="larger than"):
         load_spec(path)
 
 
 def test_many_plain_values_are_too_many_values_not_an_alias_bomb(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spec_module, "MAX_YAML_NODES", 50)
+    monkeypatch.setattr(loading_module, "MAX_YAML_NODES", 50)
     message = spec_error(tmp_path, "input: 8x8x1\nlayers: [" + "relu, " * 60 + "]\n")
     assert message.endswith("the file holds more than 50 YAML values; a spec is a small file")
     assert "alias" not in message
@@ -530,7 +521,7 @@ def test_many_plain_values_are_too_many_values_not_an_alias_bomb(
 
 def test_the_alias_bomb_guard_counts_only_copies_made_by_aliases(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spec_module, "MAX_ALIAS_NODES", 50)
+    monkeypatch.setattr(loading_module, "MAX_ALIAS_NODES", 50)
     # 60 layers written out: no alias, so no alias bomb however many values there are
     assert len(load(tmp_path, "input: 8x8x1\nlayers: [" + "relu, " * 60 + "]\n").layers) == 60
     # a few aliases that repeat a few values are an ordinary use of YAML

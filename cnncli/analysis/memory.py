@@ -2,10 +2,10 @@
 
 `estimate(spec, batch=64)` replays one step of the engine on a *simulated heap*: every
 array the engine would allocate (layer outputs, what each layer keeps for backward,
-gradients, kernel work buffers, temporaries, optimizer state) is a `_Buf` whose bytes are
+gradients, kernel work buffers, temporaries, optimizer state) is a `Buf` whose bytes are
 added when it is created and removed when its last reference goes. The replay mirrors
 `cnncli/engine/network.py`, `cnncli/engine/layers.py`, `cnncli/engine/kernels/*` and
-`cnncli/engine/optim.py` call for call, so CPython's reference counting frees each `_Buf`
+`cnncli/engine/optim.py` call for call, so CPython's reference counting frees each `Buf`
 at the moment the engine's array would be freed. What comes out is plain data (`MemoryReport`):
 
 - items, each at its own peak: the input batch; activations kept for backward; activations
@@ -32,13 +32,15 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnncli.analysis.inplace import in_place_activations
 from cnncli.analysis.report import Report, Row, analyze
 from cnncli.errors import InputError
-from cnncli.spec import parse as S
-from cnncli.spec.parse import SpecInvalid, Volume
+from cnncli.spec.types import Spec, SpecInvalid, Volume, unrolled
+
+if TYPE_CHECKING:
+    from cnncli.layers.base import LayerSpec
 
 DTYPES = {"float16": 2, "float32": 4, "float64": 8}
 # Per-parameter state arrays each optimizer keeps (cnncli/engine/optim.py `slots`): the notes'
@@ -46,7 +48,7 @@ DTYPES = {"float16": 2, "float32": 4, "float64": 8}
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adagrad": 1, "rmsprop": 1,
                    "adam": 2}
 # Parameter-sized temporaries alive at once inside `optimizer.step` for one parameter
-# (numpy reuses a temporary operand of >= 256 KiB in place, see _ELIDE_BYTES, but only
+# (numpy reuses a temporary operand of >= 256 KiB in place, see ELIDE_BYTES, but only
 # for an array operand or a scalar that casts safely: `sqrt(c) + eps` with a Python float
 # reuses the temporary at float64, not at float32). Measured with tracemalloc:
 #   sgd       lr*g
@@ -60,17 +62,15 @@ OPTIMIZER_TEMPS = {"sgd": 1, "momentum": 1, "nesterov": 3, "adagrad": 2, "rmspro
 _EPS_TEMP = ("adagrad", "rmsprop", "adam")  # one more at float32 (and float16)
 MODES = ("train", "infer")
 
-# Engine constants (cnncli/engine/kernels/conv.py); re-read them there when kernels change.
-COL_BLOCK_BYTES = 1024 * 1024
-MIN_CHUNKS = 8
-DIRECT_MAX_CG_KG = 8
+# Kernel work splits (band sizes, chunk counts) are read from engine/kernels/sizes.py by
+# the layers' plans, the same module the kernels read them from.
 # numpy reuses a temporary operand in place for `a * b + c` when it has at least this
 # many bytes (NPY_MIN_ELIDE_BYTES); smaller temporaries get a fresh array.
-_ELIDE_BYTES = 256 * 1024
-_INT32, _INT64, _FLOAT64, _BOOL = 4, 8, 8, 1
+ELIDE_BYTES = 256 * 1024
+INT32, INT64, FLOAT64, BOOL = 4, 8, 8, 1
 # A ufunc that casts an operand (bool -> float) does so through a buffer of this many
 # elements (numpy's default buffer size), whatever the array size.
-_UFUNC_BUFSIZE = 8192
+UFUNC_BUFSIZE = 8192
 
 # What each category is called in reports, in display order.
 ITEMS = {
@@ -102,7 +102,7 @@ def default_threads() -> int:
 # ----------------------------------------------------------------------------- the heap
 
 
-class _Heap:
+class Heap:
     """Bytes alive per category, their peaks, and the moment of the overall peak."""
 
     def __init__(self, batch: int, itemsize: int):
@@ -121,7 +121,7 @@ class _Heap:
         self.kept: dict[str, list[_Kept]] = {}
         self.phase_peak: dict[str, int] = {}
 
-    def add(self, cat: str, buf: _Buf, sign: int) -> None:
+    def add(self, cat: str, buf: Buf, sign: int) -> None:
         cur = self.now[cat]
         cur[0] += sign * buf.nbytes
         cur[1] += sign * buf.per_image * buf.itemsize
@@ -140,13 +140,13 @@ class _Heap:
                 self.peak_where = self.where
 
 
-class _Buf:
+class Buf:
     """One simulated array: its bytes count while a reference to it exists."""
 
     __slots__ = ("heap", "per_image", "fixed", "itemsize", "base", "owner", "what", "saves",
                  "numbers", "nbytes")
 
-    def __init__(self, heap: _Heap, per_image: int, fixed: int = 0, itemsize: int | None = None,
+    def __init__(self, heap: Heap, per_image: int, fixed: int = 0, itemsize: int | None = None,
                  base: str = "work", owner: str = "", what: str = ""):
         self.heap = heap
         self.per_image, self.fixed = per_image, fixed
@@ -179,30 +179,37 @@ class _Buf:
         self.heap.add(self.cat, self, -1)
 
 
-def _elides(buf: _Buf) -> bool:
-    return buf.nbytes >= _ELIDE_BYTES
+def elides(buf: Buf) -> bool:
+    """Does numpy reuse this temporary operand in place (NPY_MIN_ELIDE_BYTES)?"""
+    return buf.nbytes >= ELIDE_BYTES
 
 
-# ----------------------------------------------------------------------------- layers
-# Each mirror class keeps what the engine's layer keeps (`self.saved`) and allocates what
-# the engine's forward/backward and kernel wrappers allocate, in the same scopes.
+# ----------------------------------------------------------------------------- plans
+# Each layer type's plan (cnncli/layers/, `plan`) keeps what the engine's layer keeps
+# (`self.saved`) and allocates what its forward/backward and kernels allocate, in the same
+# scopes; this is the vocabulary they write it in, and the walk over them.
 
 
-class _Layer:
-    def __init__(self, heap: _Heap, row: Row, threads: int):
+class PlanLayer:
+    """A layer's memory in a step: its parameters, and (in `forward`/`backward`, written by
+    each layer type) its outputs, what it keeps for backward, its workspace, its gradients."""
+
+    in_place = False  # an activation that overwrites its input allocates no output
+
+    def __init__(self, heap: Heap, row: Row, threads: int):
         self.heap, self.row, self.name, self.threads = heap, row, row.name, threads
-        self.saved: list[_Buf] = []
+        self.saved: list[Buf] = []
         self.need_dx = True
-        self.params: dict[str, _Buf] = {}
-        self.grads: dict[str, _Buf] = {}
+        self.params: dict[str, Buf] = {}
+        self.grads: dict[str, Buf] = {}
         for key, shape in row.params.items():
-            self.params[key] = _Buf(heap, 0, math.prod(shape), base="param", owner=self.name)
+            self.params[key] = Buf(heap, 0, math.prod(shape), base="param", owner=self.name)
         for key, shape in row.buffers.items():
-            self.params[key] = _Buf(heap, 0, math.prod(shape), base="param", owner=self.name)
+            self.params[key] = Buf(heap, 0, math.prod(shape), base="param", owner=self.name)
         self.trainable = list(row.params)
 
     # what forward keeps, what backward drops
-    def keep(self, *bufs: _Buf) -> None:
+    def keep(self, *bufs: Buf) -> None:
         for b in bufs:
             b.save()
         self.saved = list(bufs)
@@ -212,16 +219,16 @@ class _Layer:
             b.unsave()
         self.saved = []
 
-    def out(self, vol: Volume, what: str = "output") -> _Buf:
-        return _Buf(self.heap, vol.size, base="act", owner=self.name, what=what)
+    def out(self, vol: Volume, what: str = "output") -> Buf:
+        return Buf(self.heap, vol.size, base="act", owner=self.name, what=what)
 
-    def grad(self, vol: Volume) -> _Buf:
-        return _Buf(self.heap, vol.size, base="grad", owner=self.name)
+    def grad(self, vol: Volume) -> Buf:
+        return Buf(self.heap, vol.size, base="grad", owner=self.name)
 
-    def work(self, per_image: int, fixed: int = 0, itemsize: int | None = None) -> _Buf:
-        return _Buf(self.heap, per_image, fixed, itemsize, base="work", owner=self.name)
+    def work(self, per_image: int, fixed: int = 0, itemsize: int | None = None) -> Buf:
+        return Buf(self.heap, per_image, fixed, itemsize, base="work", owner=self.name)
 
-    def new_grads(self, bufs: dict[str, _Buf]) -> None:
+    def new_grads(self, bufs: dict[str, Buf]) -> None:
         for key, buf in bufs.items():
             self.grads[key] = buf  # frees last step's gradient
             # computed as workspace (next to the old gradient), kept as the gradient
@@ -232,522 +239,52 @@ class _Layer:
     def steady_grads(self) -> None:
         """The gradients left from the previous step (alive through this one)."""
         for key in self.trainable:
-            self.grads[key] = _Buf(self.heap, 0, self.params[key].numbers, base="pgrad",
+            self.grads[key] = Buf(self.heap, 0, self.params[key].numbers, base="pgrad",
                                    owner=self.name)
 
-    def forward(self, x: _Buf, training: bool) -> _Buf:
+    def im2col(self) -> tuple[int, int] | None:
+        """For a layer that lowers its windows to a GEMM: the numbers per image of a
+        whole-image im2col matrix, and the output rows it builds at a time instead."""
+        return None
+
+    def forward(self, x: Buf, training: bool) -> Buf:
         raise NotImplementedError
 
-    def backward(self, dy: _Buf) -> _Buf:
+    def backward(self, dy: Buf) -> Buf:
         raise NotImplementedError
 
 
-class _Conv(_Layer):
-    def __init__(self, heap: _Heap, row: Row, threads: int, node: S.Conv):
-        super().__init__(heap, row, threads)
-        assert row.input is not None and row.output is not None
-        self.vin, self.vout = row.input, row.output
-        self.groups = node.groups
-        self.k = node.filters
-        self.cg = row.input.d // node.groups
-        self.kdim = node.size.h * node.size.w * self.cg
-        self.weight = row.params[f"{self.name}.weight"]
-        self.wsize = math.prod(self.weight)
-        self.bias = node.bias
-        self.direct = node.groups > 1 and self.cg * (node.filters // node.groups) \
-            <= DIRECT_MAX_CG_KG
-
-    def _band(self) -> tuple[int, int]:
-        """Rows per im2col band and bands per image (kernels/conv.py `_band_rows`)."""
-        oh, ow = self.vout.h, self.vout.w
-        per_row = max(1, ow * self.groups * self.kdim * self.heap.itemsize)
-        rb = max(1, min(oh, COL_BLOCK_BYTES // per_row))
-        return rb, -(-oh // rb)
-
-    def forward(self, x: _Buf, training: bool) -> _Buf:
-        if training:
-            self.keep(x)
-        n, g, kg = self.heap.batch, self.groups, self.k // self.groups
-        y = self.out(self.vout)
-        bias = None if self.bias else self.work(0, self.k)  # np.zeros(K) stands in
-        wcopy = self.work(0, self.wsize)  # _gemm_weights / _direct_weights: a relaid copy
-        if self.direct:
-            bands = [self.work(0, kg * g) for _ in range(min(self.threads, n * self.vout.h))]
-        else:
-            rb, nblk = self._band()
-            per = g * rb * self.vout.w * self.kdim + rb * self.vout.w * kg  # cols + tmp
-            bands = [self.work(0, per) for _ in range(min(self.threads, n * nblk))]
-        del bands, wcopy, bias
-        return y
-
-    def backward(self, dy: _Buf) -> _Buf:
-        n, g, kg = self.heap.batch, self.groups, self.k // self.groups
-        x = self.saved[0]
-        dx = self.grad(self.vin) if self.need_dx else self.work(0, 1)
-        nchunk = max(1, min(n, max(self.threads, MIN_CHUNKS)))
-        dbp = self.work(0, nchunk * self.k, _FLOAT64)
-        wcopy = self.work(0, self.wsize)
-        partials = self.work(0, nchunk * self.wsize)
-        if self.direct:
-            chunk = [self.work(0, kg * g) for _ in range(min(self.threads, nchunk))]
-        else:
-            rb, _ = self._band()
-            band = rb * self.vout.w
-            per = 2 * g * band * self.kdim + band * kg + self.kdim * kg  # cols, dcols, dyg, tw
-            chunk = [self.work(0, per) for _ in range(min(self.threads, nchunk))]
-        del chunk
-        summed = self.work(0, self.wsize)  # _sum_chunks: parts[0].copy() += ...
-        dw = self.work(0, self.wsize)  # the transpose back to OIHW
-        del summed, partials, wcopy
-        db64 = self.work(0, self.k, _FLOAT64)
-        db = self.work(0, self.k)
-        del db64, dbp, x
-        grads = {f"{self.name}.weight": dw}
-        if self.bias:
-            grads[f"{self.name}.bias"] = db
-        del dw, db
-        self.new_grads(grads)
-        del grads
-        self.drop()
-        return dx
-
-
-class _Local(_Layer):
-    def __init__(self, heap: _Heap, row: Row, threads: int, node: S.Local):
-        super().__init__(heap, row, threads)
-        assert row.input is not None and row.output is not None
-        self.vin, self.vout = row.input, row.output
-        self.k = node.filters
-        self.kdim = node.size.h * node.size.w * row.input.d
-        self.wsize = math.prod(row.params[f"{self.name}.weight"])
-        self.bias = node.bias
-
-    def forward(self, x: _Buf, training: bool) -> _Buf:
-        if training:
-            self.keep(x)
-        n = self.heap.batch
-        bias = None if self.bias else self.work(0, 1)
-        y = self.out(self.vout)
-        per = n * self.kdim + self.k * self.kdim + n * self.k  # patch, Wt, out
-        bands = [self.work(0, per) for _ in range(min(self.threads, self.vout.h * self.vout.w))]
-        del bands, bias
-        return y
-
-    def backward(self, dy: _Buf) -> _Buf:
-        n = self.heap.batch
-        x = self.saved[0]
-        dw = self.work(0, self.wsize)
-        positions = self.vout.h * self.vout.w
-        db64 = self.work(0, self.k * positions, _FLOAT64)
-        dx = self.grad(self.vin) if self.need_dx else None
-        per = n * self.kdim + n * self.k + self.k * self.kdim  # patch, d, g
-        bands = [self.work(0, per) for _ in range(min(self.threads, positions))]
-        del bands
-        if dx is not None:
-            nchunk = max(1, min(n, self.threads))
-            m = -(-n // nchunk)
-            per = m * self.k + m * self.kdim + self.k * self.kdim  # d, dp, Wt
-            bands = [self.work(0, per) for _ in range(nchunk)]
-            del bands
-        db = self.work(0, self.k * positions)
-        del db64, x
-        grads = {f"{self.name}.weight": dw}
-        if self.bias:
-            grads[f"{self.name}.bias"] = db
-        del dw, db
-        self.new_grads(grads)
-        del grads
-        self.drop()
-        return dx if dx is not None else self.work(0, 0)
-
-
-class _FC(_Layer):
-    def __init__(self, heap: _Heap, row: Row, threads: int, node: S.FC):
-        super().__init__(heap, row, threads)
-        assert row.input is not None and row.output is not None
-        self.vin, self.vout = row.input, row.output
-        self.units = node.units
-        self.bias = node.bias
-        self.flat_view = row.input.w == row.input.h == 1
-
-    def forward(self, x: _Buf, training: bool) -> _Buf:
-        # NHWC -> (D, H, W) order: a view when H = W = 1, else a contiguous copy
-        flat = x if self.flat_view else self.out(self.vin, "input flattened in (D,H,W) order")
-        if training:
-            self.keep(flat)
-        y = self.out(self.vout)
-        del flat
-        return y
-
-    def backward(self, dy: _Buf) -> _Buf:
-        flat = self.saved[0]
-        grads = {f"{self.name}.weight": self.work(0, self.units * self.vin.size)}
-        bias = self.work(0, self.units) if self.bias else None
-        if bias is not None:
-            grads[f"{self.name}.bias"] = bias
-        del bias
-        # the engine assigns the weight gradient before computing the bias gradient
-        self.new_grads(grads)
-        del grads, flat
-        self.drop()
-        if not self.need_dx:
-            return self.work(0, 0)
-        dflat = self.grad(self.vin)
-        if self.flat_view:
-            return dflat
-        return self.grad(self.vin)  # transposed back to NHWC: a second copy, briefly
-
-
-class _Pool(_Layer):
-    def __init__(self, heap: _Heap, row: Row, threads: int, node: S.Pool):
-        super().__init__(heap, row, threads)
-        assert row.input is not None and row.output is not None
-        self.vin, self.vout = row.input, row.output
-        self.type = node.type
-        self.is_global = node.is_global
-
-    def forward(self, x: _Buf, training: bool) -> _Buf:
-        if self.is_global and self.type == "avg":
-            mean64 = self.work(self.vout.size, itemsize=_FLOAT64)
-            y = self.out(self.vout)
-            del mean64
-            self.saved = []
-            return y
-        y = self.out(self.vout)
-        if self.type == "max":
-            switches = _Buf(self.heap, self.vout.size, itemsize=_INT32, base="act",
-                            owner=self.name, what="switches (int32)")
-            if training:
-                self.keep(switches)
-            del switches
-        elif self.type == "l2" and training:
-            self.keep(x, y)
-        return y
-
-    def backward(self, dy: _Buf) -> _Buf:
-        if self.is_global and self.type == "avg":
-            scaled = self.work(self.vout.size)
-            dx = self.grad(self.vin)
-            del scaled
-            return dx
-        if self.type == "max":
-            dx = self.grad(self.vin)
-            self.drop()
-            return dx
-        if self.type == "avg":
-            return self.grad(self.vin)
-        g = self.work(self.vout.size)
-        nonzero = self.work(self.vout.size, itemsize=_BOOL)
-        del nonzero
-        dx = self.grad(self.vin)
-        del g
-        self.drop()
-        return dx
-
-
-class _Activation(_Layer):
-    def __init__(self, heap: _Heap, row: Row, threads: int, node: S.Activation, in_place: bool):
-        super().__init__(heap, row, threads)
-        assert row.output is not None
-        self.vol = row.output
-        self.function = node.function
-        self.in_place = in_place
-
-    def forward(self, x: _Buf, training: bool) -> _Buf:
-        f, v = self.function, self.vol.size
-        if f in ("relu", "tanh"):
-            y = x if self.in_place else self.out(self.vol)
-        elif f == "leaky_relu":  # np.where(x > 0, x, x*slope), copied into x when in place
-            mask, scaled = self.work(v, itemsize=_BOOL), self.work(v)
-            y = self.out(self.vol)
-            del mask, scaled
-            if self.in_place:
-                y = x
-        else:  # sigmoid: e, x >= 0, 1/(1+e), e/(1+e) and its (1+e), np.where, astype
-            e = self.work(v)
-            parts = [self.work(v, itemsize=_BOOL), self.work(v), self.work(v), self.work(v)]
-            del parts[-1]
-            where = self.work(v)
-            del parts
-            y = self.out(self.vol)
-            del where, e
-            if self.in_place:
-                y = x
-        if training:
-            self.keep(y)
-        return y
-
-    def backward(self, dy: _Buf) -> _Buf:
-        f, v = self.function, self.vol.size
-        if f == "relu":  # dy * (y > 0); the ufunc casts the bools through a buffer
-            mask = self.work(v, itemsize=_BOOL)
-            cast = self.work(0, _UFUNC_BUFSIZE)
-            dx = self.grad(self.vol)
-            del mask, cast
-        elif f == "leaky_relu":  # np.where(y > 0, dy, dy*slope)
-            mask, scaled = self.work(v, itemsize=_BOOL), self.work(v)
-            dx = self.grad(self.vol)
-            del mask, scaled
-        elif f == "tanh":  # dy * (1 - y*y): y*y goes once 1 - y*y exists
-            square = self.work(v)
-            one_minus = self.work(v)
-            del square
-            dx = self._product_into(one_minus)
-            del one_minus
-        else:  # sigmoid: dy * y * (1 - y): both factors alive for the last product
-            dy_y, one_minus = self.work(v), self.work(v)
-            dx = self._product_into(dy_y)
-            del dy_y, one_minus
-        self.drop()
-        return dx
-
-
-    def _product_into(self, temp: _Buf) -> _Buf:
-        """The last product: numpy writes it into the temporary operand when that is big
-        enough, else into a new array."""
-        if _elides(temp):
-            temp.base = "grad"
-            self.heap.add("work", temp, -1)
-            self.heap.add("grad", temp, +1)
-            return temp
-        return self.grad(self.vol)
-
-
-class _Dropout(_Layer):
-    def __init__(self, heap: _Heap, row: Row, threads: int, node: S.Dropout):
-        super().__init__(heap, row, threads)
-        assert row.output is not None
-        self.vol = row.output
-        self.p = node.p
-
-    def forward(self, x: _Buf, training: bool) -> _Buf:
-        if not training or self.p == 0:
-            return x
-        v = self.vol.size
-        uniform = self.work(v, itemsize=4)  # rng.random(..., dtype=float32)
-        keep = self.work(v, itemsize=_BOOL)
-        del uniform
-        mask = _Buf(self.heap, v, base="act", owner=self.name, what="mask (scaled)")
-        del keep
-        self.keep(mask)
-        del mask
-        return self.out(self.vol)
-
-    def backward(self, dy: _Buf) -> _Buf:
-        if not self.saved:
-            return dy
-        dx = self.grad(self.vol)
-        self.drop()
-        return dx
-
-
-class _BatchNorm(_Layer):
-    def __init__(self, heap: _Heap, row: Row, threads: int, node: S.BatchNorm):
-        super().__init__(heap, row, threads)
-        assert row.output is not None
-        self.vol = row.output
-        self.c = row.output.d
-
-    def forward(self, x: _Buf, training: bool) -> _Buf:
-        c = self.c
-        vectors = self.work(0, 2 * c, _FLOAT64)  # gamma, beta as float64
-        if not training:
-            stats = self.work(0, 5 * c, _FLOAT64)
-            y = self.out(self.vol)
-            del stats, vectors
-            return y
-        partial = self.work(0, (min(64, self.heap.batch * self.vol.h * self.vol.w) * 2 + 1)
-                            * c, _FLOAT64)
-        stats = _Buf(self.heap, 0, 2 * c, _FLOAT64, base="act", owner=self.name,
-                     what="mean, inv_std (float64)")
-        del partial
-        y = self.out(self.vol)
-        self.keep(x, stats)
-        del stats, vectors
-        return y
-
-    def backward(self, dy: _Buf) -> _Buf:
-        c = self.c
-        vectors = self.work(0, 12 * c, _FLOAT64)  # gamma, partial sums, a, q, r, ...
-        dx = self.grad(self.vol)
-        del vectors
-        grads = {f"{self.name}.weight": self.work(0, c), f"{self.name}.bias": self.work(0, c)}
-        self.new_grads(grads)
-        del grads
-        self.drop()
-        return dx
-
-
-class _LRN(_Layer):
-    def __init__(self, heap: _Heap, row: Row, threads: int, node: S.LRN):
-        super().__init__(heap, row, threads)
-        assert row.output is not None
-        self.vol = row.output
-
-    def forward(self, x: _Buf, training: bool) -> _Buf:
-        y = self.out(self.vol)
-        scale = _Buf(self.heap, self.vol.size, base="act", owner=self.name, what="scale")
-        if training:
-            self.keep(x, y, scale)
-        del scale
-        return y
-
-    def backward(self, dy: _Buf) -> _Buf:
-        dx = self.grad(self.vol)
-        self.drop()
-        return dx
-
-
-# ----------------------------------------------------------------------------- containers
-
-
-class _Sequence:
-    def __init__(self, items: list[Any]):
-        self.items = items
-
-    def forward(self, x: _Buf, training: bool) -> _Buf:
-        for item in self.items:
-            x = _run(item, "forward", x, training)
-        return x
-
-    def backward(self, dy: _Buf) -> _Buf:
-        for item in reversed(self.items):
-            dy = _run(item, "backward", dy)
-        return dy
-
-    def leaves(self) -> list[_Layer]:
-        out: list[_Layer] = []
-        for item in self.items:
-            out.extend([item] if isinstance(item, _Layer) else item.leaves())
-        return out
-
-
-class _Residual:
-    def __init__(self, heap: _Heap, row: Row, body: _Sequence, shortcut: _Sequence):
-        self.heap, self.vol = heap, row.output
-        self.name = row.name
-        self.body, self.shortcut = body, shortcut
-
-    def forward(self, x: _Buf, training: bool) -> _Buf:
-        out = self.body.forward(x, training)
-        short = self.shortcut.forward(x, training) if self.shortcut.items else x
-        assert self.vol is not None
-        total = _Buf(self.heap, self.vol.size, base="act", owner=self.name, what="sum")
-        del out, short
-        return total
-
-    def backward(self, dy: _Buf) -> _Buf:
-        assert self.vol is not None
-        dx = self.body.backward(dy)
-        if self.shortcut.items:
-            part = self.shortcut.backward(dy)
-            if _elides(part):  # dx + temporary: numpy adds into the temporary
-                return part
-            total = _Buf(self.heap, self.vol.size, base="grad", owner=self.name)
-            del part, dx
-            return total
-        return _Buf(self.heap, self.vol.size, base="grad", owner=self.name)
-
-    def leaves(self) -> list[_Layer]:
-        return self.body.leaves() + self.shortcut.leaves()
-
-
-class _Concat:
-    def __init__(self, heap: _Heap, row: Row, branches: list[_Sequence], depths: list[int]):
-        self.heap, self.vol, self.name = heap, row.output, row.name
-        self.branches, self.depths = branches, depths
-
-    def forward(self, x: _Buf, training: bool) -> _Buf:
-        outs = [b.forward(x, training) for b in self.branches]
-        assert self.vol is not None
-        total = _Buf(self.heap, self.vol.size, base="act", owner=self.name, what="concatenation")
-        del outs
-        return total
-
-    def backward(self, dy: _Buf) -> _Buf:
-        assert self.vol is not None
-        plane = self.vol.w * self.vol.h
-        dx = None
-        part = None
-        for branch, depth in zip(self.branches, self.depths, strict=True):
-            part = branch.backward(_Buf(self.heap, plane * depth, base="grad", owner=self.name))
-            dx = part if dx is None else _Buf(self.heap, part.per_image, base="grad",
-                                               owner=self.name)
-        del part
-        assert dx is not None
-        return dx
-
-    def leaves(self) -> list[_Layer]:
-        return [leaf for b in self.branches for leaf in b.leaves()]
-
-
-def _run(item: Any, method: str, *args: Any) -> _Buf:
+def run_planned(item: Any, method: str, *args: Any) -> Buf:
     """Call a layer or block, noting where the heap is (for the peak's 'where')."""
-    heap: _Heap = item.heap
+    heap: Heap = item.heap
     before = heap.where, heap.layer
-    if isinstance(item, _Layer):
+    if isinstance(item, PlanLayer):
         heap.where, heap.layer = f"{method} of {item.name}", item.name
-    result: _Buf = getattr(item, method)(*args)
+    result: Buf = getattr(item, method)(*args)
     heap.where, heap.layer = before
     return result
 
 
-class _Builder:
-    """network._Builder, mirrored; the in-place decisions come from the same rule."""
+class PlanBuilder:
+    """The engine's builder (engine/network.py), over plans: each layer type builds its own
+    plan; the in-place decisions come from the same rule as the engine's."""
 
-    def __init__(self, heap: _Heap, report: Report, threads: int):
+    def __init__(self, heap: Heap, report: Report, threads: int):
         self.heap, self.threads = heap, threads
         self.rows = {r.name: r for r in report.rows}
         self.in_place = in_place_activations(report.spec.layers)  # the engine's own rule
 
-    def sequence(self, nodes: tuple[S.Node, ...]) -> _Sequence:
-        return _Sequence([self.node(node) for node in S.unrolled(nodes)])
+    def sequence(self, nodes: tuple[LayerSpec, ...]) -> Any:
+        from cnncli.layers.blocks import PlanSequence
 
-    def node(self, node: S.Node) -> Any:
-        if isinstance(node, S.Residual):
-            return _Residual(self.heap, self.rows[f"{node.name}.add"],
-                             self.sequence(node.body), self.sequence(node.shortcut))
-        if isinstance(node, S.Concat):
-            return _Concat(self.heap, self.rows[f"{node.name}.out"],
-                           [self.sequence(b) for b in node.branches],
-                           [self._end_depth(b) for b in node.branches])
-        row, h, t = self.rows[node.name], self.heap, self.threads
-        if isinstance(node, S.Conv):
-            return _Conv(h, row, t, node)
-        if isinstance(node, S.Local):
-            return _Local(h, row, t, node)
-        if isinstance(node, S.FC):
-            return _FC(h, row, t, node)
-        if isinstance(node, S.Pool):
-            return _Pool(h, row, t, node)
-        if isinstance(node, S.Activation):
-            return _Activation(h, row, t, node, in_place=node.name in self.in_place)
-        if isinstance(node, S.Dropout):
-            return _Dropout(h, row, t, node)
-        if isinstance(node, S.BatchNorm):
-            return _BatchNorm(h, row, t, node)
-        if isinstance(node, S.LRN):
-            return _LRN(h, row, t, node)
-        raise TypeError(f"no memory model for {type(node).__name__}")  # pragma: no cover
+        return PlanSequence([node.plan(self.heap, self.rows[node.name], self.threads,
+                                       self) for node in unrolled(nodes)])
 
-    def _end_depth(self, branch: tuple[S.Node, ...]) -> int:
-        """The depth a concat branch ends with (its last leaf's output)."""
-        node = branch[-1]
-        while True:
-            if isinstance(node, S.Repeat):
-                node = node.passes[-1][-1]
-            elif isinstance(node, S.Residual):
-                out = self.rows[f"{node.name}.add"].output
-                assert out is not None
-                return out.d
-            elif isinstance(node, S.Concat):
-                out = self.rows[f"{node.name}.out"].output
-                assert out is not None
-                return out.d
-            else:
-                out = self.rows[node.name].output
-                assert out is not None
-                return out.d
+    def end_depth(self, branch: tuple[LayerSpec, ...]) -> int:
+        """The depth a concat branch ends with (the output of its last layer or block)."""
+        out = self.rows[unrolled(branch)[-1].output_row].output
+        assert out is not None
+        return out.d
 
 
 # ----------------------------------------------------------------------------- the report
@@ -840,35 +377,35 @@ def _check_options(batch: int, dtype: str, optimizer: str, mode: str, threads: i
 
 
 def simulate(report: Report, batch: int, dtype: str = "float32", optimizer: str = "momentum",
-             mode: str = "train", threads: int | None = None) -> tuple[_Heap, list[_Layer]]:
+             mode: str = "train", threads: int | None = None) -> tuple[Heap, list[PlanLayer]]:
     """Replay one step on the simulated heap; returns the heap (its peaks, and `kept`: what
     each layer's forward allocated that backward reads) and the mirrored layers."""
     threads = threads or default_threads()
-    heap = _Heap(batch, DTYPES[dtype])
+    heap = Heap(batch, DTYPES[dtype])
     spec = report.spec
-    net = _Builder(heap, report, threads).sequence(spec.layers)
+    net = PlanBuilder(heap, report, threads).sequence(spec.layers)
     layers = net.leaves()
-    if net.items and isinstance(net.items[0], _Layer):
+    if net.items and isinstance(net.items[0], PlanLayer):
         net.items[0].need_dx = False
     training = mode == "train"
-    state: list[_Buf] = []
+    state: list[Buf] = []
     if training:
         for layer in layers:
             layer.steady_grads()
             for key in layer.trainable:
                 numbers = layer.params[key].numbers
-                state += [_Buf(heap, 0, numbers, base="opt", owner=layer.name)
+                state += [Buf(heap, 0, numbers, base="opt", owner=layer.name)
                           for _ in range(OPTIMIZER_SLOTS[optimizer])]
-    x = _Buf(heap, report.input.size, base="input", owner="input", what="images")
-    labels = _Buf(heap, 1, itemsize=_INT64, base="input", owner="input", what="labels")
+    x = Buf(heap, report.input.size, base="input", owner="input", what="images")
+    labels = Buf(heap, 1, itemsize=INT64, base="input", owner="input", what="labels")
     heap.where = heap.phase = "forward"
     scores = net.forward(x, training)
     kept = _kept_by_layer(layers, x) if training else {}
     if training:
         classes = max(1, scores.per_image)
         heap.where, heap.layer, heap.phase = "loss", "", "loss"
-        loss_temps = [_Buf(heap, classes) for _ in range(4)]
-        dscores = _Buf(heap, classes, base="grad", owner="loss")
+        loss_temps = [Buf(heap, classes) for _ in range(4)]
+        dscores = Buf(heap, classes, base="grad", owner="loss")
         del loss_temps
         heap.where = heap.phase = "backward"
         dx = net.backward(dscores)
@@ -877,7 +414,7 @@ def simulate(report: Report, batch: int, dtype: str = "float32", optimizer: str 
         largest = max((lay.params[k].numbers for lay in layers for k in lay.trainable),
                       default=0)
         count = OPTIMIZER_TEMPS[optimizer] + (optimizer in _EPS_TEMP and dtype != "float64")
-        temps = [_Buf(heap, 0, largest) for _ in range(count)]
+        temps = [Buf(heap, 0, largest) for _ in range(count)]
         del temps, dscores
     del scores, labels, x, state
     heap.kept = kept
@@ -892,10 +429,10 @@ class _Kept:
     nbytes: int  # whole batch
 
 
-def _kept_by_layer(layers: list[_Layer], x: _Buf) -> dict[str, list[_Kept]]:
+def _kept_by_layer(layers: list[PlanLayer], x: Buf) -> dict[str, list[_Kept]]:
     """At the end of forward: every kept buffer (once), by the layer that allocated it.
     Plain data: holding the buffers themselves would keep them alive."""
-    seen: dict[int, _Buf] = {}
+    seen: dict[int, Buf] = {}
     for layer in layers:
         for b in layer.saved:
             if b is not x and b.base == "act":
@@ -907,7 +444,7 @@ def _kept_by_layer(layers: list[_Layer], x: _Buf) -> dict[str, list[_Kept]]:
     return by_owner
 
 
-def estimate(spec: S.Spec, batch: int = 64, dtype: str = "float32", optimizer: str = "momentum",
+def estimate(spec: Spec, batch: int = 64, dtype: str = "float32", optimizer: str = "momentum",
              mode: str = "train", threads: int | None = None, input_volume: Volume | None = None,
              rounding: str | None = None) -> MemoryReport:
     """The itemised memory of one training step (or one inference pass) of `spec`."""
@@ -939,7 +476,7 @@ def estimate(spec: S.Spec, batch: int = 64, dtype: str = "float32", optimizer: s
         bufs = kept.get(row.name, [])
         layer = owned.get(row.name)
         what = [b.what for b in bufs]
-        if isinstance(layer, _Activation) and layer.in_place and training:
+        if layer is not None and layer.in_place and training:
             what = ["output: in place, counted where it was allocated"]
         n_params = row.parameters
         per_layer.append(LayerMemory(
@@ -959,8 +496,8 @@ def estimate(spec: S.Spec, batch: int = 64, dtype: str = "float32", optimizer: s
     return result
 
 
-def _rules(report: Report, result: MemoryReport, heap: _Heap,
-           layers: list[_Layer]) -> tuple[list[dict[str, Any]], list[str]]:
+def _rules(report: Report, result: MemoryReport, heap: Heap,
+           layers: list[PlanLayer]) -> tuple[list[dict[str, Any]], list[str]]:
     """The notes' rules of thumb next to the exact items, and what the notes say."""
     size, n = result.bytes_per_number, result.batch
     forward = report.activations  # input + every layer's output, elementwise in place
@@ -983,11 +520,10 @@ def _rules(report: Report, result: MemoryReport, heap: _Heap,
         notes.append("the notes' VGG16 table: its rows sum to 15,237,608 numbers per image "
                      "(58.1 MiB at float32); its \"TOTAL memory: 24M * 4 bytes ~= 93MB\" line "
                      "does not match its own rows")
-    convs = [lay for lay in layers if isinstance(lay, _Conv) and not lay.direct]
-    if convs:
-        big = max(convs, key=lambda c: c.vout.h * c.vout.w * c.kdim * c.groups)
-        full = n * big.vout.h * big.vout.w * big.kdim * big.groups * size
-        band, _ = big._band()
+    im2cols = [(lay, cols) for lay in layers if (cols := lay.im2col()) is not None]
+    if im2cols:
+        big, (per_image, band) = max(im2cols, key=lambda c: c[1][0])
+        full = n * per_image * size
         notes.append(f"a whole-batch im2col for {big.name} would take {_fmt(full)} (the notes' "
                      f"warning); the engine builds {band} output row(s) at a time per thread "
                      "(~1 MiB per band)")
@@ -1038,7 +574,7 @@ def peak_bytes(report: Report, batch: int, dtype: str, optimizer: str, mode: str
     return heap.peak
 
 
-def largest_batch(spec: S.Spec, budget: int, dtype: str = "float32",
+def largest_batch(spec: Spec, budget: int, dtype: str = "float32",
                   optimizer: str = "momentum", mode: str = "train", threads: int | None = None,
                   input_volume: Volume | None = None, rounding: str | None = None,
                   limit: int = 1 << 24) -> tuple[int, int, int]:

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from cnncli.engine import layers as L
+from cnncli.engine.losses import LOSSES
 from cnncli.engine.network import Network
+from cnncli.layers.base import EngineLayer
 
 THRESHOLD = 1e-6
 STEP = 1e-5
@@ -124,26 +125,18 @@ def _compare(layer: str, what: str, analytic: np.ndarray, index: np.ndarray,
                  noise=level)
 
 
-def kink_signature(layers: list[L.Layer]) -> int:
+def kink_signature(layers: list[EngineLayer]) -> int:
     """A hash of every non-differentiable choice a training forward made: the sign pattern
     of each ReLU / leaky ReLU and the winners of each max pool (read from what the layers
     saved for backward, before they are released)."""
-    parts = []
-    for layer in layers:
-        if isinstance(layer, L.Activation) and layer.function in ("relu", "leaky_relu"):
-            if layer._saved is not None:
-                parts.append(np.packbits(layer._saved > 0).tobytes())
-        elif isinstance(layer, L.Pool) and layer.type == "max" and layer._saved:
-            parts.append(np.asarray(layer._saved[0]).tobytes())
-    return hash(tuple(parts))
+    return hash(tuple(k for layer in layers if (k := layer.kinks()) is not None))
 
 
-def _freeze_dropout(layer: L.Layer, seed: int) -> None:
-    if isinstance(layer, L.Dropout):  # the same mask on every evaluation
-        layer.rng = np.random.default_rng(seed)
+def _freeze_dropout(layer: EngineLayer, seed: int) -> None:
+    layer.freeze(seed)  # the same dropout mask on every evaluation
 
 
-def check_layer(layer: L.Layer, in_shape: tuple[int, ...], rng: np.random.Generator,
+def check_layer(layer: EngineLayer, in_shape: tuple[int, ...], rng: np.random.Generator,
                 samples: int) -> list[Check]:
     x = rng.standard_normal(in_shape)
     _freeze_dropout(layer, 1)
@@ -194,7 +187,7 @@ def check_network(net: Network, batch: int = 2, samples: int = 12,
         vin = rows[layer.name].input
         assert vin is not None
         n = batch
-        if isinstance(layer, L.BatchNorm):
+        if layer.batch_statistics:
             bn_areas.append(vin.h * vin.w)
             n = max(batch, -(-BATCHNORM_MIN_COUNT // (vin.h * vin.w)))
         checks.extend(check_layer(layer, (n, vin.h, vin.w, vin.d), rng, samples))
@@ -234,7 +227,7 @@ def check_network(net: Network, batch: int = 2, samples: int = 12,
 def check_losses(rng: np.random.Generator, batch: int, classes: int) -> list[Check]:
     """Softmax cross-entropy and the multiclass SVM, on random scores."""
     checks = []
-    for name, fn in L.LOSSES.items():
+    for name, fn in LOSSES.items():
         scores = rng.standard_normal((batch, classes))
         labels = rng.integers(0, classes, batch)
         _, grad = fn(scores, labels)

@@ -20,7 +20,6 @@ a map of class scores for a net whose FC layers were converted to convolutions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,117 +28,27 @@ import numpy as np
 from cnncli.analysis.inplace import in_place_activations
 from cnncli.analysis.report import Report, analyze
 from cnncli.config import ensure_configured
-from cnncli.engine import layers as L
+from cnncli.engine.losses import LOSSES
+from cnncli.layers.base import EngineLayer, LayerSpec
+from cnncli.layers.blocks import Sequence
 from cnncli.spec import catalog
 from cnncli.spec import parse as S
 from cnncli.spec.parse import SpecInvalid, Volume
-
-
-class Sequence:
-    def __init__(self, items: list[Any]):
-        self.items = items
-
-    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        for item in self.items:
-            x = item.forward(x, training)
-        return x
-
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        for item in reversed(self.items):
-            dy = item.backward(dy)
-        return dy
-
-    def leaves(self) -> Iterator[L.Layer]:
-        for item in self.items:
-            if isinstance(item, L.Layer):
-                yield item
-            else:
-                yield from item.leaves()
-
-
-class ResidualBlock:
-    """out = body(x) + shortcut(x): the gradient flows to both and adds up at x."""
-
-    def __init__(self, body: Sequence, shortcut: Sequence, name: str = "residual"):
-        self.body, self.shortcut = body, shortcut
-        self.name = name  # the spec's block name: its add is the report's row `name.add`
-
-    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        out = self.body.forward(x, training)
-        short = self.shortcut.forward(x, training) if self.shortcut.items else x
-        return out + short
-
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        dx = self.body.backward(dy)
-        return dx + (self.shortcut.backward(dy) if self.shortcut.items else dy)
-
-    def leaves(self) -> Iterator[L.Layer]:
-        yield from self.body.leaves()
-        yield from self.shortcut.leaves()
-
-
-class ConcatBlock:
-    """Depth concatenation: each branch's gradient is its slice of the output's."""
-
-    def __init__(self, branches: list[Sequence], name: str = "concat"):
-        self.branches = branches
-        self.name = name  # the spec's block name: its concatenation is the row `name.out`
-        self._depths: list[int] = []
-
-    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        outs = [b.forward(x, training) for b in self.branches]
-        self._depths = [o.shape[3] for o in outs]
-        return np.concatenate(outs, axis=3)
-
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        dx = None
-        start = 0
-        for branch, depth in zip(self.branches, self._depths, strict=True):
-            part = branch.backward(np.ascontiguousarray(dy[..., start:start + depth]))
-            dx = part if dx is None else dx + part
-            start += depth
-        assert dx is not None
-        return dx
-
-    def leaves(self) -> Iterator[L.Layer]:
-        for b in self.branches:
-            yield from b.leaves()
+from cnncli.spec.types import unrolled
 
 
 class _Builder:
+    """Each layer type builds its own engine layer (cnncli/layers/, `engine`); blocks build
+    their sequences through `sequence`."""
+
     def __init__(self, report: Report, rng: np.random.Generator, dtype: np.dtype):
         self.rows = {r.name: r for r in report.rows}
         self.in_place = in_place_activations(report.spec.layers)
         self.rng = rng
         self.dtype = dtype
 
-    def sequence(self, nodes: tuple[S.Node, ...]) -> Sequence:
-        return Sequence([self.node(node) for node in S.unrolled(nodes)])
-
-    def node(self, node: S.Node) -> Any:
-        if isinstance(node, S.Residual):
-            return ResidualBlock(self.sequence(node.body), self.sequence(node.shortcut),
-                                 node.name)
-        if isinstance(node, S.Concat):
-            return ConcatBlock([self.sequence(b) for b in node.branches], node.name)
-        row = self.rows[node.name]
-        if isinstance(node, S.Conv):
-            return L.Conv(node, row, self.rng, self.dtype)
-        if isinstance(node, S.Local):
-            return L.Local(node, row, self.rng, self.dtype)
-        if isinstance(node, S.FC):
-            return L.FC(node, row, self.rng, self.dtype)
-        if isinstance(node, S.Pool):
-            return L.Pool(node, row)
-        if isinstance(node, S.Activation):
-            return L.Activation(node, in_place=node.name in self.in_place)
-        if isinstance(node, S.Dropout):
-            return L.Dropout(node, self.rng)
-        if isinstance(node, S.BatchNorm):
-            return L.BatchNorm(node, row, self.dtype)
-        if isinstance(node, S.LRN):
-            return L.LRN(node)
-        raise TypeError(f"no engine layer for {type(node).__name__}")  # pragma: no cover
+    def sequence(self, nodes: tuple[LayerSpec, ...]) -> Sequence:
+        return Sequence([node.engine(self.rows[node.name], self) for node in unrolled(nodes)])
 
 
 class Network:
@@ -162,11 +71,11 @@ class Network:
         self.output = report.output
         self.rng = np.random.default_rng(seed)
         self.body = _Builder(report, self.rng, self.dtype).sequence(spec.layers)
-        self.layers: list[L.Layer] = list(self.body.leaves())
+        self.layers: list[EngineLayer] = list(self.body.leaves())
         # nothing upstream of the first layer needs a gradient: it skips that work (for a
         # conv, a third of its backward) unless `backward` is asked for the input's gradient
         first = self.body.items[0] if self.body.items else None
-        self._skips_dx = first if isinstance(first, L.Layer) else None
+        self._skips_dx = first if isinstance(first, EngineLayer) else None
         if self._skips_dx is not None:
             self._skips_dx.need_dx = False
         self.loss_name = spec.loss or "softmax"
@@ -197,7 +106,7 @@ class Network:
     def buffers(self) -> dict[str, np.ndarray]:
         return {k: v for layer in self.layers for k, v in layer.buffers.items()}
 
-    def _owner(self, name: str) -> L.Layer:
+    def _owner(self, name: str) -> EngineLayer:
         for layer in self.layers:
             if name in layer.params or name in layer.buffers:
                 return layer
@@ -270,7 +179,7 @@ class Network:
     def loss(self, scores: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
         """Data loss (the spec's `loss`, softmax by default) and d loss / d scores."""
         flat = scores.reshape(scores.shape[0], -1)
-        return L.LOSSES[self.loss_name](flat, np.asarray(labels))
+        return LOSSES[self.loss_name](flat, np.asarray(labels))
 
     def weight_decay(self, reg: float) -> float:
         """Add the L2 penalty 0.5*reg*sum(W^2) over weights (not biases, not batchnorm)
@@ -279,7 +188,7 @@ class Network:
             return 0.0
         penalty = 0.0
         for layer in self.layers:
-            if isinstance(layer, L.BatchNorm):
+            if not layer.decays:
                 continue
             for name, w in layer.params.items():
                 if name.endswith(".weight"):

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from cnncli.config import configure_threads
-from cnncli.engine.network import ConcatBlock, Network, ResidualBlock, Sequence
+from cnncli.engine.network import Network
+from cnncli.layers.base import EngineLayer
+from cnncli.layers.blocks import Sequence
 from cnncli.spec.parse import Spec, Volume
 
 
@@ -65,14 +67,9 @@ def _time_items(seq: Sequence, timed: list[_Timed]) -> list[_Timed]:
     items (appending every wrapper to `timed`)."""
     own = []
     for i, item in enumerate(seq.items):
-        if isinstance(item, ResidualBlock):
-            children = _time_items(item.body, timed) + _time_items(item.shortcut, timed)
-            key = f"{item.name}.add"
-        elif isinstance(item, ConcatBlock):
-            children = [w for branch in item.branches for w in _time_items(branch, timed)]
-            key = f"{item.name}.out"
-        else:
-            children, key = [], item.name
+        children = [] if isinstance(item, EngineLayer) else \
+            [w for sequence in item.sequences() for w in _time_items(sequence, timed)]
+        key = item.output_row  # a block's time is its merge's row (name.add, name.out)
         wrapper = _Timed(item, key, children)
         seq.items[i] = wrapper
         timed.append(wrapper)

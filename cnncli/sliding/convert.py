@@ -31,26 +31,9 @@ from typing import Any
 from cnncli.analysis.report import Report, analyze
 from cnncli.analysis.shapes import window_output
 from cnncli.errors import RunInvalid
-from cnncli.spec.parse import (
-    FC,
-    LRN,
-    Activation,
-    BatchNorm,
-    Concat,
-    Conv,
-    Dropout,
-    Local,
-    Node,
-    Pair,
-    Pool,
-    Problem,
-    Repeat,
-    Residual,
-    Spec,
-    SpecInvalid,
-    Volume,
-    walk,
-)
+from cnncli.layers.base import LayerSpec
+from cnncli.spec.types import Pair, Spec, SpecInvalid, Volume, walk
+from cnncli.spec.write import spec_to_dict, spec_yaml  # noqa: F401 - the convert command's
 
 # --------------------------------------------------------------------------- the spec
 
@@ -65,37 +48,12 @@ def fc_to_conv_spec(spec: Spec, rounding: str | None = None) -> Spec:
     if report.errors:
         raise SpecInvalid(report.errors)
     rows = {r.name: r for r in report.rows}
-    problems = [Problem(f"{layer.name}: a locally-connected layer has one weight set per "
-                        "output position, so it cannot slide over a larger image",
-                        layer.line, layer.name,
-                        "write it as a conv (shared weights) to evaluate windows in one pass")
-                for layer in walk(spec.layers) if isinstance(layer, Local)]
+    problems = [p for layer in walk(spec.layers) if (p := layer.sliding_problem())]
     if problems:
         raise SpecInvalid(problems)
 
-    def convert(node: Node) -> Node:
-        if isinstance(node, FC):
-            vin = rows[node.name].input
-            assert vin is not None
-            # F = the whole input volume, P = 0, S = 1: one position at the training size
-            return Conv(node.name, node.line, filters=node.units, size=Pair(vin.h, vin.w),
-                        stride=Pair(1, 1), pad=Pair(0, 0), dilation=Pair(1, 1), groups=1,
-                        bias=node.bias, rounding=None)
-        if isinstance(node, Pool) and node.is_global:
-            vin = rows[node.name].input
-            assert vin is not None
-            return Pool(node.name, node.line, Pair(vin.h, vin.w), Pair(1, 1), Pair(0, 0),
-                        node.type, False, None)
-        if isinstance(node, Repeat):
-            return replace(node, passes=tuple(tuple(convert(n) for n in p)
-                                              for p in node.passes))
-        if isinstance(node, Residual):
-            return replace(node, body=tuple(convert(n) for n in node.body),
-                           shortcut=tuple(convert(n) for n in node.shortcut))
-        if isinstance(node, Concat):
-            return replace(node, branches=tuple(tuple(convert(n) for n in b)
-                                                for b in node.branches))
-        return node
+    def convert(node: LayerSpec) -> LayerSpec:
+        return node.as_sliding(rows.get(node.name), convert)  # type: ignore[arg-type]
 
     converted = replace(spec, layers=tuple(convert(n) for n in spec.layers),
                         rounding=report.rounding)
@@ -105,130 +63,25 @@ def fc_to_conv_spec(spec: Spec, rounding: str | None = None) -> Spec:
         f"window in one pass")))
 
 
-def fc_layers(spec: Spec, rounding: str | None = None) -> list[dict[str, Any]]:
-    """Each FC layer of the (unconverted) net with the volume it sees and its conv form."""
+def _conversions(spec: Spec, rounding: str | None, what: str) -> list[dict[str, Any]]:
     report = analyze(spec, None, rounding)
     rows = {r.name: r for r in report.rows}
     found = []
     for layer in walk(spec.layers):
-        if isinstance(layer, FC) and rows[layer.name].input is not None:
-            vin = rows[layer.name].input
-            assert vin is not None
-            found.append({"name": layer.name, "input": str(vin), "units": layer.units,
-                          "filter": f"{vin.h}x{vin.w}" if vin.h != vin.w else str(vin.h),
-                          "weight_from": [layer.units, vin.size],
-                          "weight_to": [layer.units, vin.d, vin.h, vin.w]})
+        change = layer.sliding_change(rows[layer.name])
+        if change is not None and change[0] == what:
+            found.append(change[1])
     return found
+
+
+def fc_layers(spec: Spec, rounding: str | None = None) -> list[dict[str, Any]]:
+    """Each FC layer of the (unconverted) net with the volume it sees and its conv form."""
+    return _conversions(spec, rounding, "fc")
 
 
 def global_pools(spec: Spec, rounding: str | None = None) -> list[dict[str, Any]]:
     """Each global pool of the (unconverted) net with the volume it pools at training size."""
-    report = analyze(spec, None, rounding)
-    rows = {r.name: r for r in report.rows}
-    return [{"name": layer.name, "type": layer.type, "input": str(rows[layer.name].input)}
-            for layer in walk(spec.layers)
-            if isinstance(layer, Pool) and layer.is_global and rows[layer.name].input]
-
-
-# --------------------------------------------------------------------------- spec -> YAML
-
-
-def _pair(p: Pair) -> int | dict[str, int]:
-    return p.h if p.h == p.w else {"height": p.h, "width": p.w}
-
-
-def _local_name(name: str, scope: str) -> str:
-    """Names inside blocks carry their path (res1.conv1); the file gives only the last part."""
-    return name[len(scope) + 1:] if scope and name.startswith(scope + ".") else name
-
-
-def _layer_dict(node: Node, scope: str) -> list[dict[str, Any]]:
-    """One node as YAML items (a repeat is written out pass by pass: names stay exact)."""
-    name = _local_name(node.name, scope)
-    item: dict[str, Any]
-    if isinstance(node, Repeat):
-        return [d for one_pass in node.passes for n in one_pass for d in _layer_dict(n, scope)]
-    if isinstance(node, Conv | Local):
-        s: dict[str, Any] = {"filters": node.filters, "size": _pair(node.size)}
-        if node.stride != Pair(1, 1):
-            s["stride"] = _pair(node.stride)
-        if node.pad_same:
-            s["pad"] = "same"
-        elif node.pad != Pair(0, 0):
-            s["pad"] = _pair(node.pad)
-        if node.dilation != Pair(1, 1):
-            s["dilation"] = _pair(node.dilation)
-        if isinstance(node, Conv) and node.groups != 1:
-            s["groups"] = node.groups
-        if not node.bias:
-            s["bias"] = False
-        if node.rounding:
-            s["rounding"] = node.rounding
-        item = {node.kind: s}
-    elif isinstance(node, Pool):
-        s = {"global": True} if node.is_global else {}
-        if node.size is not None and node.stride is not None:
-            s["size"] = _pair(node.size)
-            if node.stride != node.size:
-                s["stride"] = _pair(node.stride)
-        if node.pad != Pair(0, 0):
-            s["pad"] = _pair(node.pad)
-        if node.type != "max":
-            s["type"] = node.type
-        if node.rounding:
-            s["rounding"] = node.rounding
-        item = {"pool": s}
-    elif isinstance(node, FC):
-        item = {"fc": node.units if node.bias else {"units": node.units, "bias": False}}
-    elif isinstance(node, Activation):
-        item = {node.function: {"slope": node.slope} if node.function == "leaky_relu" else {}}
-    elif isinstance(node, BatchNorm):
-        item = {"batchnorm": {"eps": node.eps, "momentum": node.momentum}}
-    elif isinstance(node, Dropout):
-        item = {"dropout": node.p}
-    elif isinstance(node, LRN):
-        item = {"lrn": {"size": node.size, "alpha": node.alpha, "beta": node.beta, "k": node.k}}
-    elif isinstance(node, Residual):
-        block: dict[str, Any] = {"layers": _sequence(node.body, node.name)}
-        if node.shortcut:
-            block["shortcut"] = _sequence(node.shortcut, f"{node.name}.shortcut")
-        item = {"residual": block}
-    elif isinstance(node, Concat):
-        item = {"concat": [_sequence(b, f"{node.name}.b{i + 1}")
-                           for i, b in enumerate(node.branches)]}
-    else:  # pragma: no cover - every Node type is handled above
-        raise TypeError(type(node).__name__)
-    return [{"name": name, **item}]
-
-
-def _sequence(nodes: tuple[Node, ...], scope: str) -> list[dict[str, Any]]:
-    return [d for n in nodes for d in _layer_dict(n, scope)]
-
-
-def spec_to_dict(spec: Spec, description: str | None = None) -> dict[str, Any]:
-    """A spec as YAML data that `parse_spec` reads back to the same net and parameter names
-    (every layer named explicitly; repeat blocks written out)."""
-    data: dict[str, Any] = {"name": spec.name}
-    if description:
-        data["description"] = description
-    data["input"] = f"{spec.input.w}x{spec.input.h}x{spec.input.d}"
-    if spec.loss:
-        data["loss"] = spec.loss
-    if spec.rounding != "strict":
-        data["rounding"] = spec.rounding
-    if isinstance(spec.raw.get("classes"), list):
-        data["classes"] = spec.raw["classes"]
-    data["layers"] = _sequence(spec.layers, "")
-    return data
-
-
-def spec_yaml(spec: Spec) -> str:
-    """The spec as YAML text (spec.raw when it came from `fc_to_conv_spec`)."""
-    import yaml
-
-    data = spec.raw if spec.raw.get("layers") and "description" in spec.raw \
-        else spec_to_dict(spec)
-    return str(yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100))
+    return _conversions(spec, rounding, "global pool")
 
 
 # --------------------------------------------------------------------------- weights
@@ -302,28 +155,24 @@ def equivalence(spec: Spec, trained_at: Volume,
     breaks: list[Break] = []
     notes: list[str] = []
     for layer in walk(spec.layers):
-        if not isinstance(layer, Conv | Pool | Local) or layer.name not in rows:
+        window = layer.window()  # None for a global pool: it pools whatever it is given
+        if window is None or layer.name not in rows:
             continue
         row = rows[layer.name]
-        if isinstance(layer, Pool) and layer.is_global:
-            continue
-        if layer.pad != Pair(0, 0):
-            kind = "conv" if not isinstance(layer, Pool) else f"{layer.type} pool"
+        if window.pad != Pair(0, 0):
             breaks.append(Break(layer.name, "padding", (
-                f"{layer.name}: {kind} pads by {layer.pad}; a window inside a larger image "
-                "sees its real neighbours there, where the lone crop saw padding"),
+                f"{layer.name}: {window.what} pads by {window.pad}; a window inside a larger "
+                "image sees its real neighbours there, where the lone crop saw padding"),
                 layer.line))
         if row.input is None:
             continue
-        size, stride = layer.size, layer.stride
-        assert size is not None and stride is not None
-        mode = layer.rounding or report.rounding
-        dil = layer.dilation if not isinstance(layer, Pool) else Pair(1, 1)
-        for dim, n_in, f, p, s, d in (("height", row.input.h, size.h, layer.pad.h, stride.h,
+        size, stride, dil = window.size, window.stride, window.dilation
+        mode = window.rounding or report.rounding
+        for dim, n_in, f, p, s, d in (("height", row.input.h, size.h, window.pad.h, stride.h,
                                        dil.h),
-                                      ("width", row.input.w, size.w, layer.pad.w, stride.w,
+                                      ("width", row.input.w, size.w, window.pad.w, stride.w,
                                        dil.w)):
-            r = window_output(n_in, f, p, s, mode, d, isinstance(layer, Pool))
+            r = window_output(n_in, f, p, s, mode, d, window.is_pool)
             if r.overhang:
                 breaks.append(Break(layer.name, "ceil", (
                     f"{layer.name}: pooling rounds up ({dim} {r.formula} -> {r.out}); at the "

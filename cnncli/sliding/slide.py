@@ -184,20 +184,15 @@ class _WindowDot:
 
 def _window_dots(items: list[Any], names: set[str]) -> None:
     """Swap the engine's conv for `_WindowDot` on the converted FC layers (in place)."""
-    from cnncli.engine import layers as L
-    from cnncli.engine.network import ConcatBlock, ResidualBlock, Sequence
+    from cnncli.layers.base import EngineLayer
 
     for i, item in enumerate(items):
-        if isinstance(item, L.Conv) and item.name in names:
-            items[i] = _WindowDot(item)
-        elif isinstance(item, Sequence):
-            _window_dots(item.items, names)
-        elif isinstance(item, ResidualBlock):
-            _window_dots(item.body.items, names)
-            _window_dots(item.shortcut.items, names)
-        elif isinstance(item, ConcatBlock):
-            for branch in item.branches:
-                _window_dots(branch.items, names)
+        if isinstance(item, EngineLayer):
+            if item.name in names:
+                items[i] = _WindowDot(item)
+        else:  # a block: the layers of each of its sequences
+            for sequence in item.sequences():
+                _window_dots(sequence.items, names)
 
 
 class SlidingNet:

@@ -450,8 +450,6 @@ class MpiComm(Comm):
 
     # ------------------------------------------------------------ the net
     def attach(self, net: Network, sync_batchnorm: bool = False) -> None:
-        from cnncli.engine import layers as L
-
         layout: list[tuple[Any, str, int, int]] = []
         averaged: list[tuple[Any, int, int]] = []
         offset = 0
@@ -460,9 +458,9 @@ class MpiComm(Comm):
                 layout.append((layer, name, offset, p.size))
                 offset += p.size
         for layer in net.layers:
-            if isinstance(layer, L.Dropout):
-                layer.rng = _BatchDraws(layer.rng, self)  # type: ignore[assignment]
-            if isinstance(layer, L.BatchNorm):
+            if getattr(layer, "rng", None) is not None:  # dropout: draws for the whole batch
+                layer.rng = _BatchDraws(layer.rng, self)  # type: ignore[attr-defined]
+            if layer.batch_statistics:
                 layer.__class__ = _bn_class(sync_batchnorm)
                 layer.comm = self  # type: ignore[attr-defined]
                 if not sync_batchnorm:
@@ -573,9 +571,9 @@ def _from_rank(exc: BaseException, rank: int, host: str) -> BaseException:
 
 
 def _batchnorm_classes() -> tuple[type, type]:
-    from cnncli.engine import layers as L
+    from cnncli.layers.batchnorm import BatchNormEngine
 
-    class RankBatchNorm(L.BatchNorm):
+    class RankBatchNorm(BatchNormEngine):
         """Per-rank statistics (Horovod's default); a rank computing a weight-0 stand-in
         image leaves its running statistics alone."""
 
@@ -590,7 +588,7 @@ def _batchnorm_classes() -> tuple[type, type]:
                 b[...] = old
             return y
 
-    class SyncBatchNorm(L.BatchNorm):
+    class SyncBatchNorm(BatchNormEngine):
         """Statistics of the global batch: per layer one Allreduce of the shard's count and
         sums in forward and of sum(dy), sum(dy * xhat) in backward, then the notes'
         batchnorm formulas with the global M. Equal to batchnorm over the whole batch in

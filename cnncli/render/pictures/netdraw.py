@@ -32,13 +32,13 @@ from xml.sax.saxutils import escape, quoteattr
 
 from cnncli.analysis.report import Report, Row, analyze
 from cnncli.render.tables import human
+from cnncli.spec.loading import Located as _Located
 from cnncli.spec.parse import (
     Problem,
     Spec,
     SpecError,
     SpecInvalid,
     Volume,
-    _Located,
     parse_spec,
     read_yaml,
 )
@@ -56,9 +56,8 @@ WRAP = 22        # characters per line of a layer's settings
 ERROR_WRAP = 44  # characters per line of an error message
 RF_WRAP = 28     # characters per line of the receptive-field note under the input
 
-# elementwise layers: same volume in and out; drawn on the arrow of the layer before
-FOLDED = {"batchnorm": "BN", "relu": "ReLU", "tanh": "tanh", "sigmoid": "sigmoid",
-          "leaky_relu": "leaky ReLU", "dropout": "dropout", "lrn": "LRN"}
+# elementwise layers (same volume in and out: the layer type says so) are drawn on the
+# arrow of the layer before, named by their `picture_label`
 # (front, top, side) fills and the outline, by the layer that made the volume
 COLOURS = {
     "input": ("#e8e8e8", "#d0d0d0", "#b8b8b8", "#666666"),
@@ -158,11 +157,17 @@ def _layer_box(row: Row) -> Box:
     return Box(row.name, kind, row.output, [_short(row.name)] + settings, rows=[row.name])
 
 
+def _folded(row: Row) -> bool:
+    from cnncli.layers import REGISTRY
+
+    kind = REGISTRY.get(row.kind)
+    return not row.is_block and kind is not None and kind.elementwise
+
+
 def _fold_text(row: Row) -> str:
-    text = FOLDED[row.kind]
-    if row.kind in ("dropout", "leaky_relu") and row.settings:
-        text += " " + row.settings.split()[-1]  # p 0.5 -> 0.5, slope 0.01 -> 0.01
-    return text
+    from cnncli.layers import REGISTRY
+
+    return REGISTRY[row.kind].picture_label(row.settings)
 
 
 def _is_merge(row: Row) -> bool:
@@ -214,7 +219,7 @@ def _chain(rows: list[Row], i: int, depth: int, items: list[Item]) -> int:
 
 
 def _append_layer(items: list[Item], row: Row) -> None:
-    if row.kind in FOLDED:
+    if _folded(row):
         target = items[-1] if items else None
         if isinstance(target, Fork):
             target = target.merge

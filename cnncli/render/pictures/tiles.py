@@ -85,11 +85,11 @@ def first_conv(state: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
     else the first 4-D weight in the file (state dicts keep the layers' order)."""
     text = meta.get("spec_text")
     if isinstance(text, str):
-        from cnncli.spec.parse import Conv, SpecError, SpecInvalid, parse_spec, read_yaml, walk
+        from cnncli.spec.parse import SpecError, SpecInvalid, parse_spec, read_yaml, walk
         try:
             spec = parse_spec(read_yaml(text, "the checkpoint's spec"))
             for layer in walk(spec.layers):
-                if isinstance(layer, Conv) and f"{layer.name}.weight" in state:
+                if layer.draws_filters and f"{layer.name}.weight" in state:
                     return str(layer.name)
         except (SpecError, SpecInvalid):
             pass
@@ -158,8 +158,8 @@ def filters_picture(state: dict[str, np.ndarray], meta: dict[str, Any],
 def _record(net: Any) -> tuple[dict[str, np.ndarray], list[tuple[Any, str]]]:
     """Make every layer and block of a built net keep a copy of its output (image 0) under
     the report's row name; returns the store and what to undo."""
-    from cnncli.engine.network import ConcatBlock, ResidualBlock, Sequence
-    from cnncli.spec import parse as S
+    from cnncli.layers.blocks import Sequence
+    from cnncli.spec.types import unrolled
 
     store: dict[str, np.ndarray] = {}
     patched: list[tuple[Any, str]] = []
@@ -176,17 +176,12 @@ def _record(net: Any) -> tuple[dict[str, np.ndarray], list[tuple[Any, str]]]:
         patched.append((obj, "forward"))
 
     def walk(nodes: tuple[Any, ...], seq: Sequence) -> None:
-        for node, item in zip(S.unrolled(nodes), seq.items, strict=True):
-            if isinstance(node, S.Residual) and isinstance(item, ResidualBlock):
-                walk(node.body, item.body)
-                walk(node.shortcut, item.shortcut)
-                keep(item, f"{node.name}.add")
-            elif isinstance(node, S.Concat) and isinstance(item, ConcatBlock):
-                for branch, b_seq in zip(node.branches, item.branches, strict=True):
-                    walk(branch, b_seq)
-                keep(item, f"{node.name}.out")
-            else:
-                keep(item, node.name)
+        for node, item in zip(unrolled(nodes), seq.items, strict=True):
+            # a block's sequences pair with its spec's; its output is its report row's
+            for sequence, b_seq in zip(node.children(), getattr(item, "sequences", list)(),
+                                       strict=True):
+                walk(sequence, b_seq)
+            keep(item, node.output_row)
 
     walk(net.spec.layers, net.body)
     return store, patched

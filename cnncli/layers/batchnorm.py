@@ -1,0 +1,159 @@
+"""Batch normalization: each channel normalised by its batch mean and variance, then
+scaled and shifted by learned gamma and beta.
+
+Parameters: gamma (`NAME.weight`) and beta (`NAME.bias`), one per channel; buffers: the
+running mean and variance that evaluation uses (updated with `momentum`, the variance
+unbiased, as PyTorch does). A bias just before it is wasted: it subtracts the mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cnncli.analysis.memory import FLOAT64, Buf, Heap, PlanLayer
+from cnncli.layers.base import EngineLayer, LayerSpec, ParseContext
+from cnncli.spec.types import Volume
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cnncli.analysis.report import Row, Walker
+    from cnncli.spec.loading import Located
+
+
+@dataclass(frozen=True)
+class BatchNorm(LayerSpec):
+    eps: float
+    momentum: float
+
+    key = "batchnorm"
+    prefix = "bn"
+    label = "BN"
+    elementwise = True
+    family = "norm"
+    subtracts_mean = True
+
+    @classmethod
+    def parse(cls, ctx: ParseContext, loc: Located, name: str, line: int,
+              where: str) -> BatchNorm:
+        r = ctx.reader
+        s = r.settings(where, loc, {"eps", "momentum"}, None)
+        eps = r.number(f"{where}.eps", s["eps"], 0.0, 1.0, lo_open=True) \
+            if "eps" in s else 1e-5
+        momentum = r.number(f"{where}.momentum", s["momentum"], 0.0, 1.0) \
+            if "momentum" in s else 0.1
+        return cls(name, line, eps, momentum)
+
+    def to_yaml(self, scope: str, write_sequence: Any) -> Any:
+        return {"eps": self.eps, "momentum": self.momentum}
+
+    def settings_text(self) -> str:
+        return f"eps {self.eps:g}"
+
+    def describe(self, row: Row, vol: Volume, w: Walker) -> None:
+        row.weights, row.biases = vol.d, vol.d  # gamma (scale) and beta (shift)
+        row.params = {f"{self.name}.weight": (vol.d,), f"{self.name}.bias": (vol.d,)}
+        row.buffers = {f"{self.name}.running_mean": (vol.d,),
+                       f"{self.name}.running_var": (vol.d,)}
+
+    def plan(self, heap: Heap, row: Row, threads: int, ctx: Any) -> PlanLayer:
+        return BatchNormPlan(heap, row, threads)
+
+    def engine(self, row: Row, ctx: Any) -> EngineLayer:
+        return BatchNormEngine(self, row, ctx.dtype)
+
+
+# ----------------------------------------------------------------------------- memory plan
+
+
+class BatchNormPlan(PlanLayer):
+    def __init__(self, heap: Heap, row: Row, threads: int):
+        super().__init__(heap, row, threads)
+        assert row.output is not None
+        self.vol = row.output
+        self.c = row.output.d
+
+    def forward(self, x: Buf, training: bool) -> Buf:
+        c = self.c
+        vectors = self.work(0, 2 * c, FLOAT64)  # gamma, beta as float64
+        if not training:
+            stats = self.work(0, 5 * c, FLOAT64)
+            y = self.out(self.vol)
+            del stats, vectors
+            return y
+        partial = self.work(0, (min(64, self.heap.batch * self.vol.h * self.vol.w) * 2 + 1)
+                            * c, FLOAT64)
+        stats = Buf(self.heap, 0, 2 * c, FLOAT64, base="act", owner=self.name,
+                    what="mean, inv_std (float64)")
+        del partial
+        y = self.out(self.vol)
+        self.keep(x, stats)
+        del stats, vectors
+        return y
+
+    def backward(self, dy: Buf) -> Buf:
+        c = self.c
+        vectors = self.work(0, 12 * c, FLOAT64)  # gamma, partial sums, a, q, r, ...
+        dx = self.grad(self.vol)
+        del vectors
+        grads = {f"{self.name}.weight": self.work(0, c), f"{self.name}.bias": self.work(0, c)}
+        self.new_grads(grads)
+        del grads
+        self.drop()
+        return dx
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+class BatchNormEngine(EngineLayer):
+    """Batch statistics in training, running statistics in evaluation."""
+
+    batch_statistics = True
+
+    def __init__(self, layer: BatchNorm, row: Row, dtype: np.dtype):
+        import numpy as np
+
+        super().__init__(layer.name)
+        assert row.output is not None
+        c = row.output.d
+        self.decays = False  # gamma is a scale, not a weight the notes regularise
+        self.eps, self.momentum = layer.eps, layer.momentum
+        self.params[f"{self.name}.weight"] = np.ones(c, dtype)
+        self.params[f"{self.name}.bias"] = np.zeros(c, dtype)
+        self.buffers[f"{self.name}.running_mean"] = np.zeros(c, dtype)
+        self.buffers[f"{self.name}.running_var"] = np.ones(c, dtype)
+        self._saved: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        from cnncli.engine.kernels import norm as norm_k
+
+        gamma = self.params[f"{self.name}.weight"]
+        beta = self.params[f"{self.name}.bias"]
+        rm = self.buffers[f"{self.name}.running_mean"]
+        rv = self.buffers[f"{self.name}.running_var"]
+        if not training:
+            return norm_k.batchnorm_forward_eval(x, gamma, beta, rm, rv, self.eps)
+        y, mean, inv_std, _ = norm_k.batchnorm_forward_train(x, gamma, beta, self.eps)
+        m = x.size // x.shape[-1]
+        var = inv_std ** -2 - self.eps
+        unbiased = var * m / max(1, m - 1)
+        rm *= 1 - self.momentum
+        rm += (self.momentum * mean).astype(rm.dtype)
+        rv *= 1 - self.momentum
+        rv += (self.momentum * unbiased).astype(rv.dtype)
+        self._saved = (x, mean, inv_std)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        from cnncli.engine.kernels import norm as norm_k
+
+        assert self._saved is not None, f"{self.name}: backward without a training forward"
+        x, mean, inv_std = self._saved
+        self._saved = None
+        dx, dgamma, dbeta = norm_k.batchnorm_backward(dy, x, self.params[f"{self.name}.weight"],
+                                                      mean, inv_std)
+        self.grads[f"{self.name}.weight"] = dgamma
+        self.grads[f"{self.name}.bias"] = dbeta
+        return dx

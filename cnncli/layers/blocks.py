@@ -1,0 +1,388 @@
+"""Blocks: layers that hold sequences of layers.
+
+- `repeat`: the notes' [CONV -> RELU]*N, written out at load time, one sequence per pass;
+- `residual`: out = body(x) + shortcut(x), an empty shortcut being the identity (ResNet);
+- `concat`: branches that all read the same input, concatenated in depth (Inception).
+
+Each block walks its sequences through the same walkers the net uses, so a block is just
+another layer type to every room of cnncli.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from cnncli.analysis.memory import Buf, Heap, PlanLayer, elides, run_planned
+from cnncli.analysis.shapes import Field
+from cnncli.layers.base import EngineLayer, LayerSpec, ParseContext
+from cnncli.spec.reader import Scope
+from cnncli.spec.types import MAX_LAYERS, Problem, Volume
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cnncli.analysis.report import Row, Walker
+    from cnncli.layers.base import RF
+    from cnncli.spec.loading import Located
+
+
+@dataclass(frozen=True)
+class Repeat(LayerSpec):
+    """[CONV -> RELU]*N: the copies are expanded at load time, one tuple per pass."""
+
+    count: int
+    passes: tuple[tuple[LayerSpec, ...], ...]
+
+    key = "repeat"
+    prefix = "repeat"
+    family = "block"
+    is_block = True
+    unrolls = True
+    sibling_keys = frozenset({"layers"})  # `repeat: 3` with `layers:` beside it
+
+    @classmethod
+    def parse(cls, ctx: ParseContext, loc: Located, name: str, line: int,
+              where: str) -> Repeat:
+        r = ctx.reader
+        if not isinstance(loc.value, dict):  # a bare `- repeat`
+            r.error(f"{where}: write a repeat block as 'repeat: N' with 'layers:' beside it",
+                    line, name)
+            return cls(name, line, 1, ())
+        count_loc, layers_loc = loc.value[cls.key], loc.value["layers"]
+        count = r.integer(f"{where}.repeat", count_loc.value, count_loc.line)
+        if layers_loc.value is None:
+            r.error(f"{where}: a repeat block needs 'layers:' beside 'repeat: N'", line, name)
+            return cls(name, line, count, ())
+        # The copies continue the enclosing sequence's numbering (VGG's conv1..conv13);
+        # an explicit name inside gets the pass number appended (name_1, name_2, ...).
+        passes: list[tuple[LayerSpec, ...]] = []
+        for i in range(count):
+            passes.append(ctx.sequence(layers_loc.value, layers_loc.line, ctx.scope,
+                                       f"{where}.layers", rename=f"{ctx.rename}_{i + 1}"))
+            if r.layer_count > MAX_LAYERS:
+                break  # reported by the sequence reader
+        return cls(name, line, count, tuple(passes))
+
+    def children(self) -> tuple[tuple[LayerSpec, ...], ...]:
+        return self.passes
+
+    def analyze(self, w: Walker, vol: Volume, rf: RF, depth: int) -> tuple[Volume, RF]:
+        w.add(w.heading(self.name, "repeat", depth, f"x{self.count}", vol, self.line))
+        for one_pass in self.passes:
+            vol, rf = w.sequence(one_pass, vol, rf, depth + 1)
+        return vol, rf
+
+    def as_sliding(self, row: Row, convert: Any) -> LayerSpec:
+        return replace(self, passes=tuple(tuple(convert(n) for n in p) for p in self.passes))
+
+
+@dataclass(frozen=True)
+class Residual(LayerSpec):
+    """out = body(x) + shortcut(x); an empty shortcut is the identity."""
+
+    body: tuple[LayerSpec, ...]
+    shortcut: tuple[LayerSpec, ...]
+
+    key = "residual"
+    prefix = "res"
+    family = "block"
+    is_block = True
+
+    @classmethod
+    def parse(cls, ctx: ParseContext, loc: Located, name: str, line: int,
+              where: str) -> Residual:
+        r = ctx.reader
+        s = r.settings(where, loc, {"layers", "shortcut"}, None)
+        if "layers" not in s:
+            r.error(f"{where}: a residual block needs 'layers:' (its body)", line, name)
+            return cls(name, line, (), ())
+        body = ctx.sequence(s["layers"].value, s["layers"].line, Scope(name), f"{where}.layers")
+        shortcut: tuple[LayerSpec, ...] = ()
+        if "shortcut" in s and s["shortcut"].value is not None:
+            shortcut = ctx.sequence(s["shortcut"].value, s["shortcut"].line,
+                                    Scope(f"{name}.shortcut"), f"{where}.shortcut")
+        return cls(name, line, body, shortcut)
+
+    @property
+    def output_row(self) -> str:
+        return f"{self.name}.add"
+
+    def to_yaml(self, scope: str, write_sequence: Any) -> Any:
+        block: dict[str, Any] = {"layers": write_sequence(self.body, self.name)}
+        if self.shortcut:
+            block["shortcut"] = write_sequence(self.shortcut, f"{self.name}.shortcut")
+        return block
+
+    def children(self) -> tuple[tuple[LayerSpec, ...], ...]:
+        return (self.body, self.shortcut)
+
+    def analyze(self, w: Walker, vol: Volume, rf: RF, depth: int) -> tuple[Volume, RF]:
+        w.add(w.heading(self.name, "residual", depth, "body + shortcut", vol, self.line))
+        body_vol, body_rf = w.sequence(self.body, vol, rf, depth + 1)
+        short_vol, short_rf = vol, rf
+        if self.shortcut:
+            w.add(w.heading(f"{self.name}.shortcut", "shortcut", depth + 1, "", vol, self.line))
+            short_vol, short_rf = w.sequence(self.shortcut, vol, rf, depth + 2)
+        if body_vol != short_vol:
+            w.errors.append(Problem(
+                f"{self.name}: the body ends in {body_vol} but the shortcut "
+                f"{'ends in' if self.shortcut else '(identity) is'} {short_vol}; they must "
+                "match to be added", self.line, self.name,
+                "give the shortcut a 1x1 conv with the body's filters and stride"
+                if body_vol.d != short_vol.d or body_vol.w != short_vol.w else None))
+        out_rf = (Field.widest([body_rf[0], short_rf[0]]),
+                  Field.widest([body_rf[1], short_rf[1]]))
+        w.add(w.row(f"{self.name}.add", "add", depth + 1, "body + shortcut", body_vol,
+                    body_vol, out_rf, self.line))
+        return body_vol, out_rf
+
+    def as_sliding(self, row: Row, convert: Any) -> LayerSpec:
+        return replace(self, body=tuple(convert(n) for n in self.body),
+                       shortcut=tuple(convert(n) for n in self.shortcut))
+
+    def plan(self, heap: Heap, row: Row, threads: int, ctx: Any) -> Any:
+        return ResidualPlan(heap, ctx.rows[f"{self.name}.add"], ctx.sequence(self.body),
+                            ctx.sequence(self.shortcut))
+
+    def engine(self, row: Row, ctx: Any) -> Any:
+        return ResidualBlock(ctx.sequence(self.body), ctx.sequence(self.shortcut), self.name)
+
+
+@dataclass(frozen=True)
+class Concat(LayerSpec):
+    """Depth concatenation of branches that all see the same input (Inception)."""
+
+    branches: tuple[tuple[LayerSpec, ...], ...]
+
+    key = "concat"
+    prefix = "concat"
+    family = "block"
+    is_block = True
+
+    @classmethod
+    def parse(cls, ctx: ParseContext, loc: Located, name: str, line: int,
+              where: str) -> Concat:
+        if not isinstance(loc.value, list) or len(loc.value) < 2:
+            ctx.reader.error(f"{where}: concat takes a list of two or more branches, each a "
+                             "list of layers", line, name)
+            return cls(name, line, ())
+        branches = tuple(
+            ctx.sequence(branch.value, branch.line, Scope(f"{name}.b{i + 1}"), f"{where}[{i}]")
+            for i, branch in enumerate(loc.value))
+        return cls(name, line, branches)
+
+    @property
+    def output_row(self) -> str:
+        return f"{self.name}.out"
+
+    def to_yaml(self, scope: str, write_sequence: Any) -> Any:
+        return [write_sequence(b, f"{self.name}.b{i + 1}") for i, b in enumerate(self.branches)]
+
+    def children(self) -> tuple[tuple[LayerSpec, ...], ...]:
+        return self.branches
+
+    def analyze(self, w: Walker, vol: Volume, rf: RF, depth: int) -> tuple[Volume, RF]:
+        w.add(w.heading(self.name, "concat", depth, f"{len(self.branches)} branches", vol,
+                        self.line))
+        ends: list[tuple[Volume, RF]] = []
+        for i, branch in enumerate(self.branches):
+            w.add(w.heading(f"{self.name}.b{i + 1}", "branch", depth + 1, "", vol, self.line))
+            ends.append(w.sequence(branch, vol, rf, depth + 2))
+        sizes = {(v.w, v.h) for v, _ in ends}
+        if len(sizes) > 1:
+            shown = ", ".join(f"b{i + 1} {v}" for i, (v, _) in enumerate(ends))
+            w.errors.append(Problem(
+                f"{self.name}: branches must end with the same width and height to be "
+                f"concatenated in depth; they end in {shown}", self.line, self.name))
+        first = ends[0][0]
+        out = Volume(first.w, first.h, sum(v.d for v, _ in ends))
+        out_rf = (Field.widest([r[0] for _, r in ends]), Field.widest([r[1] for _, r in ends]))
+        w.add(w.row(f"{self.name}.out", "concat", depth + 1, "depth concat", vol, out, out_rf,
+                    self.line))
+        return out, out_rf
+
+    def as_sliding(self, row: Row, convert: Any) -> LayerSpec:
+        return replace(self, branches=tuple(tuple(convert(n) for n in b)
+                                            for b in self.branches))
+
+    def plan(self, heap: Heap, row: Row, threads: int, ctx: Any) -> Any:
+        return ConcatPlan(heap, ctx.rows[f"{self.name}.out"],
+                          [ctx.sequence(b) for b in self.branches],
+                          [ctx.end_depth(b) for b in self.branches])
+
+    def engine(self, row: Row, ctx: Any) -> Any:
+        return ConcatBlock([ctx.sequence(b) for b in self.branches], self.name)
+
+
+# ----------------------------------------------------------------------------- memory plans
+
+
+class PlanSequence:
+    def __init__(self, items: list[Any]):
+        self.items = items
+
+    def forward(self, x: Buf, training: bool) -> Buf:
+        for item in self.items:
+            x = run_planned(item, "forward", x, training)
+        return x
+
+    def backward(self, dy: Buf) -> Buf:
+        for item in reversed(self.items):
+            dy = run_planned(item, "backward", dy)
+        return dy
+
+    def leaves(self) -> list[PlanLayer]:
+        out: list[PlanLayer] = []
+        for item in self.items:
+            out.extend([item] if isinstance(item, PlanLayer) else item.leaves())
+        return out
+
+
+class ResidualPlan:
+    def __init__(self, heap: Heap, row: Row, body: PlanSequence, shortcut: PlanSequence):
+        self.heap, self.vol = heap, row.output
+        self.name = row.name
+        self.body, self.shortcut = body, shortcut
+
+    def forward(self, x: Buf, training: bool) -> Buf:
+        out = self.body.forward(x, training)
+        short = self.shortcut.forward(x, training) if self.shortcut.items else x
+        assert self.vol is not None
+        total = Buf(self.heap, self.vol.size, base="act", owner=self.name, what="sum")
+        del out, short
+        return total
+
+    def backward(self, dy: Buf) -> Buf:
+        assert self.vol is not None
+        dx = self.body.backward(dy)
+        if self.shortcut.items:
+            part = self.shortcut.backward(dy)
+            if elides(part):  # dx + temporary: numpy adds into the temporary
+                return part
+            total = Buf(self.heap, self.vol.size, base="grad", owner=self.name)
+            del part, dx
+            return total
+        return Buf(self.heap, self.vol.size, base="grad", owner=self.name)
+
+    def leaves(self) -> list[PlanLayer]:
+        return self.body.leaves() + self.shortcut.leaves()
+
+
+class ConcatPlan:
+    def __init__(self, heap: Heap, row: Row, branches: list[PlanSequence], depths: list[int]):
+        self.heap, self.vol, self.name = heap, row.output, row.name
+        self.branches, self.depths = branches, depths
+
+    def forward(self, x: Buf, training: bool) -> Buf:
+        outs = [b.forward(x, training) for b in self.branches]
+        assert self.vol is not None
+        total = Buf(self.heap, self.vol.size, base="act", owner=self.name, what="concatenation")
+        del outs
+        return total
+
+    def backward(self, dy: Buf) -> Buf:
+        assert self.vol is not None
+        plane = self.vol.w * self.vol.h
+        dx = None
+        part = None
+        for branch, depth in zip(self.branches, self.depths, strict=True):
+            part = branch.backward(Buf(self.heap, plane * depth, base="grad", owner=self.name))
+            dx = part if dx is None else Buf(self.heap, part.per_image, base="grad",
+                                              owner=self.name)
+        del part
+        assert dx is not None
+        return dx
+
+    def leaves(self) -> list[PlanLayer]:
+        return [leaf for b in self.branches for leaf in b.leaves()]
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+class Sequence:
+    def __init__(self, items: list[Any]):
+        self.items = items
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        for item in self.items:
+            x = item.forward(x, training)
+        return x
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        for item in reversed(self.items):
+            dy = item.backward(dy)
+        return dy
+
+    def sequences(self) -> list[Sequence]:
+        return [self]
+
+    def leaves(self) -> Iterator[EngineLayer]:
+        for item in self.items:
+            if isinstance(item, EngineLayer):
+                yield item
+            else:
+                yield from item.leaves()
+
+
+class ResidualBlock:
+    """out = body(x) + shortcut(x): the gradient flows to both and adds up at x."""
+
+    def __init__(self, body: Sequence, shortcut: Sequence, name: str = "residual"):
+        self.body, self.shortcut = body, shortcut
+        self.name = name  # the spec's block name: its add is the report's row `name.add`
+        self.output_row = f"{name}.add"
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        out = self.body.forward(x, training)
+        short = self.shortcut.forward(x, training) if self.shortcut.items else x
+        return out + short
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        dx = self.body.backward(dy)
+        return dx + (self.shortcut.backward(dy) if self.shortcut.items else dy)
+
+    def sequences(self) -> list[Sequence]:
+        return [self.body, self.shortcut]
+
+    def leaves(self) -> Iterator[EngineLayer]:
+        yield from self.body.leaves()
+        yield from self.shortcut.leaves()
+
+
+class ConcatBlock:
+    """Depth concatenation: each branch's gradient is its slice of the output's."""
+
+    def __init__(self, branches: list[Sequence], name: str = "concat"):
+        self.branches = branches
+        self.name = name  # the spec's block name: its concatenation is the row `name.out`
+        self.output_row = f"{name}.out"
+        self._depths: list[int] = []
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        import numpy as np
+
+        outs = [b.forward(x, training) for b in self.branches]
+        self._depths = [o.shape[3] for o in outs]
+        return np.concatenate(outs, axis=3)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        dx = None
+        start = 0
+        for branch, depth in zip(self.branches, self._depths, strict=True):
+            part = branch.backward(np.ascontiguousarray(dy[..., start:start + depth]))
+            dx = part if dx is None else dx + part
+            start += depth
+        assert dx is not None
+        return dx
+
+    def sequences(self) -> list[Sequence]:
+        return list(self.branches)
+
+    def leaves(self) -> Iterator[EngineLayer]:
+        for b in self.branches:
+            yield from b.leaves()

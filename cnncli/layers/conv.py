@@ -1,0 +1,505 @@
+"""Convolution and its unshared cousin, the locally connected layer.
+
+The notes' conv layer: K filters of F x F x D slide over the input with stride S and zero
+padding P, so the output is ((W - F + 2P)/S + 1) x ((H - F + 2P)/S + 1) x K, with F*F*D
+weights per filter (D/groups with groups) and one bias each. Dilation spreads a filter's
+taps, which then span F_eff = dilation*(F - 1) + 1 pixels. A locally connected layer has
+the same geometry but one weight set per output position (no parameter sharing).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cnncli.analysis.memory import FLOAT64, Buf, Heap, PlanLayer
+from cnncli.analysis.shapes import effective_size
+from cnncli.engine.kernels.sizes import band_rows, chunks, use_direct
+from cnncli.layers.base import EngineLayer, LayerSpec, ParseContext, Window
+from cnncli.spec.types import Pair, Problem, Volume
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cnncli.analysis.report import Row, Walker
+    from cnncli.layers.base import RF
+    from cnncli.spec.loading import Located
+
+_KEYS = {"filters", "size", "stride", "pad", "dilation", "bias", "groups", "rounding"}
+
+
+class _Windowed(LayerSpec):
+    """What conv and local share: the window, the filters, the bias (the fields are each
+    class's own, so a Conv is built as it always was: ..., dilation, groups, bias, ...)."""
+
+    if TYPE_CHECKING:
+        filters: int
+        size: Pair
+        stride: Pair
+        pad: Pair
+        dilation: Pair
+        bias: bool
+        rounding: str | None
+        pad_same: bool
+
+    family = "conv"
+
+    @property
+    def depth_groups(self) -> int:
+        return 1
+
+    # ------------------------------------------------------------------ the spec file
+    @classmethod
+    def read(cls, ctx: ParseContext, loc: Located, name: str, line: int,
+             where: str, local: bool) -> dict[str, Any]:
+        r = ctx.reader
+        keys = set(_KEYS) - ({"groups"} if local else set())
+        s = r.settings(where, loc, keys, None)
+        for required in ("filters", "size"):
+            if required not in s:
+                r.error(f"{where}: '{required}' is required", line, name)
+        filters = r.integer(f"{where}.filters", s["filters"].value, s["filters"].line) \
+            if "filters" in s else 1
+        size = r.pair(f"{where}.size", s.get("size"), 1, 1)
+        stride = r.pair(f"{where}.stride", s.get("stride"), 1, 1)
+        dilation_loc = s.get("dilation")
+        if dilation_loc is not None and type(dilation_loc.value) is int \
+                and dilation_loc.value == 0:
+            r.error(f"{where}.dilation: 0 is not allowed; dilation 1 is an ordinary "
+                    "convolution (the CS231n notes call that 'dilation 0')", dilation_loc.line,
+                    name)
+            dilation_loc = None
+        dilation = r.pair(f"{where}.dilation", dilation_loc, 1, 1)
+        pad_loc, pad_same = s.get("pad"), False
+        if pad_loc is not None and isinstance(pad_loc.value, str) and pad_loc.value == "same":
+            pad_same = True
+            odd = size.h % 2 == 1 and size.w % 2 == 1
+            if not odd or stride.h != 1 or stride.w != 1:
+                r.error(f"{where}.pad: 'same' needs an odd size and stride 1 "
+                        f"(size {size}, stride {stride}); write the padding as a number",
+                        pad_loc.line, name)
+            pad = Pair(dilation.h * (size.h - 1) // 2, dilation.w * (size.w - 1) // 2)
+        else:
+            pad = r.pair(f"{where}.pad", pad_loc, 0, 0)
+        bias = r.boolean(f"{where}.bias", s["bias"].value, s["bias"].line) \
+            if "bias" in s else True
+        rounding = r.rounding(f"{where}.rounding", s.get("rounding"))
+        settings: dict[str, Any] = dict(filters=filters, size=size, stride=stride, pad=pad,
+                                        dilation=dilation, bias=bias, rounding=rounding,
+                                        pad_same=pad_same)
+        if not local:
+            groups = r.integer(f"{where}.groups", s["groups"].value, s["groups"].line) \
+                if "groups" in s else 1
+            if filters % groups:
+                r.error(f"{where}: filters ({filters}) must be divisible by groups ({groups})",
+                        line, name)
+            settings["groups"] = groups
+        return settings
+
+    def to_yaml(self, scope: str, write_sequence: Any) -> Any:
+        s: dict[str, Any] = {"filters": self.filters, "size": _pair(self.size)}
+        if self.stride != Pair(1, 1):
+            s["stride"] = _pair(self.stride)
+        if self.pad_same:
+            s["pad"] = "same"
+        elif self.pad != Pair(0, 0):
+            s["pad"] = _pair(self.pad)
+        if self.dilation != Pair(1, 1):
+            s["dilation"] = _pair(self.dilation)
+        if self.depth_groups != 1:
+            s["groups"] = self.depth_groups
+        if not self.bias:
+            s["bias"] = False
+        if self.rounding:
+            s["rounding"] = self.rounding
+        return s
+
+    # ------------------------------------------------------------------ analysis
+    def settings_text(self) -> str:
+        parts = [f"{self.filters} filters", f"{self.size}"
+                 + (f"/{self.stride}" if self.stride != Pair(1, 1) else "")]
+        if self.pad != Pair(0, 0):
+            parts.append(f"pad {'same' if self.pad_same else self.pad}")
+        if self.dilation != Pair(1, 1):
+            parts.append(f"dilation {self.dilation}")
+        if self.depth_groups > 1:
+            parts.append(f"groups {self.depth_groups}")
+        if not self.bias:
+            parts.append("no bias")
+        return ", ".join(parts)
+
+    def analyze(self, w: Walker, vol: Volume, rf: RF, depth: int) -> tuple[Volume, RF]:
+        groups = self.depth_groups
+        if vol.d % groups:
+            w.errors.append(Problem(
+                f"{self.name}: the input depth {vol.d} is not divisible by groups ({groups})",
+                self.line, self.name, f"use groups that divide {vol.d}"))
+        oh, ow, notes = w.windows(self, vol, self.size, self.stride, self.pad, self.dilation,
+                                  is_pool=False)
+        out = Volume(ow, oh, self.filters)
+        d_in = vol.d // groups if vol.d % groups == 0 else vol.d
+        f_eff = (effective_size(self.size.h, self.dilation.h),
+                 effective_size(self.size.w, self.dilation.w))
+        new_rf = (rf[0].through(f_eff[0], self.stride.h), rf[1].through(f_eff[1], self.stride.w))
+        row = w.row(self.name, self.kind, depth, self.settings_text(), vol, out, new_rf,
+                    self.line)
+        row.notes = notes
+        per_filter = d_in * self.size.h * self.size.w
+        self.count_parameters(row, vol, oh, ow, per_filter)
+        row.macs = oh * ow * self.filters * per_filter
+        w.add(row)
+        self._lint(w, vol, out)
+        return out, new_rf
+
+    def count_parameters(self, row: Row, vol: Volume, oh: int, ow: int,
+                         per_filter: int) -> None:
+        raise NotImplementedError
+
+    def training_macs(self, row: Row, first: bool) -> tuple[int, int, int]:
+        # backward to the input and to the weights are each one more product of the same size
+        return row.macs, 0 if first else row.macs, row.macs
+
+    def _lint(self, w: Walker, vol: Volume, out: Volume) -> None:
+        first = not w.first_conv_seen
+        w.first_conv_seen = True
+        if self.stride == Pair(1, 1):
+            keep = Pair(self.dilation.h * (self.size.h - 1) // 2,
+                        self.dilation.w * (self.size.w - 1) // 2)
+            odd = self.size.h % 2 == 1 and self.size.w % 2 == 1
+            if odd and self.pad != keep:
+                # more padding than (F-1)/2 grows the volume, less shrinks it
+                if out.w <= vol.w and out.h <= vol.h:
+                    change = "shrinks the volume"
+                elif out.w >= vol.w and out.h >= vol.h:
+                    change = f"grows the volume to {out.w}x{out.h}"
+                else:
+                    change = f"changes the volume to {out.w}x{out.h}"
+                w.warnings.append(Problem(
+                    f"{self.name}: stride-1 conv with pad {self.pad} {change}; "
+                    f"pad (F-1)/2 = {keep} keeps {vol.w}x{vol.h} (the notes' sizing pattern)",
+                    self.line, self.name))
+        if not first and max(self.size.h, self.size.w) > 5:
+            w.warnings.append(Problem(
+                f"{self.name}: a {self.size} filter beyond the first layer; the notes prefer "
+                "stacks of 3x3 (fewer parameters, more non-linearity)", self.line, self.name))
+
+    def window(self) -> Window:
+        return Window(self.size, self.stride, self.pad, self.dilation, False, self.rounding,
+                      "conv")
+
+
+def _pair(p: Pair) -> int | dict[str, int]:
+    return p.h if p.h == p.w else {"height": p.h, "width": p.w}
+
+
+@dataclass(frozen=True)
+class Conv(_Windowed):
+    """y = w * x + b, one filter bank shared by every position (OIHW weights)."""
+
+    filters: int
+    size: Pair
+    stride: Pair
+    pad: Pair
+    dilation: Pair
+    groups: int
+    bias: bool
+    rounding: str | None
+    pad_same: bool = False
+
+    key = "conv"
+    prefix = "conv"
+    draws_filters = True
+
+    @property
+    def depth_groups(self) -> int:
+        return self.groups
+
+    def wasted_by_mean_subtraction(self) -> int:
+        return self.filters if self.bias else 0
+
+    @classmethod
+    def parse(cls, ctx: ParseContext, loc: Located, name: str, line: int,
+              where: str) -> Conv:
+        return cls(name, line, **cls.read(ctx, loc, name, line, where, local=False))
+
+    def count_parameters(self, row: Row, vol: Volume, oh: int, ow: int,
+                         per_filter: int) -> None:
+        row.weights = self.filters * per_filter
+        row.biases = self.filters if self.bias else 0
+        row.params[f"{self.name}.weight"] = (self.filters, per_filter // (self.size.h
+                                             * self.size.w), self.size.h, self.size.w)
+        if self.bias:
+            row.params[f"{self.name}.bias"] = (self.filters,)
+
+    def plan(self, heap: Heap, row: Row, threads: int, ctx: Any) -> PlanLayer:
+        return ConvPlan(heap, row, threads, self)
+
+    def engine(self, row: Row, ctx: Any) -> EngineLayer:
+        return ConvEngine(self, row, ctx.rng, ctx.dtype)
+
+
+@dataclass(frozen=True)
+class Local(_Windowed):
+    """The notes' locally connected layer: a conv without parameter sharing
+    (weights [K, OH, OW, D, Fh, Fw], bias [K, OH, OW])."""
+
+    filters: int
+    size: Pair
+    stride: Pair
+    pad: Pair
+    dilation: Pair
+    bias: bool
+    rounding: str | None
+    pad_same: bool = False
+
+    key = "local"
+    prefix = "local"
+
+    @classmethod
+    def parse(cls, ctx: ParseContext, loc: Located, name: str, line: int,
+              where: str) -> Local:
+        return cls(name, line, **cls.read(ctx, loc, name, line, where, local=True))
+
+    def count_parameters(self, row: Row, vol: Volume, oh: int, ow: int,
+                         per_filter: int) -> None:
+        # no sharing: one weight set (and one bias) per output position
+        positions = oh * ow
+        row.weights = positions * self.filters * per_filter
+        row.biases = positions * self.filters if self.bias else 0
+        row.params[f"{self.name}.weight"] = (self.filters, oh, ow, vol.d, self.size.h,
+                                             self.size.w)
+        if self.bias:
+            row.params[f"{self.name}.bias"] = (self.filters, oh, ow)
+
+    def sliding_problem(self) -> Problem:
+        return Problem(f"{self.name}: a locally-connected layer has one weight set per "
+                       "output position, so it cannot slide over a larger image",
+                       self.line, self.name,
+                       "write it as a conv (shared weights) to evaluate windows in one pass")
+
+    def plan(self, heap: Heap, row: Row, threads: int, ctx: Any) -> PlanLayer:
+        return LocalPlan(heap, row, threads, self)
+
+    def engine(self, row: Row, ctx: Any) -> EngineLayer:
+        return LocalEngine(self, row, ctx.rng, ctx.dtype)
+
+
+# ----------------------------------------------------------------------------- memory plans
+# What the engine below and its kernels (engine/kernels/conv.py) allocate, in the same
+# scopes: the output, the input kept for backward, the im2col bands one per thread, the
+# relaid weights, the dW partial sums of each chunk.
+
+
+class ConvPlan(PlanLayer):
+    def __init__(self, heap: Heap, row: Row, threads: int, node: Conv):
+        super().__init__(heap, row, threads)
+        assert row.input is not None and row.output is not None
+        self.vin, self.vout = row.input, row.output
+        self.groups = node.groups
+        self.k = node.filters
+        self.cg = row.input.d // node.groups
+        self.kdim = node.size.h * node.size.w * self.cg
+        self.wsize = math.prod(row.params[f"{self.name}.weight"])
+        self.bias = node.bias
+        self.direct = use_direct(self.cg, node.filters // node.groups, node.groups)
+
+    def im2col(self) -> tuple[int, int] | None:
+        if self.direct:
+            return None
+        return self.vout.h * self.vout.w * self.kdim * self.groups, self._band()[0]
+
+    def _band(self) -> tuple[int, int]:
+        """Rows per im2col band and bands per image."""
+        oh = self.vout.h
+        rb = band_rows(oh, self.vout.w, self.groups, self.kdim, self.heap.itemsize)
+        return rb, -(-oh // rb)
+
+    def forward(self, x: Buf, training: bool) -> Buf:
+        if training:
+            self.keep(x)
+        n, g, kg = self.heap.batch, self.groups, self.k // self.groups
+        y = self.out(self.vout)
+        bias = None if self.bias else self.work(0, self.k)  # np.zeros(K) stands in
+        wcopy = self.work(0, self.wsize)  # _gemm_weights / _direct_weights: a relaid copy
+        if self.direct:
+            bands = [self.work(0, kg * g) for _ in range(min(self.threads, n * self.vout.h))]
+        else:
+            rb, nblk = self._band()
+            per = g * rb * self.vout.w * self.kdim + rb * self.vout.w * kg  # cols + tmp
+            bands = [self.work(0, per) for _ in range(min(self.threads, n * nblk))]
+        del bands, wcopy, bias
+        return y
+
+    def backward(self, dy: Buf) -> Buf:
+        n, g, kg = self.heap.batch, self.groups, self.k // self.groups
+        x = self.saved[0]
+        dx = self.grad(self.vin) if self.need_dx else self.work(0, 1)
+        nchunk = chunks(n, self.threads)
+        dbp = self.work(0, nchunk * self.k, FLOAT64)
+        wcopy = self.work(0, self.wsize)
+        partials = self.work(0, nchunk * self.wsize)
+        if self.direct:
+            chunk = [self.work(0, kg * g) for _ in range(min(self.threads, nchunk))]
+        else:
+            rb, _ = self._band()
+            band = rb * self.vout.w
+            per = 2 * g * band * self.kdim + band * kg + self.kdim * kg  # cols, dcols, dyg, tw
+            chunk = [self.work(0, per) for _ in range(min(self.threads, nchunk))]
+        del chunk
+        summed = self.work(0, self.wsize)  # _sum_chunks: parts[0].copy() += ...
+        dw = self.work(0, self.wsize)  # the transpose back to OIHW
+        del summed, partials, wcopy
+        db64 = self.work(0, self.k, FLOAT64)
+        db = self.work(0, self.k)
+        del db64, dbp, x
+        grads = {f"{self.name}.weight": dw}
+        if self.bias:
+            grads[f"{self.name}.bias"] = db
+        del dw, db
+        self.new_grads(grads)
+        del grads
+        self.drop()
+        return dx
+
+
+class LocalPlan(PlanLayer):
+    def __init__(self, heap: Heap, row: Row, threads: int, node: Local):
+        super().__init__(heap, row, threads)
+        assert row.input is not None and row.output is not None
+        self.vin, self.vout = row.input, row.output
+        self.k = node.filters
+        self.kdim = node.size.h * node.size.w * row.input.d
+        self.wsize = math.prod(row.params[f"{self.name}.weight"])
+        self.bias = node.bias
+
+    def forward(self, x: Buf, training: bool) -> Buf:
+        if training:
+            self.keep(x)
+        n = self.heap.batch
+        bias = None if self.bias else self.work(0, 1)
+        y = self.out(self.vout)
+        per = n * self.kdim + self.k * self.kdim + n * self.k  # patch, Wt, out
+        bands = [self.work(0, per) for _ in range(min(self.threads, self.vout.h * self.vout.w))]
+        del bands, bias
+        return y
+
+    def backward(self, dy: Buf) -> Buf:
+        n = self.heap.batch
+        x = self.saved[0]
+        dw = self.work(0, self.wsize)
+        positions = self.vout.h * self.vout.w
+        db64 = self.work(0, self.k * positions, FLOAT64)
+        dx = self.grad(self.vin) if self.need_dx else None
+        per = n * self.kdim + n * self.k + self.k * self.kdim  # patch, d, g
+        bands = [self.work(0, per) for _ in range(min(self.threads, positions))]
+        del bands
+        if dx is not None:
+            nchunk = max(1, min(n, self.threads))
+            m = -(-n // nchunk)
+            per = m * self.k + m * self.kdim + self.k * self.kdim  # d, dp, Wt
+            bands = [self.work(0, per) for _ in range(nchunk)]
+            del bands
+        db = self.work(0, self.k * positions)
+        del db64, x
+        grads = {f"{self.name}.weight": dw}
+        if self.bias:
+            grads[f"{self.name}.bias"] = db
+        del dw, db
+        self.new_grads(grads)
+        del grads
+        self.drop()
+        return dx if dx is not None else self.work(0, 0)
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+def he_normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int,
+              dtype: np.dtype) -> np.ndarray:
+    """He initialisation (std sqrt(2/fan_in)), the notes' advice for ReLU nets."""
+    import numpy as np
+
+    return (rng.standard_normal(shape) * np.sqrt(2.0 / max(1, fan_in))).astype(dtype)
+
+
+class _WindowedEngine(EngineLayer):
+    """The window geometry, He-initialised weights and an optional bias (shapes from the
+    report), the input kept for backward."""
+
+    def __init__(self, layer: Conv | Local, row: Row, rng: np.random.Generator,
+                 dtype: np.dtype, fan_in: int):
+        import numpy as np
+
+        super().__init__(layer.name)
+        self.stride = (layer.stride.h, layer.stride.w)
+        self.pad = (layer.pad.h, layer.pad.w)
+        self.dilation = (layer.dilation.h, layer.dilation.w)
+        assert row.output is not None
+        self.out_hw = (row.output.h, row.output.w)
+        self.weight_key = f"{self.name}.weight"
+        self.params[self.weight_key] = he_normal(rng, row.params[self.weight_key], fan_in, dtype)
+        self.bias_key = f"{self.name}.bias" if layer.bias else None
+        if self.bias_key:
+            self.params[self.bias_key] = np.zeros(row.params[self.bias_key], dtype)
+        self._saved_x: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        self._saved_x = x if training else None
+        b = self.params[self.bias_key] if self.bias_key else None
+        return self._forward(x, self.params[self.weight_key], b)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        assert self._saved_x is not None, f"{self.name}: backward without a training forward"
+        dx, dw, db = self._backward(self._saved_x, self.params[self.weight_key], dy)
+        self.grads[self.weight_key] = dw
+        if self.bias_key:
+            self.grads[self.bias_key] = db
+        self._saved_x = None
+        return dx
+
+    def _forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def _backward(self, x: np.ndarray, w: np.ndarray,
+                  dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class ConvEngine(_WindowedEngine):
+    def __init__(self, layer: Conv, row: Row, rng: np.random.Generator, dtype: np.dtype):
+        shape = row.params[f"{layer.name}.weight"]
+        super().__init__(layer, row, rng, dtype, fan_in=math.prod(shape[1:]))
+        self.groups = layer.groups
+
+    def _forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        from cnncli.engine.kernels import conv as conv_k
+
+        return conv_k.conv2d_forward(x, w, b, self.stride, self.pad, self.dilation,
+                                     self.groups, self.out_hw)
+
+    def _backward(self, x: np.ndarray, w: np.ndarray,
+                  dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from cnncli.engine.kernels import conv as conv_k
+
+        return conv_k.conv2d_backward(x, w, dy, self.stride, self.pad, self.dilation,
+                                      self.groups, need_dx=self.need_dx)
+
+
+class LocalEngine(_WindowedEngine):
+    def __init__(self, layer: Local, row: Row, rng: np.random.Generator, dtype: np.dtype):
+        shape = row.params[f"{layer.name}.weight"]
+        super().__init__(layer, row, rng, dtype, fan_in=shape[3] * shape[4] * shape[5])
+
+    def _forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        from cnncli.engine.kernels import conv as conv_k
+
+        return conv_k.local2d_forward(x, w, b, self.stride, self.pad, self.dilation,
+                                      self.out_hw)
+
+    def _backward(self, x: np.ndarray, w: np.ndarray,
+                  dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from cnncli.engine.kernels import conv as conv_k
+
+        return conv_k.local2d_backward(x, w, dy, self.stride, self.pad, self.dilation,
+                                       need_dx=self.need_dx)
