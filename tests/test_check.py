@@ -139,10 +139,12 @@ BUNDLED = [
     ("allconv", "[32x32x3]", 1_369_738, 270_798_336, "[1x1x10]"),
     ("cifar_small", "[32x32x3]", 113_738, 10_342_400, "[1x1x10]"),
     ("cifar_tiny", "[32x32x3]", 31_066, 362_496, "[1x1x10]"),
+    ("cifar_vgg_bn", "[32x32x3]", 666_858, 29_723_136, "[1x1x10]"),
     ("googlenet", "[224x224x3]", 6_624_904, 1_498_376_192, "[1x1x1000]"),
     ("lenet5", "[32x32x1]", 61_706, 416_520, "[1x1x10]"),
     ("nin", "[32x32x3]", 966_986, 222_486_528, "[1x1x10]"),
     ("resnet18", "[224x224x3]", 11_689_512, 1_814_073_344, "[1x1x1000]"),
+    ("resnet20", "[32x32x3]", 272_474, 40_813_184, "[1x1x10]"),
     ("resnet50", "[224x224x3]", 25_557_032, 4_089_184_256, "[1x1x1000]"),
     ("vgg16", "[224x224x3]", 138_357_544, 15_470_264_320, "[1x1x1000]"),
     ("vgg19", "[224x224x3]", 143_667_240, 19_632_062_464, "[1x1x1000]"),
@@ -179,6 +181,115 @@ def _numel(shape: tuple[int, ...]) -> int:
                                          ("resnet18", "1.81G"), ("googlenet", "1.50G")])
 def test_published_gmacs(name: str, shown: str) -> None:
     assert human(report_of(name).macs) == shown
+
+
+# --------------------------------------------------------------------------- CIFAR-size nets
+
+
+def _walk(report: Report, names: tuple[str, ...]) -> list[str]:
+    return [str(report.row(name).output) for name in names]  # type: ignore[union-attr]
+
+
+def test_resnet20_volumes_through_its_three_stages() -> None:
+    # INPUT [32x32x3] -> CONV [32x32x16] -> stage 1 [32x32x16] -> stage 2 [16x16x32]
+    # -> stage 3 [8x8x64] -> POOL (global average) [1x1x64] -> FC [1x1x10]
+    report = report_of("resnet20")
+    assert str(report.input) == "[32x32x3]"
+    assert _walk(report, ("relu1", "relu4", "relu7", "relu10", "pool1", "fc1")) == [
+        "[32x32x16]", "[32x32x16]", "[16x16x32]", "[8x8x64]", "[1x1x64]", "[1x1x10]"]
+    # 6n + 2 = 20 weighted layers (n = 3), the two 1x1 projections not counted
+    weighted = [r.name for r in report.layers if r.kind in ("conv", "fc")]
+    assert len(weighted) == 22 and sum(".shortcut." in n for n in weighted) == 2
+    assert sum(r.kind == "add" for r in report.layers) == 9  # one sum per residual block
+
+
+def test_cifar_vgg_bn_volumes_halve_at_each_pool() -> None:
+    # INPUT [32x32x3] -> [CONV-BN-RELU]*2 [32x32x32] -> POOL [16x16x32]
+    # -> [CONV-BN-RELU]*2 [16x16x64] -> POOL [8x8x64] -> CONV-BN-RELU [8x8x128]
+    # -> POOL [4x4x128] -> FC [1x1x256] -> FC [1x1x10]
+    report = report_of("cifar_vgg_bn")
+    assert _walk(report, ("relu2", "pool1", "relu4", "pool2", "relu5", "pool3", "fc1",
+                          "fc2")) == ["[32x32x32]", "[16x16x32]", "[16x16x64]", "[8x8x64]",
+                                      "[8x8x128]", "[4x4x128]", "[1x1x256]", "[1x1x10]"]
+    convs = [r for r in report.layers if r.kind == "conv"]
+    assert [r.output.d for r in convs] == [32, 32, 64, 64, 128]  # type: ignore[union-attr]
+    assert all(r.biases == 0 for r in convs)  # batchnorm's shift is the bias
+
+
+@pytest.mark.parametrize("name", ["resnet20", "cifar_vgg_bn"])
+def test_cifar_batchnorm_nets_check_without_wasted_biases(name: str) -> None:
+    result = invoke("check", name)
+    assert result.exit_code == 0 and result.stderr == ""
+    assert "right before batchnorm" not in result.stdout
+    assert _bias_hints(report_of(name)) == []
+
+
+def test_resnet20_check_has_no_hints_and_vgg_bn_only_the_fc_one() -> None:
+    assert "hint:" not in invoke("check", "resnet20").stdout
+    hints = [line for line in invoke("check", "cifar_vgg_bn").stdout.splitlines()
+             if line.startswith("hint:")]
+    assert len(hints) == 1 and "fc1 holds 79% of all parameters (524,544)" in hints[0]
+
+
+def _torch_reference(name: str):  # type: ignore[no-untyped-def]
+    """(model, rename): the hand-written torch.nn net and its names -> cnncli's."""
+    pytest.importorskip("torch")
+    import torch_nets as T
+
+    if name == "resnet20":
+        return T.ResNet20(option="B"), T.resnet20_name
+    model = T.cifar_vgg_bn()
+    return model, T.vgg_rename(model)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["resnet20", "cifar_vgg_bn"])
+def test_cifar_net_parameters_equal_torch_layer_by_layer(name: str) -> None:
+    import torch_nets as T
+
+    from cnncli.engine.network import Network
+
+    model, rename = _torch_reference(name)
+    net = Network.from_spec(name)
+    # every parameter under the same name and PyTorch layout (OIHW, [out, in])
+    assert {k: v.shape for k, v in net.params.items()} == \
+        {rename(k): tuple(p.shape) for k, p in model.named_parameters()}
+    # and every running statistic: the same state loads either way
+    assert {k: v.shape for k, v in net.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in T.state_in_cnncli_names(model, rename).items()}
+    report = report_of(name)
+    assert report.parameters == sum(p.numel() for p in model.parameters()) == \
+        net.num_parameters()
+    # multiply-adds from torch's modules by formula: each conv's weights times its
+    # output positions, each linear layer's weights
+    assert report.macs == T.macs(model, 32, 32)[0]
+
+
+@pytest.mark.torch
+def test_resnet20_option_a_is_the_papers_count_and_option_b_adds_the_projections() -> None:
+    pytest.importorskip("torch")
+    import torch
+    import torch.nn.functional as F
+    import torch_nets as T
+
+    report = report_of("resnet20")
+    paper = T.ResNet20(option="A")  # zero-padded identity shortcuts, as section 4.2
+    # the paper's "0.27M" parameters and the 40.55M multiply-adds usually quoted for
+    # ResNet-20 are option A's, computed here from torch's modules
+    paper_parameters = sum(p.numel() for p in paper.parameters())
+    paper_macs = T.macs(paper, 32, 32)[0]
+    assert (paper_parameters, paper_macs) == (269_722, 40_551_040)
+    assert human(paper_macs) == "40.55M"
+    # option B's two 1x1 stride-2 projections (conv + batchnorm scale and shift)
+    assert report.parameters - paper_parameters == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
+    assert report.macs - paper_macs == 16 * 16 * 32 * 16 + 8 * 8 * 64 * 32
+    assert (report.parameters, human(report.macs)) == (272_474, "40.81M")
+    # torch's stages give the volumes of our walk-through, [D, H, W] there
+    x = F.relu(paper.bn1(paper.conv1(torch.zeros(1, 3, 32, 32))))
+    for stage, relu in ((paper.layer1, "relu4"), (paper.layer2, "relu7"), (paper.layer3, "relu10")):
+        x = stage(x)
+        v = report.row(relu).output  # type: ignore[union-attr]
+        assert tuple(x.shape[1:]) == (v.d, v.h, v.w), relu  # type: ignore[union-attr]
 
 
 def test_nets_written_as_pytorch_writes_them_need_floor_and_say_where() -> None:

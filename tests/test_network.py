@@ -295,6 +295,35 @@ def test_forward_and_backward_match_pytorch(source, training):
                                    atol=1e-10, err_msg=name)
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["resnet20", "cifar_vgg_bn"])
+def test_bundled_cifar_net_forward_equals_torch_in_eval_mode(name):
+    """The hand-written torch.nn net (tests/torch_nets.py), its weights and batchnorm
+    running statistics loaded into ours by name: the same class scores at test time."""
+    torch = pytest.importorskip("torch")
+    import torch_nets as T
+
+    torch.manual_seed(0)
+    model = T.ResNet20(option="B") if name == "resnet20" else T.cifar_vgg_bn()
+    rename = T.resnet20_name if name == "resnet20" else T.vgg_rename(model)
+    model = model.double().eval()
+    with torch.no_grad():  # batchnorm far from its identity start, so a mix-up shows
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.1)
+                m.running_mean.normal_(0.0, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+    net = Network.from_spec(name, dtype=np.float64)
+    net.load_state_dict({k: v.numpy() for k, v in T.state_in_cnncli_names(model, rename).items()})
+    x = np.random.default_rng(0).standard_normal((3, 32, 32, 3))  # NHWC
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    scores = net.scores(x)
+    assert scores.shape == (3, 10) and np.ptp(expected) > 0.1
+    np.testing.assert_allclose(scores, expected, rtol=1e-9, atol=1e-10)
+
+
 @pytest.mark.parametrize("first", [
     {"fc": 3}, {"conv": {"filters": 3, "size": 3, "pad": 1}}, {"local": {"filters": 2, "size": 2}},
     "relu", {"residual": {"layers": [{"conv": {"filters": 2, "size": 1}}]}},
