@@ -658,3 +658,23 @@ def test_check_does_not_import_numba() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_check_training_counts_each_layers_forward_and_both_backward_products() -> None:
+    """The first layer computes no input gradient; every other conv/fc layer's two backward
+    products are each as large as its forward one (AlexNet conv1: 105.42M MACs per image)."""
+    result = runner.invoke(app, ["check", "alexnet", "--training", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    costs = json.loads(result.stdout)["training"]
+    rows = {r["name"]: r for r in costs["layers"]}
+    assert rows["conv1"]["forward"] == 55 * 55 * 96 * 11 * 11 * 3
+    assert rows["conv1"]["backward_data"] == 0
+    assert rows["conv1"]["backward_weights"] == rows["conv1"]["forward"]
+    assert rows["conv2"]["backward_data"] == rows["conv2"]["forward"]
+    assert rows["relu1"]["total"] == 0  # not a dot product: counted as none, as published
+    totals = costs["totals"]
+    assert totals["forward"] == sum(r["forward"] for r in costs["layers"])
+    assert totals["backward_data"] == totals["forward"] - rows["conv1"]["forward"]
+    assert totals["total"] == 3 * totals["forward"] - rows["conv1"]["forward"]
+    table = runner.invoke(app, ["check", "alexnet", "--training"], terminal_width=120)
+    assert "backward dL/dW" in table.stdout and "2.07G" in table.stdout

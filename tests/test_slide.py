@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from cnncli.analysis.report import analyze
 from cnncli.cli.app import app
 from cnncli.engine.network import Network
+from cnncli.layers import FC, Conv, Pool
 from cnncli.sliding.convert import (
     ConvertError,
     check_sliding,
@@ -27,14 +28,11 @@ from cnncli.sliding.convert import (
     spec_to_dict,
     spec_yaml,
 )
+from cnncli.spec import catalog
 from cnncli.spec.parse import (
-    FC,
-    Conv,
     Pair,
-    Pool,
     SpecInvalid,
     Volume,
-    catalog,
     load_spec,
     parse_spec,
     walk,

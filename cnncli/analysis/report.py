@@ -350,3 +350,32 @@ def valid_input_sizes(spec: Spec, near: Volume, rounding: str | None = None,
         if len(found) >= count:
             break
     return [v for _, v in sorted(found, key=lambda t: (t[0], t[1].w))][:count]
+
+
+def training_costs(report: Report) -> dict[str, Any]:
+    """Multiply-adds of one training step per layer, which no summary tool reports: the
+    forward pass, the backward pass to the layer's input (dL/dx, which the net's first layer
+    never computes: nothing upstream needs it) and to its weights (dL/dW). Each layer type
+    gives its own (`training_macs`); layers that are not dot products count none, as in the
+    published figures. The same counts `cnncli bench` divides its times by."""
+    from cnncli.spec.types import walk
+
+    layers = {node.name: node for node in walk(report.spec.layers)}
+    first = report.spec.layers[0] if report.spec.layers else None
+    skips_dx = first.name if first is not None and not first.is_block else None
+    rows: list[dict[str, Any]] = []
+    totals = {"forward": 0, "backward_data": 0, "backward_weights": 0}
+    for row in report.layers:
+        node = layers.get(row.name)
+        if node is None:  # a block's merge (add, concat): no multiply-adds
+            continue
+        forward, data, weights = node.training_macs(row, row.name == skips_dx)
+        rows.append({"name": row.name, "kind": row.kind, "depth": row.depth,
+                     "forward": forward, "backward_data": data, "backward_weights": weights,
+                     "total": forward + data + weights})
+        totals["forward"] += forward
+        totals["backward_data"] += data
+        totals["backward_weights"] += weights
+    totals["total"] = sum(totals.values())
+    return {"units": "multiply-adds (1 MAC = 2 FLOPs) per image", "layers": rows,
+            "totals": totals}

@@ -37,6 +37,9 @@ def check(
     fc_to_conv: Annotated[bool, typer.Option(
         "--fc-to-conv", help="Check the net with its FC layers rewritten as convolutions "
                              "(sliding-window evaluation at a larger --input).")] = False,
+    training: Annotated[bool, typer.Option(
+        "--training", help="Also each layer's multiply-adds in a training step: forward, "
+                           "backward to the input, backward to the weights.")] = False,
 ) -> None:
     """Validate a spec's arithmetic and print the notes' per-layer table."""
     from cnncli.analysis.report import analyze, valid_input_sizes
@@ -62,10 +65,15 @@ def check(
         from cnncli.training.distributed import AllreducePlan
 
         plan = AllreducePlan(ranks, report.parameters, 4)
+    costs = None
+    if training and report.valid:
+        from cnncli.analysis.report import training_costs
+
+        costs = training_costs(report)
     if output is not None or fmt is ReportFormat.html:
-        _write_report(report, fmt, output, sliding, plan)
+        _write_report(report, fmt, output, sliding, plan, costs)
     elif fmt is ReportFormat.json:
-        print_json(_report_data(report, sliding, plan))
+        print_json(_report_data(report, sliding, plan, costs))
     elif fmt is ReportFormat.csv:
         write(render.report_csv(report))
     elif fmt is ReportFormat.markdown:
@@ -77,6 +85,8 @@ def check(
             print_sliding(out, sliding)
         if plan is not None:
             out.print(Text(plan.text(render.binary_bytes)), soft_wrap=True)
+        if costs is not None:
+            render.print_laid(out, render.training_layout(costs, out.width))
     if fmt is not ReportFormat.table:
         for p in report.errors:
             err.print(render.problem_text(p, "error"))
@@ -93,8 +103,11 @@ def check(
         raise typer.Exit(1)
 
 
-def _report_data(report: Any, sliding: dict[str, Any] | None, plan: Any) -> dict[str, Any]:
+def _report_data(report: Any, sliding: dict[str, Any] | None, plan: Any,
+                 costs: dict[str, Any] | None = None) -> dict[str, Any]:
     data: dict[str, Any] = report.as_dict()
+    if costs is not None:
+        data["training"] = costs
     if sliding is not None:
         data["sliding_window"] = sliding
     if plan is not None:
@@ -103,7 +116,8 @@ def _report_data(report: Any, sliding: dict[str, Any] | None, plan: Any) -> dict
 
 
 def _write_report(report: Any, fmt: ReportFormat, output: Path | None,
-                  sliding: dict[str, Any] | None, plan: Any) -> None:
+                  sliding: dict[str, Any] | None, plan: Any,
+                  costs: dict[str, Any] | None = None) -> None:
     """A report in a file format, to `output` (written whole, then renamed) or stdout."""
     import json
 
@@ -113,7 +127,8 @@ def _write_report(report: Any, fmt: ReportFormat, output: Path | None,
         from cnncli.render.pictures.html import report_page
         text = report_page(report)
     elif fmt is ReportFormat.json:
-        text = json.dumps(_report_data(report, sliding, plan), indent=2, allow_nan=False) + "\n"
+        text = json.dumps(_report_data(report, sliding, plan, costs), indent=2,
+                          allow_nan=False) + "\n"
     elif fmt is ReportFormat.csv:
         text = render.report_csv(report)
     else:

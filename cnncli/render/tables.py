@@ -366,6 +366,33 @@ def bench_layout(result: dict[str, Any], width: int) -> Laid:
     return lay_out(heading, BENCH_COLUMNS, "bold", rows, width, BENCH_LEAVE_OUT)
 
 
+TRAINING_COLUMNS = (
+    Column("name", "layer"), Column("kind", "type"),
+    Column("forward", "forward MACs", right=True),
+    Column("backward_data", "backward dL/dx", right=True),
+    Column("backward_weights", "backward dL/dW", right=True),
+    Column("total", "step MACs", right=True), Column("share", "share", right=True),
+)
+
+
+def training_layout(costs: dict[str, Any], width: int) -> Laid:
+    total = costs["totals"]["total"]
+    rows: list[TableRow] = []
+    for r in costs["layers"]:
+        if not r["total"]:
+            continue
+        rows.append((["  " * r["depth"] + r["name"].rsplit(".", 1)[-1], r["kind"],
+                      human(r["forward"]), human(r["backward_data"]) if r["backward_data"]
+                      else "-", human(r["backward_weights"]), human(r["total"]),
+                      f"{r['total'] / total:.0%}" if total else ""], None))
+    t = costs["totals"]
+    rows.append((["total", "", human(t["forward"]), human(t["backward_data"]),
+                  human(t["backward_weights"]), human(total), "100%" if total else ""], "bold"))
+    return lay_out("training step multiply-adds per image (forward, backward to the input, "
+                   "backward to the weights)", TRAINING_COLUMNS, "bold", rows, width,
+                   ("kind", "share"))
+
+
 def print_bench(console: Console, result: dict[str, Any]) -> None:
     print_laid(console, bench_layout(result, console.width))
     rate = result["images_per_s"]
