@@ -29,11 +29,8 @@ from benchmarks_md import BENCHMARKS, markers, replace_section  # noqa: E402  (b
 
 from cnncli.analysis.memory import estimate  # noqa: E402
 from cnncli.analysis.report import analyze  # noqa: E402
-from cnncli.spec.parse import (  # noqa: E402
-    Volume,
-    catalog,  # noqa: E402
-    load_spec,
-)
+from cnncli.spec import catalog  # noqa: E402
+from cnncli.spec.parse import Volume, load_spec  # noqa: E402
 
 START, END = markers("bench_memory")
 NETS = [  # (bundled name, --input, label)
