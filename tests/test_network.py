@@ -220,7 +220,8 @@ def _torch_module(net: Network):  # type: ignore[no-untyped-def]
         if isinstance(item, L.Activation):
             return {"relu": torch.nn.ReLU(), "tanh": torch.nn.Tanh(),
                     "sigmoid": torch.nn.Sigmoid(),
-                    "leaky_relu": torch.nn.LeakyReLU(getattr(item.layer, "slope", 0.01))}[item.function]
+                    "leaky_relu": torch.nn.LeakyReLU(getattr(item.layer, "slope", 0.01)),
+                    }[item.function]
         if isinstance(item, L.BatchNorm):
             m = torch.nn.BatchNorm2d(len(params[f"{name}.weight"]), eps=item.eps,
                                      momentum=item.momentum).double()

@@ -82,6 +82,7 @@ class LayerSpec:
     subtracts_mean: ClassVar[bool] = False  # batchnorm: a constant added before it is lost
 
     elementwise: ClassVar[bool] = False  # same volume in and out, no window: drawn folded
+    windowed: ClassVar[bool] = False  # slides a window (conv, local, pool): drawn as FxF/S
 
     @property
     def kind(self) -> str:

@@ -44,6 +44,7 @@ class _Windowed(LayerSpec):
         pad_same: bool
 
     family = "conv"
+    windowed = True
 
     @property
     def depth_groups(self) -> int:
@@ -255,6 +256,7 @@ class Local(_Windowed):
 
     key = "local"
     prefix = "local"
+    family = "local"
 
     @classmethod
     def parse(cls, ctx: ParseContext, loc: Located, name: str, line: int,

@@ -36,6 +36,7 @@ class Pool(LayerSpec):
     key = "pool"
     prefix = "pool"
     family = "pool"
+    windowed = True
 
     def output_reusable(self) -> bool:
         return self.type != "l2"  # L2 pooling's backward reads its own output

@@ -257,7 +257,8 @@ def check_sliding(spec: Spec, trained_at: Volume, report: Report,
     as_conv = []
     trained = analyze(spec, trained_at, report.rounding)
     for row in trained.layers:
-        if row.kind == "conv" and row.input is not None and row.output is not None \
+        # a weighted window over its whole input: an FC layer written as a conv
+        if row.weights and row.input is not None and row.output is not None \
                 and (row.output.w, row.output.h) == (1, 1) and (row.input.w, row.input.h) != \
                 (1, 1):
             as_conv.append({"name": row.name, "input": str(row.input),

@@ -136,12 +136,15 @@ def _square(window: str) -> str:
 
 def _settings_lines(row: Row) -> list[str]:
     """The report's settings text, square windows written out, wrapped between settings."""
+    from cnncli.layers import REGISTRY
+
     parts = [p for p in row.settings.split(", ") if p]
-    if row.kind in ("conv", "local") and len(parts) > 1:
-        parts[1] = _square(parts[1])
-    elif row.kind == "pool" and parts and " " in parts[0]:
-        kind, window = parts[0].split(" ", 1)
-        parts[0] = f"{kind} {_square(window)}"
+    layer_type = REGISTRY.get(row.kind)
+    if layer_type is not None and layer_type.windowed:  # its window: "3/2" or "max 3/2"
+        for i, part in enumerate(parts):
+            head, _, tail = part.rpartition(" ")
+            if re.fullmatch(r"\d+(/\d+)?", tail) and head in ("", "max", "avg", "l2"):
+                parts[i] = f"{head} {_square(tail)}".strip()
     lines: list[str] = []
     for part in parts:
         if lines and len(lines[-1]) + 2 + len(part) <= WRAP:
@@ -152,8 +155,13 @@ def _settings_lines(row: Row) -> list[str]:
 
 
 def _layer_box(row: Row) -> Box:
+    from cnncli.layers import REGISTRY
+
     settings = _settings_lines(row)
-    kind = row.kind if row.kind in COLOURS else "other"
+    layer_type = REGISTRY.get(row.kind)
+    # a block's merge row (add, concat) is coloured as the merge, a layer by its family
+    family = row.kind if layer_type is None or _is_merge(row) else layer_type.family
+    kind = family if family in COLOURS else "other"
     return Box(row.name, kind, row.output, [_short(row.name)] + settings, rows=[row.name])
 
 
