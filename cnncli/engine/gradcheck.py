@@ -132,14 +132,14 @@ def kink_signature(layers: list[EngineLayer]) -> int:
     return hash(tuple(k for layer in layers if (k := layer.kinks()) is not None))
 
 
-def _freeze_dropout(layer: EngineLayer, seed: int) -> None:
-    layer.freeze(seed)  # the same dropout mask on every evaluation
+def _freeze_random(layer: EngineLayer, seed: int) -> None:
+    layer.freeze(seed)  # a layer that draws random numbers draws the same ones each time
 
 
 def check_layer(layer: EngineLayer, in_shape: tuple[int, ...], rng: np.random.Generator,
                 samples: int) -> list[Check]:
     x = rng.standard_normal(in_shape)
-    _freeze_dropout(layer, 1)
+    _freeze_random(layer, 1)
     y = layer.forward(x.copy(), True)
     upstream = rng.standard_normal(y.shape)
     scale = float(np.sum(np.abs(upstream * y)))
@@ -150,7 +150,7 @@ def check_layer(layer: EngineLayer, in_shape: tuple[int, ...], rng: np.random.Ge
     grads = {k: v.copy() for k, v in layer.grads.items()}
 
     def objective() -> tuple[float, int]:
-        _freeze_dropout(layer, 1)
+        _freeze_random(layer, 1)
         out = float(np.sum(upstream * layer.forward(x.copy(), True)))
         kinks = kink_signature([layer])
         layer.release()
@@ -201,7 +201,7 @@ def check_network(net: Network, batch: int = 2, samples: int = 12,
 
     def objective() -> tuple[float, int]:
         for layer in net.layers:
-            _freeze_dropout(layer, 2)
+            _freeze_random(layer, 2)
         value = float(np.sum(upstream * net.forward(x, training=True)))
         kinks = kink_signature(net.layers)
         for layer in net.layers:
@@ -209,7 +209,7 @@ def check_network(net: Network, batch: int = 2, samples: int = 12,
         return value, kinks
 
     for layer in net.layers:
-        _freeze_dropout(layer, 2)
+        _freeze_random(layer, 2)
     scale = float(np.sum(np.abs(upstream * net.forward(x, training=True))))
     dx = net.backward(upstream, input_grad=True)
     assert dx is not None
