@@ -1,10 +1,10 @@
-"""Elementwise nonlinearities: ReLU, leaky ReLU, tanh, sigmoid, and PReLU.
+"""Elementwise nonlinearities: ReLU, leaky ReLU, ELU, tanh, sigmoid, and PReLU.
 
 The notes' advice: use ReLU (mind the learning rate and the dead units), try leaky ReLU,
 never sigmoid, tanh only if you must. Each keeps its output volume and, in the engine,
 overwrites its input when nothing else reads it (analysis/inplace.py), so it adds no
 activation memory. Backward needs only the output: its sign (ReLU, leaky ReLU) or its
-value (tanh: 1 - y^2, sigmoid: y(1 - y)).
+value (ELU: y + alpha where y <= 0, tanh: 1 - y^2, sigmoid: y(1 - y)).
 
 PReLU (a leaky ReLU whose slope is learned, one per channel) is the exception: its
 backward needs the input x (the slope's gradient is a sum of dy * x, and a learned slope
@@ -15,6 +15,7 @@ new output.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import inf
 from typing import TYPE_CHECKING, Any
 
 from cnncli.analysis.memory import BOOL, UFUNC_BUFSIZE, Buf, Heap, PlanLayer, elides
@@ -149,6 +150,69 @@ class LeakyReLU(Activation):
         mask, scaled = p.work(v, itemsize=BOOL), p.work(v)
         dx = p.grad(p.vol)
         del mask, scaled
+        return dx
+
+
+@dataclass(frozen=True)
+class ELU(Activation):
+    """x for x > 0, else alpha*(e^x - 1) (PyTorch's F.elu): smooth, saturating at -alpha.
+
+    With alpha >= 0, y > 0 exactly where x > 0, and where x <= 0 the derivative
+    alpha*e^x is y + alpha: backward works from the output, so ELU runs in place."""
+
+    alpha: float = 1.0
+
+    key = "elu"
+    prefix = "elu"
+    label = "ELU"
+    kinked = True  # the derivative jumps from alpha to 1 at 0 (unless alpha is 1)
+
+    @classmethod
+    def parse(cls, ctx: ParseContext, loc: Located, name: str, line: int,
+              where: str) -> ELU:
+        r = ctx.reader
+        s = r.settings(where, loc, {"alpha"}, "alpha")
+        alpha = r.number(f"{where}.alpha", s["alpha"], 0.0, inf) if "alpha" in s else 1.0
+        return cls(name, line, alpha)
+
+    def to_yaml(self, scope: str, write_sequence: Any) -> Any:
+        return {"alpha": self.alpha}
+
+    def settings_text(self) -> str:
+        return f"alpha {self.alpha:g}"
+
+    @classmethod
+    def picture_label(cls, settings: str) -> str:
+        alpha = settings.split()[-1] if settings else "1"
+        return cls.label if alpha == "1" else f"{cls.label} {alpha}"
+
+    def apply(self, np: Any, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        # max(x, 0) + alpha*expm1(min(x, 0)): one temporary, and the output written in place
+        e = np.minimum(x, 0)
+        np.expm1(e, out=e)
+        e *= x.dtype.type(self.alpha)
+        y = np.maximum(x, 0, out=out)
+        y += e
+        return y
+
+    def gradient(self, np: Any, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+        # (min(y, 0) + alpha) * dy, then dy itself where y > 0
+        dx = np.minimum(y, 0)
+        dx += dy.dtype.type(self.alpha)
+        dx *= dy
+        np.copyto(dx, dy, where=y > 0)
+        return dx
+
+    def plan_forward(self, p: ActivationPlan, x: Buf) -> Buf:
+        e = p.work(p.vol.size)  # alpha*expm1(min(x, 0)), alive until added to the output
+        y = x if p.in_place else p.out(p.vol)
+        del e
+        return y
+
+    def plan_backward(self, p: ActivationPlan, dy: Buf) -> Buf:
+        dx = p.grad(p.vol)
+        mask = p.work(p.vol.size, itemsize=BOOL)  # y > 0
+        del mask
         return dx
 
 
