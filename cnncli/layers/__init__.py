@@ -9,7 +9,7 @@ Adding a layer type: write its module, add its class to `LAYER_TYPES` below.
 
 from __future__ import annotations
 
-from cnncli.layers.activations import LeakyReLU, ReLU, Sigmoid, Tanh
+from cnncli.layers.activations import ELU, LeakyReLU, PReLU, ReLU, Sigmoid, Tanh
 from cnncli.layers.base import LayerSpec
 from cnncli.layers.batchnorm import BatchNorm
 from cnncli.layers.blocks import Concat, Repeat, Residual
@@ -21,11 +21,11 @@ from cnncli.layers.pool import Pool
 
 # In the order the spec format documents them (and error messages list them).
 LAYER_TYPES: tuple[type[LayerSpec], ...] = (
-    Conv, Local, Pool, FC, ReLU, Tanh, Sigmoid, LeakyReLU, BatchNorm, Dropout, LRN,
+    Conv, Local, Pool, FC, ReLU, Tanh, Sigmoid, LeakyReLU, ELU, PReLU, BatchNorm, Dropout, LRN,
     Repeat, Residual, Concat,
 )
 REGISTRY: dict[str, type[LayerSpec]] = {t.key: t for t in LAYER_TYPES}
 
-__all__ = ["FC", "LAYER_TYPES", "LRN", "REGISTRY", "BatchNorm", "Concat", "Conv", "Dropout",
-           "LayerSpec", "LeakyReLU", "Local", "Pool", "ReLU", "Repeat", "Residual", "Sigmoid",
-           "Tanh"]
+__all__ = ["ELU", "FC", "LAYER_TYPES", "LRN", "REGISTRY", "BatchNorm", "Concat", "Conv",
+           "Dropout", "LayerSpec", "LeakyReLU", "Local", "PReLU", "Pool", "ReLU", "Repeat",
+           "Residual", "Sigmoid", "Tanh"]

@@ -1,24 +1,31 @@
-"""Elementwise nonlinearities: ReLU, leaky ReLU, tanh, sigmoid.
+"""Elementwise nonlinearities: ReLU, leaky ReLU, ELU, tanh, sigmoid, and PReLU.
 
 The notes' advice: use ReLU (mind the learning rate and the dead units), try leaky ReLU,
 never sigmoid, tanh only if you must. Each keeps its output volume and, in the engine,
 overwrites its input when nothing else reads it (analysis/inplace.py), so it adds no
 activation memory. Backward needs only the output: its sign (ReLU, leaky ReLU) or its
-value (tanh: 1 - y^2, sigmoid: y(1 - y)).
+value (ELU: y + alpha where y <= 0, tanh: 1 - y^2, sigmoid: y(1 - y)).
+
+PReLU (a leaky ReLU whose slope is learned, one per channel) is the exception: its
+backward needs the input x (the slope's gradient is a sum of dy * x, and a learned slope
+may turn negative, so the output's sign no longer tells x's), so it keeps x and writes a
+new output.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import inf
 from typing import TYPE_CHECKING, Any
 
 from cnncli.analysis.memory import BOOL, UFUNC_BUFSIZE, Buf, Heap, PlanLayer, elides
 from cnncli.layers.base import EngineLayer, LayerSpec, ParseContext
+from cnncli.spec.types import Volume
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from cnncli.analysis.report import Row
+    from cnncli.analysis.report import Row, Walker
     from cnncli.spec.loading import Located
 
 
@@ -147,6 +154,69 @@ class LeakyReLU(Activation):
 
 
 @dataclass(frozen=True)
+class ELU(Activation):
+    """x for x > 0, else alpha*(e^x - 1) (PyTorch's F.elu): smooth, saturating at -alpha.
+
+    With alpha >= 0, y > 0 exactly where x > 0, and where x <= 0 the derivative
+    alpha*e^x is y + alpha: backward works from the output, so ELU runs in place."""
+
+    alpha: float = 1.0
+
+    key = "elu"
+    prefix = "elu"
+    label = "ELU"
+    kinked = True  # the derivative jumps from alpha to 1 at 0 (unless alpha is 1)
+
+    @classmethod
+    def parse(cls, ctx: ParseContext, loc: Located, name: str, line: int,
+              where: str) -> ELU:
+        r = ctx.reader
+        s = r.settings(where, loc, {"alpha"}, "alpha")
+        alpha = r.number(f"{where}.alpha", s["alpha"], 0.0, inf) if "alpha" in s else 1.0
+        return cls(name, line, alpha)
+
+    def to_yaml(self, scope: str, write_sequence: Any) -> Any:
+        return {"alpha": self.alpha}
+
+    def settings_text(self) -> str:
+        return f"alpha {self.alpha:g}"
+
+    @classmethod
+    def picture_label(cls, settings: str) -> str:
+        alpha = settings.split()[-1] if settings else "1"
+        return cls.label if alpha == "1" else f"{cls.label} {alpha}"
+
+    def apply(self, np: Any, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        # max(x, 0) + alpha*expm1(min(x, 0)): one temporary, and the output written in place
+        e = np.minimum(x, 0)
+        np.expm1(e, out=e)
+        e *= x.dtype.type(self.alpha)
+        y = np.maximum(x, 0, out=out)
+        y += e
+        return y
+
+    def gradient(self, np: Any, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+        # (min(y, 0) + alpha) * dy, then dy itself where y > 0
+        dx = np.minimum(y, 0)
+        dx += dy.dtype.type(self.alpha)
+        dx *= dy
+        np.copyto(dx, dy, where=y > 0)
+        return dx
+
+    def plan_forward(self, p: ActivationPlan, x: Buf) -> Buf:
+        e = p.work(p.vol.size)  # alpha*expm1(min(x, 0)), alive until added to the output
+        y = x if p.in_place else p.out(p.vol)
+        del e
+        return y
+
+    def plan_backward(self, p: ActivationPlan, dy: Buf) -> Buf:
+        dx = p.grad(p.vol)
+        mask = p.work(p.vol.size, itemsize=BOOL)  # y > 0
+        del mask
+        return dx
+
+
+@dataclass(frozen=True)
 class Tanh(Activation):
     key = "tanh"
     prefix = "tanh"
@@ -206,6 +276,45 @@ class Sigmoid(Activation):
         return dx
 
 
+@dataclass(frozen=True)
+class PReLU(LayerSpec):
+    """x for x > 0, else a_c * x, with one learned slope a_c per channel (PyTorch's
+    nn.PReLU(num_parameters=C)); every slope starts at `init`."""
+
+    init: float = 0.25
+
+    key = "prelu"
+    prefix = "prelu"
+    label = "PReLU"
+    family = "activation"
+    elementwise = True
+    # a new output, and the input kept for backward: neither in place nor overwriting
+
+    @classmethod
+    def parse(cls, ctx: ParseContext, loc: Located, name: str, line: int,
+              where: str) -> PReLU:
+        r = ctx.reader
+        s = r.settings(where, loc, {"init"}, "init")
+        init = r.number(f"{where}.init", s["init"], 0.0, 1.0) if "init" in s else 0.25
+        return cls(name, line, init)
+
+    def to_yaml(self, scope: str, write_sequence: Any) -> Any:
+        return {"init": self.init}
+
+    def settings_text(self) -> str:
+        return f"init {self.init:g}"
+
+    def describe(self, row: Row, vol: Volume, w: Walker) -> None:
+        row.weights = vol.d  # one slope per channel
+        row.params = {f"{self.name}.weight": (vol.d,)}
+
+    def plan(self, heap: Heap, row: Row, threads: int, ctx: Any) -> PlanLayer:
+        return PReLUPlan(heap, row, threads)
+
+    def engine(self, row: Row, ctx: Any) -> EngineLayer:
+        return PReLUEngine(self, row, ctx.dtype)
+
+
 # ----------------------------------------------------------------------------- memory plan
 
 
@@ -237,6 +346,37 @@ class ActivationPlan(PlanLayer):
             self.heap.add("grad", temp, +1)
             return temp
         return self.grad(self.vol)
+
+
+class PReLUPlan(PlanLayer):
+    """PReLUEngine's arrays, in its order: besides output and gradients, only a bool mask
+    (x > 0) at a time, and the input kept for backward."""
+
+    def __init__(self, heap: Heap, row: Row, threads: int):
+        super().__init__(heap, row, threads)
+        assert row.output is not None
+        self.vol = row.output
+
+    def forward(self, x: Buf, training: bool) -> Buf:
+        y = self.out(self.vol)  # x * a
+        mask = self.work(self.vol.size, itemsize=BOOL)  # x > 0, where y takes x
+        del mask
+        if training:
+            self.keep(x)
+        return y
+
+    def backward(self, dy: Buf) -> Buf:
+        # min(x, 0) * dy in what becomes dx (a work array when no dx is wanted), summed
+        # for the slopes' gradient, then dy * a overwritten by dy where x > 0
+        dx = self.grad(self.vol) if self.need_dx else self.work(self.vol.size)
+        self.new_grads({f"{self.name}.weight": self.work(0, self.vol.d)})
+        if self.need_dx:
+            mask = self.work(self.vol.size, itemsize=BOOL)
+            del mask
+        else:
+            dx = self.work(0, 1)  # the engine hands back None
+        self.drop()
+        return dx
 
 
 # ----------------------------------------------------------------------------- engine
@@ -271,5 +411,52 @@ class ActivationEngine(EngineLayer):
         import numpy as np
 
         if self.layer.kinked and self._saved is not None:
+            return np.packbits(self._saved > 0).tobytes()
+        return None
+
+
+class PReLUEngine(EngineLayer):
+    """Keeps x for backward; writes each result into an array it needs anyway, so its only
+    temporary is a bool mask (a quarter of the activation at float32)."""
+
+    def __init__(self, layer: PReLU, row: Row, dtype: np.dtype):
+        import numpy as np
+
+        super().__init__(layer.name)
+        assert row.output is not None
+        # the PReLU paper leaves the slopes out of weight decay (it would pull them to 0,
+        # towards a plain ReLU); PyTorch's optimizers decay them unless told otherwise
+        self.decays = False
+        self.params[f"{self.name}.weight"] = np.full(row.output.d, layer.init, dtype)
+        self._saved: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        import numpy as np
+
+        a = self.params[f"{self.name}.weight"]  # broadcast over the last (channel) axis
+        y = np.multiply(x, a)
+        np.copyto(y, x, where=x > 0)
+        self._saved = x if training else None
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        import numpy as np
+
+        assert self._saved is not None, f"{self.name}: backward without a training forward"
+        x, self._saved = self._saved, None
+        a = self.params[f"{self.name}.weight"]
+        dx = np.minimum(x, 0)
+        dx *= dy  # dy * x where x <= 0, else 0
+        self.grads[f"{self.name}.weight"] = dx.reshape(-1, x.shape[-1]).sum(axis=0)
+        if not self.need_dx:
+            return None
+        np.multiply(dy, a, out=dx)
+        np.copyto(dx, dy, where=x > 0)
+        return dx
+
+    def kinks(self) -> bytes | None:
+        import numpy as np
+
+        if self._saved is not None:
             return np.packbits(self._saved > 0).tobytes()
         return None
