@@ -52,6 +52,7 @@ bench: dev
 	$(BIN)/python bench/bench_conv.py
 	$(BIN)/python bench/bench_winograd.py
 	$(BIN)/python bench/bench_step.py
+	$(BIN)/python bench/bench_nets.py
 	$(BIN)/python bench/bench_fc_head.py
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_memory.py
