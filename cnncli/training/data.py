@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from cnncli.errors import InputError
+from cnncli.render.units import binary_bytes
 
 __all__ = [
     "SHAPE_CLASSES",
@@ -316,16 +317,9 @@ _HEAD_BYTES = 512  # enough to recognise every format (a tar header's magic is a
 _CHUNK = 1 << 24
 
 
-def _size_text(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n} bytes"
-
-
 def _too_big(path: Path, what: str) -> DataError:
-    return DataError(f"{path}: {what}, more than the {_size_text(MAX_DATA_BYTES)} cnncli "
-                     "reads from one data file")
+    limit = binary_bytes(MAX_DATA_BYTES, short=True)
+    return DataError(f"{path}: {what}, more than the {limit} cnncli reads from one data file")
 
 
 def _file_kind(mode: int) -> str:
@@ -406,7 +400,7 @@ def _read_data(path: Path) -> tuple[bytes, bool]:
             st = os.fstat(fh.fileno())
             regular = stat.S_ISREG(st.st_mode)
             if regular and st.st_size > MAX_DATA_BYTES:
-                raise _too_big(path, f"it is {_size_text(st.st_size)}")
+                raise _too_big(path, f"it is {binary_bytes(st.st_size, short=True)}")
             head = fh.read(_HEAD_BYTES)
             if not regular and not _starts_like_data(head):
                 raise DataError(f"{path}: is {_file_kind(st.st_mode)}, not a file, and its "
