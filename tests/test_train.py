@@ -46,6 +46,11 @@ from cnncli.training.settings import (
     resumed_options,
 )
 
+try:
+    from tests.datafiles import write_npz
+except ImportError:  # plain `pytest` without the repo root on sys.path
+    from datafiles import write_npz  # type: ignore[no-redef]
+
 runner = CliRunner()
 
 TINY: dict[str, Any] = {
@@ -407,12 +412,12 @@ def test_cli_nan_exits_1_with_advice(spec_file: Path, tmp_path: Path) -> None:
 def test_cli_data_errors_are_one_line(spec_file: Path, tmp_path: Path) -> None:
     mnist_like = D.Dataset(x=np.zeros((20, 28, 28, 1), np.uint8), y=np.arange(20) % 3,
                            num_classes=3, class_names=None, source="m")
-    D.write_npz(tmp_path / "mnist.npz", mnist_like)
+    write_npz(tmp_path / "mnist.npz", mnist_like)
     one_line_error(cli_train(spec_file, tmp_path / "r1", "--data", str(tmp_path / "mnist.npz")),
                    2, "images are 28x28x1 but the spec's input is 12x12x3")
     labels = D.Dataset(x=np.zeros((20, 12, 12, 3), np.uint8), y=np.arange(20) % 5,
                        num_classes=5, class_names=None, source="l")
-    D.write_npz(tmp_path / "labels.npz", labels)
+    write_npz(tmp_path / "labels.npz", labels)
     one_line_error(cli_train(spec_file, tmp_path / "r2", "--data", str(tmp_path / "labels.npz")),
                    2, "labels go from 0 to 4", "3 classes")
     (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 not really a zip")
@@ -573,8 +578,8 @@ def test_cifar_small_learns_the_builtin_dataset(tmp_path: Path) -> None:
 def test_cli_val_data_and_eval_data(spec_file: Path, tmp_path: Path) -> None:
     train = D.synthetic_shapes(120, width=12, height=12, num_classes=3, seed=5)
     test = D.synthetic_shapes(30, width=12, height=12, num_classes=3, seed=6)
-    D.write_npz(tmp_path / "train.npz", train)
-    D.write_npz(tmp_path / "test.npz", test)
+    write_npz(tmp_path / "train.npz", train)
+    write_npz(tmp_path / "test.npz", test)
     result = cli_train(spec_file, tmp_path / "run", "--epochs", "1", "--data",
                        str(tmp_path / "train.npz"), "--val-data", str(tmp_path / "test.npz"))
     assert result.exit_code == 0, result.output
@@ -585,7 +590,7 @@ def test_cli_val_data_and_eval_data(spec_file: Path, tmp_path: Path) -> None:
                              "--data", str(tmp_path / "test.npz"), "--format", "json"])
     assert json.loads(js.stdout)["images"] == 30
     grey = D.synthetic_shapes(10, width=12, height=12, depth=1, num_classes=3)
-    D.write_npz(tmp_path / "grey.npz", grey)
+    write_npz(tmp_path / "grey.npz", grey)
     one_line_error(runner.invoke(app, ["eval", str(spec_file), "--weights",
                                        str(tmp_path / "run" / "last.npz"),
                                        "--data", str(tmp_path / "grey.npz")]),
