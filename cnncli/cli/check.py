@@ -138,7 +138,7 @@ def _write_report(report: Any, fmt: ReportFormat, output: Path | None,
     if output is None:
         write(text)
         return
-    from cnncli.render.pictures import write_text
+    from cnncli.files import write_text
 
     write_text(output, text)
     out.print(Text(f"wrote {output}"))
