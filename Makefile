@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # the pure-Python parts that mypy checks (the analyzer, data and orchestration; not kernels)
 TYPED  := cnncli/spec cnncli/layers cnncli/analysis cnncli/render cnncli/cli cnncli/training cnncli/sliding \
-          cnncli/engine/*.py cnncli/errors.py cnncli/config.py
+          cnncli/engine/*.py cnncli/errors.py cnncli/config.py cnncli/files.py
 
 .PHONY: install dev demo test lint bench pictures clean
 

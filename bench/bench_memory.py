@@ -29,6 +29,7 @@ from benchmarks_md import BENCHMARKS, markers, replace_section  # noqa: E402  (b
 
 from cnncli.analysis.memory import estimate  # noqa: E402
 from cnncli.analysis.report import analyze  # noqa: E402
+from cnncli.render.units import binary_bytes as size  # noqa: E402
 from cnncli.spec import catalog  # noqa: E402
 from cnncli.spec.parse import Volume, load_spec  # noqa: E402
 
@@ -40,13 +41,6 @@ NETS = [  # (bundled name, --input, label)
     ("resnet18", Volume(64, 64, 3), "ResNet-18 at 64x64 (resnet18 --input 64x64x3)"),
 ]
 BATCHES = (1, 16, 64)
-
-
-def size(n: float) -> str:
-    for factor, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if abs(n) >= factor:
-            return f"{n / factor:.2f} {suffix}"
-    return f"{n:.0f} B"
 
 
 def run() -> list[dict]:  # type: ignore[type-arg]

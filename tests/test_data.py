@@ -30,11 +30,17 @@ from cnncli.training.data import (
     random_flip,
     split_validation,
     synthetic_shapes,
-    write_cifar_bin,
-    write_cifar_pickle,
-    write_idx,
-    write_npz,
 )
+
+try:
+    from tests.datafiles import write_cifar_bin, write_cifar_pickle, write_idx, write_npz
+except ImportError:  # plain `pytest` without the repo root on sys.path
+    from datafiles import (  # type: ignore[no-redef]
+        write_cifar_bin,
+        write_cifar_pickle,
+        write_idx,
+        write_npz,
+    )
 
 RNG = np.random.default_rng(1234)
 

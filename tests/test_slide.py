@@ -7,6 +7,8 @@ import errno
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -449,6 +451,21 @@ def test_convert_prints_a_spec_that_reads_back() -> None:
     assert isinstance(fc1, Conv) and fc1.size == Pair(7, 7)
     assert not any(isinstance(n, FC) for n in walk(spec.layers))
     assert analyze(spec, Volume(384, 384, 3)).output == Volume(6, 6, 1000)
+
+
+def test_convert_of_a_spec_alone_imports_neither_numpy_nor_numba(tmp_path: Path) -> None:
+    """A spec is text: writing it (atomically, as every output) needs no numpy."""
+    out = tmp_path / "x.yaml"
+    code = ("import sys\n"
+            "from typer.testing import CliRunner\n"
+            "from cnncli.cli.app import app\n"
+            f"args = ['convert', 'vgg16', '--fc-to-conv', '-o', {str(out)!r}]\n"
+            "assert CliRunner().invoke(app, args).exit_code == 0\n"
+            "print(sorted(m for m in ('numba', 'numpy') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+    assert "fc1: FC over [7x7x512] -> conv F=7" in out.read_text()
 
 
 def test_convert_weights_cli(files: dict[str, Path], tmp_path: Path) -> None:

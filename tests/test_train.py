@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,18 @@ from cnncli.training.loop import (
     load_training_data,
     spec_text_of,
 )
+from cnncli.training.settings import (
+    DEFAULTS,
+    EVAL_BATCH,
+    TrainDefaults,
+    new_run_options,
+    resumed_options,
+)
+
+try:
+    from tests.datafiles import write_npz
+except ImportError:  # plain `pytest` without the repo root on sys.path
+    from datafiles import write_npz  # type: ignore[no-redef]
 
 runner = CliRunner()
 
@@ -396,12 +412,12 @@ def test_cli_nan_exits_1_with_advice(spec_file: Path, tmp_path: Path) -> None:
 def test_cli_data_errors_are_one_line(spec_file: Path, tmp_path: Path) -> None:
     mnist_like = D.Dataset(x=np.zeros((20, 28, 28, 1), np.uint8), y=np.arange(20) % 3,
                            num_classes=3, class_names=None, source="m")
-    D.write_npz(tmp_path / "mnist.npz", mnist_like)
+    write_npz(tmp_path / "mnist.npz", mnist_like)
     one_line_error(cli_train(spec_file, tmp_path / "r1", "--data", str(tmp_path / "mnist.npz")),
                    2, "images are 28x28x1 but the spec's input is 12x12x3")
     labels = D.Dataset(x=np.zeros((20, 12, 12, 3), np.uint8), y=np.arange(20) % 5,
                        num_classes=5, class_names=None, source="l")
-    D.write_npz(tmp_path / "labels.npz", labels)
+    write_npz(tmp_path / "labels.npz", labels)
     one_line_error(cli_train(spec_file, tmp_path / "r2", "--data", str(tmp_path / "labels.npz")),
                    2, "labels go from 0 to 4", "3 classes")
     (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 not really a zip")
@@ -454,6 +470,97 @@ def test_cli_eval_and_export(spec_file: Path, tmp_path: Path) -> None:
         assert z["conv1.weight"].shape == (6, 3, 3, 3) and z["fc1.weight"].shape == (3, 216)
 
 
+# --------------------------------------------------------------------------- defaults, run policy
+
+
+def test_train_config_defaults_are_the_library_defaults() -> None:
+    config, shared = TrainConfig(), 0
+    for f in fields(TrainDefaults):
+        if hasattr(config, f.name):
+            assert getattr(config, f.name) == getattr(DEFAULTS, f.name), f.name
+            shared += 1
+    assert shared >= 10  # epochs, batch, lr, optimizer, momentum, ... all come from DEFAULTS
+    assert config.eval_batch == EVAL_BATCH
+
+
+def test_train_help_reads_its_defaults_from_the_library() -> None:
+    """The CLI writes no default of its own: other DEFAULTS, other --help."""
+    code = ("import dataclasses\n"
+            "from cnncli.training import settings\n"
+            "settings.DEFAULTS = dataclasses.replace(settings.DEFAULTS, lr=0.5, epochs=3,\n"
+            "                                        optimizer='adam', augment=True)\n"
+            "from typer.testing import CliRunner\n"
+            "from cnncli.cli.app import app\n"
+            "print(CliRunner().invoke(app, ['train', '--help'], env={'COLUMNS': '240'}).stdout)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, timeout=60)
+    rows = {line.split()[1]: line for line in result.stdout.splitlines()
+            if len(line.split()) > 1 and line.split()[1].startswith("--")}
+    assert "[default: 0.5]" in rows["--lr"]
+    assert "[default: 3]" in rows["--epochs"]
+    assert "[default: adam]" in rows["--optimizer"]
+    assert "[default: augment]" in rows["--augment"]
+    assert "[default: 64]" in rows["--batch"]  # the rest as they are
+
+
+def test_training_page_states_the_library_defaults() -> None:
+    """docs/training.md's option table is the third place the defaults are written."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "training.md").read_text()
+    shown: dict[str, str] = {}
+    for line in page.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`--"):
+            names = re.findall(r"`--([a-z-]+)", cells[0])
+            for name, value in zip(names, cells[1].split(", "), strict=False):
+                shown[name.replace("-", "_")] = value
+    words = {("sync_batchnorm", False): "per rank"}
+    for f in fields(TrainDefaults):
+        value = getattr(DEFAULTS, f.name)
+        expected = words.get((f.name, value)) or (
+            ("on" if value else "off") if isinstance(value, bool)
+            else f"{value:g}" if isinstance(value, float) else str(value))
+        assert shown.get(f.name) == expected, (f.name, shown.get(f.name), expected)
+
+
+def test_resume_refuses_an_option_that_would_make_it_another_run(tmp_path: Path) -> None:
+    info = {"options": new_run_options({"lr": 0.05}, tmp_path, False, False), "threads": 2}
+    with pytest.raises(TrainError, match=r"--lr 0.5 differs from the run's 0.05; --resume"):
+        resumed_options(info, {"lr": 0.5}, ranks=1)
+    with pytest.raises(TrainError, match="--weight-decay 0.1 differs from the run's 0.0"):
+        resumed_options(info, {"weight_decay": 0.1}, ranks=1)
+    # the run's own value again is no change; --epochs is the new total
+    options = resumed_options(info, {"lr": 0.05, "epochs": 20}, ranks=1)
+    assert options == {**info["options"], "epochs": 20, "threads": 2}
+
+
+def test_resume_keeps_the_runs_threads_on_as_many_ranks_only(tmp_path: Path) -> None:
+    info = {"options": new_run_options({}, tmp_path, False, False), "threads": 2, "ranks": 2}
+    assert resumed_options(info, {}, ranks=2)["threads"] == 2
+    assert resumed_options(info, {}, ranks=4)["threads"] is None  # the default share
+    assert resumed_options(info, {"threads": 1}, ranks=2)["threads"] == 1
+
+
+def test_new_run_refuses_a_directory_holding_a_run_unless_overwrite(tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match=f"{tmp_path} already holds a run .*--overwrite"):
+        new_run_options({}, tmp_path, holds_a_run=True, overwrite=False)
+    options = new_run_options({"lr": 0.1}, tmp_path, holds_a_run=True, overwrite=True)
+    assert options == {**asdict(DEFAULTS), "lr": 0.1, "threads": None, "data": None,
+                       "val_data": None}
+    with pytest.raises(TrainError, match="--val-fraction and --val-data exclude each other"):
+        new_run_options({"val_data": "d", "val_fraction": 0.1}, tmp_path, False, False)
+
+
+def test_cli_overwrite_starts_the_run_over(spec_file: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    one_step = ["--train-size", "40", "--batch", "40", "--val-fraction", "0"]
+    assert cli_train(spec_file, run, *one_step, "--epochs", "2").exit_code == 0
+    result = cli_train(spec_file, run, *one_step, "--epochs", "1", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert C.load_checkpoint(run / "last.npz").epoch == 1
+    assert json.loads((run / "config.json").read_text())["options"]["epochs"] == 1
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -471,8 +578,8 @@ def test_cifar_small_learns_the_builtin_dataset(tmp_path: Path) -> None:
 def test_cli_val_data_and_eval_data(spec_file: Path, tmp_path: Path) -> None:
     train = D.synthetic_shapes(120, width=12, height=12, num_classes=3, seed=5)
     test = D.synthetic_shapes(30, width=12, height=12, num_classes=3, seed=6)
-    D.write_npz(tmp_path / "train.npz", train)
-    D.write_npz(tmp_path / "test.npz", test)
+    write_npz(tmp_path / "train.npz", train)
+    write_npz(tmp_path / "test.npz", test)
     result = cli_train(spec_file, tmp_path / "run", "--epochs", "1", "--data",
                        str(tmp_path / "train.npz"), "--val-data", str(tmp_path / "test.npz"))
     assert result.exit_code == 0, result.output
@@ -483,7 +590,7 @@ def test_cli_val_data_and_eval_data(spec_file: Path, tmp_path: Path) -> None:
                              "--data", str(tmp_path / "test.npz"), "--format", "json"])
     assert json.loads(js.stdout)["images"] == 30
     grey = D.synthetic_shapes(10, width=12, height=12, depth=1, num_classes=3)
-    D.write_npz(tmp_path / "grey.npz", grey)
+    write_npz(tmp_path / "grey.npz", grey)
     one_line_error(runner.invoke(app, ["eval", str(spec_file), "--weights",
                                        str(tmp_path / "run" / "last.npz"),
                                        "--data", str(tmp_path / "grey.npz")]),

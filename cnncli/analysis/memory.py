@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from cnncli.analysis.inplace import in_place_activations
 from cnncli.analysis.report import Report, Row, analyze
 from cnncli.errors import InputError
+from cnncli.render.units import binary_bytes
 from cnncli.spec.types import Spec, SpecInvalid, Volume, unrolled
 
 if TYPE_CHECKING:
@@ -524,9 +525,9 @@ def _rules(report: Report, result: MemoryReport, heap: Heap,
     if im2cols:
         big, (per_image, band) = max(im2cols, key=lambda c: c[1][0])
         full = n * per_image * size
-        notes.append(f"a whole-batch im2col for {big.name} would take {_fmt(full)} (the notes' "
-                     f"warning); the engine builds {band} output row(s) at a time per thread "
-                     "(~1 MiB per band)")
+        notes.append(f"a whole-batch im2col for {big.name} would take {binary_bytes(full)} "
+                     f"(the notes' warning); the engine builds {band} output row(s) at a time "
+                     "per thread (~1 MiB per band)")
     act = [lm for lm in result.layers if lm.kept_bytes]
     if act:
         top = max(act, key=lambda lm: lm.kept_bytes)
@@ -539,13 +540,6 @@ def _rules(report: Report, result: MemoryReport, heap: Heap,
         share = top.parameters / max(1, report.parameters)
         notes.append(f"most parameters: {top.name} ({top.parameters:,}, {share:.0%})")
     return rules, notes
-
-
-def _fmt(n: float) -> str:
-    for factor, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if abs(n) >= factor:
-            return f"{n / factor:.2f} {suffix}"
-    return f"{n:.0f} B"
 
 
 # ----------------------------------------------------------------------------- budgets

@@ -84,7 +84,9 @@ def check(
             from cnncli.sliding.convert import print_sliding
             print_sliding(out, sliding)
         if plan is not None:
-            out.print(Text(plan.text(render.binary_bytes)), soft_wrap=True)
+            from cnncli.render.units import binary_bytes
+
+            out.print(Text(plan.text(binary_bytes)), soft_wrap=True)
         if costs is not None:
             render.print_laid(out, render.training_layout(costs, out.width))
     if fmt is not ReportFormat.table:
@@ -136,7 +138,7 @@ def _write_report(report: Any, fmt: ReportFormat, output: Path | None,
     if output is None:
         write(text)
         return
-    from cnncli.render.pictures import write_text
+    from cnncli.files import write_text
 
     write_text(output, text)
     out.print(Text(f"wrote {output}"))

@@ -18,7 +18,8 @@ LIST_LEAVE_OUT = ("output", "input", "title", "macs")
 
 
 def list_layout(rows: list[dict[str, Any]], width: int) -> Laid:
-    from cnncli.render.tables import Column, TableRow, human, lay_out
+    from cnncli.render.tables import Column, TableRow, lay_out
+    from cnncli.render.units import human
 
     columns = (Column("name", "name"), Column("title", "architecture", wraps=True),
                Column("input", "input", right=True),
@@ -33,7 +34,8 @@ def list_layout(rows: list[dict[str, Any]], width: int) -> Laid:
 def list_architectures(fmt: FormatOpt = Format.table) -> None:
     """The bundled architectures, with their parameter counts and MACs."""
     from cnncli.analysis.report import analyze
-    from cnncli.render.tables import human, print_laid
+    from cnncli.render.tables import print_laid
+    from cnncli.render.units import human
 
     rows: list[dict[str, Any]] = []
     for name in catalog.bundled_names():

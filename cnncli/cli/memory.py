@@ -24,6 +24,7 @@ from cnncli.cli.options import (
     rounding_mode,
 )
 from cnncli.cli.output import err, out, print_json
+from cnncli.render.units import binary_bytes as size
 
 if TYPE_CHECKING:
     from cnncli.analysis.memory import MemoryReport
@@ -48,14 +49,6 @@ class Optimizer(StrEnum):
     adagrad = "adagrad"
     rmsprop = "rmsprop"
     adam = "adam"
-
-
-def size(n: float) -> str:
-    """Binary units, stated: 1 KiB = 1024 bytes, 1 MiB = 2**20, 1 GiB = 2**30."""
-    for factor, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if abs(n) >= factor:
-            return f"{n / factor:.2f} {suffix}"
-    return f"{n:.0f} B"
 
 
 def memory(

@@ -72,7 +72,7 @@ def draw(
 
     An invalid spec is drawn up to its failing layer, which carries the error; the
     file is written and the command exits 1."""
-    from cnncli.render.pictures import write_text
+    from cnncli.files import write_text
     from cnncli.render.pictures.netdraw import draw as draw_net
     from cnncli.render.tables import problem_text
 
@@ -107,7 +107,8 @@ def plot(
 ) -> None:
     """Loss and accuracy per epoch (training against validation) and the learning rate,
     over the run's whole history, resumes included."""
-    from cnncli.render.pictures import PictureError, write_atomic
+    from cnncli.files import save_atomically
+    from cnncli.render.pictures import PictureError
     from cnncli.render.pictures.curves import SUFFIXES, read_metrics, run_title, write_plot
 
     epochs = read_metrics(run)
@@ -117,7 +118,7 @@ def plot(
     _suffix(output, tuple(SUFFIXES), "curves are")
     title = run_title(run, epochs)
     try:
-        write_atomic(output, lambda tmp: write_plot(epochs, tmp, title))
+        save_atomically(output, lambda tmp: write_plot(epochs, tmp, title))
     except PictureError:
         _print_charts(epochs, width)  # the fallback: the curves, in the terminal
         raise
@@ -136,14 +137,14 @@ def filters(
         show_default=False)] = None,
 ) -> None:
     """The learned filters as a grid of small tiles, like Krizhevsky's first layer."""
-    from cnncli.render.pictures import write_atomic
+    from cnncli.files import save_atomically
     from cnncli.render.pictures.tiles import filters_picture
     from cnncli.sliding.slide import load_weights
 
     _suffix(output, (".png",), "tiles are")
     weights = load_weights(checkpoint)
     picture, caption = filters_picture(weights.state, weights.meta, layer)
-    write_atomic(output, lambda tmp: picture.save(tmp, optimize=True))
+    save_atomically(output, lambda tmp: picture.save(tmp, optimize=True))
     _written(output, f"{caption} ({picture.width}x{picture.height} px)")
 
 
@@ -159,7 +160,7 @@ def activations(
         "--out", "-o", help="The .png to write.", show_default=False)],
 ) -> None:
     """One image's activation maps through the net: each volume's depth slices tiled."""
-    from cnncli.render.pictures import write_atomic
+    from cnncli.files import save_atomically
 
     _suffix(output, (".png",), "tiles are")
     net_spec = open_spec(spec)
@@ -179,7 +180,7 @@ def activations(
     except ValueError as exc:
         raise InputError(f"{weights}: the weights do not fit {spec}: {exc}") from None
     picture = activations_picture(net, pixels, w.mean, w.std)
-    write_atomic(output, lambda tmp: picture.save(tmp, optimize=True))
+    save_atomically(output, lambda tmp: picture.save(tmp, optimize=True))
     _written(output, f"the activations of {len(net.layers)} layers "
                      f"({picture.width}x{picture.height} px)")
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -24,6 +23,7 @@ from cnncli.cli.options import (
 )
 from cnncli.cli.output import err, out, print_json, warn, write
 from cnncli.errors import InputError, RunInvalid
+from cnncli.files import write_atomically, write_text
 from cnncli.spec.parse import Spec
 
 if TYPE_CHECKING:
@@ -49,21 +49,6 @@ def _header(spec: Spec, rounding: str | None) -> str:
               "# FC layer's input in (depth, height, width) order.",
               "# input: is the training size (one window); check or slide it at a larger size."]
     return "\n".join(lines) + "\n"
-
-
-def _write_file(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write a file the user named as checkpoints are written: to a temporary beside it,
-    renamed over it once whole, so an interrupted command leaves the old file or the new
-    one, never a cut one (and no temporary)."""
-    from cnncli.engine.checkpoint import write_atomically
-
-    write_atomically([(path, write)])
-
-
-def _write_text(path: Path, text: str) -> None:
-    def write(fh: BinaryIO) -> None:
-        fh.write(text.encode("utf-8"))
-    _write_file(path, write)
 
 
 def grid_layout(scores: Any, names: list[str], geo: dict[str, Any], width: int) -> Laid:
@@ -142,13 +127,13 @@ def convert(
                       f"{[round(float(v), 4) for v in loaded.std]}); `cnncli slide` "
                       "with the checkpoint itself applies it")
         if spec_out is not None:
-            _write_text(spec_out, text)
+            write_text(spec_out, text)
             err.print(escape(f"wrote the converted spec to {spec_out}"))
         else:
             write(text)
         return
     if output is not None:
-        _write_text(output, text)
+        write_text(output, text)
         err.print(escape(f"wrote the converted spec to {output}"))
     else:
         write(text)
@@ -319,12 +304,12 @@ def _write_maps(path: Path, maps: dict[str, Any], results: list[dict[str, Any]])
     suffix = path.suffix.lower()
     if suffix == ".npy":
         scores = next(iter(maps.values()))
-        _write_file(path, lambda fh: np.save(fh, scores))
+        write_atomically([(path, lambda fh: np.save(fh, scores))])
     elif suffix == ".npz":
         save_npz(path, maps)
     else:
         data = [dict(r, score_map_values=m.tolist()) for r, m in
                 zip(results, maps.values(), strict=True)]
-        _write_text(path, json.dumps({"images": data}, allow_nan=False))
+        write_text(path, json.dumps({"images": data}, allow_nan=False))
     err.print(f"wrote the score map{'s' if len(maps) > 1 else ''} to {escape(str(path))} "
               "(\\[rows, columns, classes] per image)")

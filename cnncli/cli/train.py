@@ -29,19 +29,19 @@ from cnncli.cli.options import (
 )
 from cnncli.cli.output import err, out, print_json, warn
 from cnncli.errors import InputError, RunInvalid
+from cnncli.training.settings import DEFAULTS, EVAL_BATCH, EVAL_SIZE
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from cnncli.render.tables import Laid
 
-DEFAULTS: dict[str, Any] = dict(
-    val_fraction=0.2, train_size=8000, epochs=10, batch=64, lr=0.01, optimizer="momentum",
-    momentum=0.9, weight_decay=0.0, schedule="constant", seed=0, augment=False,
-    dtype="float32", pad_data=False, sync_batchnorm=False)
-# Options a resumed run may change: how long it goes on and how it is shown.
-RESUME_MAY_CHANGE = {"epochs", "threads", "quiet"}
-EVAL_SIZE = 2000   # built-in test images for `eval` without --data (seed 1: unseen in training)
+
+def _default(name: str) -> str:
+    """--help's note of a default, read from DEFAULTS. The options themselves default to
+    None, so that --resume can tell an option given from one left out."""
+    value = getattr(DEFAULTS, name)
+    return f"\\[default: {value:g}]" if isinstance(value, float) else f"\\[default: {value}]"
 
 
 def _run_directory(value: Path | None) -> Path | None:
@@ -68,40 +68,42 @@ def train(
         "LeNet-5 took MNIST's 28x28 digits at 32x32).", show_default=False)] = None,
     val_fraction: Annotated[Optional[float], typer.Option(
         "--val-fraction", help="Part of the data held out for validation (0 for none). "
-        "\\[default: 0.2]", show_default=False)] = None,
+        + _default("val_fraction"), show_default=False)] = None,
     train_size: Annotated[Optional[int], typer.Option(
         "--train-size", help="Training images of the built-in dataset (plus a validation "
-        "part of --val-fraction of this). \\[default: 8000]", show_default=False)] = None,
+        "part of --val-fraction of this). " + _default("train_size"), show_default=False)]
+    = None,
     epochs: Annotated[Optional[int], typer.Option(
-        "--epochs", help="Epochs to train (with --resume: the new total). \\[default: 10]",
-        show_default=False)] = None,
+        "--epochs", help="Epochs to train (with --resume: the new total). "
+        + _default("epochs"), show_default=False)] = None,
     batch: Annotated[Optional[int], typer.Option(
-        "--batch", help="Minibatch size. \\[default: 64]", show_default=False)] = None,
+        "--batch", help="Minibatch size. " + _default("batch"), show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option(
-        "--lr", help="Learning rate. \\[default: 0.01]", show_default=False)] = None,
+        "--lr", help="Learning rate. " + _default("lr"), show_default=False)] = None,
     optimizer: Annotated[Optional[str], typer.Option(
         "--optimizer", help="sgd | momentum | nesterov | adagrad | rmsprop | adam. "
-        "\\[default: momentum]", show_default=False)] = None,
+        + _default("optimizer"), show_default=False)] = None,
     momentum: Annotated[Optional[float], typer.Option(
-        "--momentum", help="Momentum (momentum, nesterov). \\[default: 0.9]",
+        "--momentum", help="Momentum (momentum, nesterov). " + _default("momentum"),
         show_default=False)] = None,
     weight_decay: Annotated[Optional[float], typer.Option(
-        "--weight-decay", help="L2 regularisation strength on weights. \\[default: 0]",
-        show_default=False)] = None,
+        "--weight-decay", help="L2 regularisation strength on weights. "
+        + _default("weight_decay"), show_default=False)] = None,
     schedule: Annotated[Optional[str], typer.Option(
         "--schedule", help="Learning-rate schedule: constant | step (x0.5 every 5 epochs) | "
-        "exp (x0.9 per epoch) | cosine (towards 0). \\[default: constant]",
+        "exp (x0.9 per epoch) | cosine (towards 0). " + _default("schedule"),
         show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(
         "--seed", callback=seed_callback, help="Seeds initial weights, shuffling, "
-        "augmentation and dropout (>= 0). \\[default: 0]", show_default=False)] = None,
+        "augmentation and dropout (>= 0). " + _default("seed"), show_default=False)] = None,
     threads: Annotated[Optional[int], typer.Option(
         "--threads", callback=threads_callback, show_default=False,
         help="Threads for the engine, at least 1 (per rank when distributed). \\[default: "
         "all cores; distributed: the rank's share of its machine's cores]")] = None,
     augment: Annotated[Optional[bool], typer.Option(
         "--augment/--no-augment", help="Random crops (padding an eighth of the side) and "
-        "horizontal flips. \\[default: no-augment]", show_default=False)] = None,
+        "horizontal flips. \\[default: " + ("augment]" if DEFAULTS.augment else "no-augment]"),
+        show_default=False)] = None,
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out", callback=_run_directory, help="Run directory (spec, config, metrics, "
         "last.npz, best.npz). \\[default: runs/SPEC-NAME]", show_default=False)] = None,
@@ -111,7 +113,7 @@ def train(
         "--overwrite", help="Start over in a run directory that already holds a run.")]
     = False,
     dtype: Annotated[Optional[str], typer.Option(
-        "--dtype", help="float32 | float64. \\[default: float32]", show_default=False)] = None,
+        "--dtype", help="float32 | float64. " + _default("dtype"), show_default=False)] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="Only the final line.")] = False,
     distributed: Annotated[bool, typer.Option(
@@ -120,7 +122,9 @@ def train(
         "docs/distributed.md.")] = False,
     sync_batchnorm: Annotated[Optional[bool], typer.Option(
         "--sync-batchnorm", help="Distributed: batchnorm statistics of the global batch "
-        "instead of each rank's shard. \\[default: per rank]", show_default=False)] = None,
+        "instead of each rank's shard. \\[default: "
+        + ("global batch]" if DEFAULTS.sync_batchnorm else "per rank]"), show_default=False)]
+    = None,
 ) -> None:
     """Train a spec on a dataset; Ctrl-C stops after saving, --resume continues."""
     given = {k: v for k, v in dict(
@@ -139,6 +143,7 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
     from cnncli.engine.network import Network
     from cnncli.training.distributed import connect
     from cnncli.training.loop import RunDir, TrainConfig, Trainer, load_training_data, spec_text_of
+    from cnncli.training.settings import new_run_options, resumed_options
 
     # distributed: rank 0 reads the run directory and speaks; errors fail every rank alike
     comm = connect(distributed)
@@ -150,32 +155,14 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
     if resume:
         ckpt = comm.on_root(load_checkpoint, run.last)
         check_spec(ckpt, spec_text, run.last, spec_arg)
-        stored = dict(ckpt.meta["info"]["options"])
-        for key, value in given.items():
-            if key not in RESUME_MAY_CHANGE and stored.get(key) != value:
-                raise InputError(
-                    f"--{key.replace('_', '-')} {value} differs from the run's "
-                    f"{stored.get(key)}; --resume continues a run with its own settings "
-                    "(drop the option, or start a new run with another --out)")
-        # the run's thread count unless told otherwise: the same count, the same numbers
-        # (per rank: on another number of ranks the default share applies instead)
-        same_ranks = ckpt.meta["info"].get("ranks", 1) == comm.size
-        options = dict(stored, threads=ckpt.meta["info"].get("threads") if same_ranks else None)
-        options.update({k: v for k, v in given.items() if k in RESUME_MAY_CHANGE})
+        options = resumed_options(ckpt.meta["info"], given, comm.size)
         if ckpt.epoch >= options["epochs"]:
             comm.on_root(run.recover, ckpt.meta["history"])
             out.print(f"nothing to do: {run.path} has finished {ckpt.epoch} epochs "
                       f"(pass --epochs N with N > {ckpt.epoch} to train longer)")
             return
     else:
-        if "val_data" in given and "val_fraction" in given:
-            raise InputError("--val-fraction and --val-data exclude each other: the "
-                             "validation set is either held out of --data or given")
-        if comm.on_root(run.last.exists) and not overwrite:
-            raise InputError(f"{run.path} already holds a run ({run.last.name}); pass --resume "
-                             "to continue it, --overwrite to start over, or another --out")
-        options = dict(DEFAULTS, threads=None, data=None, val_data=None)
-        options.update(given)
+        options = new_run_options(given, run.path, comm.on_root(run.last.exists), overwrite)
     config = TrainConfig.from_dict(options)
     config.validate()
     threads = configure_threads(comm.threads() if options.get("threads") is None
@@ -191,7 +178,7 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
     if ckpt is not None:
         trainer.load(ckpt)
     elif overwrite:
-        comm.on_root(_forget_run, run)
+        comm.on_root(run.forget)
     display = TrainDisplay(quiet, sys.stdout.isatty())
     if not quiet:
         verb = f"resuming at epoch {ckpt.epoch + 1}:" if ckpt else "training"
@@ -216,12 +203,6 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
     if not quiet and sys.stdout.isatty():
         from cnncli.cli.pictures import print_compact_curves
         print_compact_curves(run.path)
-
-
-def _forget_run(run: Any) -> None:
-    """--overwrite: the old run's checkpoints and metrics go before the new run starts."""
-    for old in (run.last, run.best, run.jsonl, run.csv):
-        old.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -352,7 +333,7 @@ def evaluate(
         "--pad-data", help="Zero-pad smaller images centrally to the spec's input.")] = False,
     fmt: TableOrJsonOpt = TableOrJson.table,
     batch: Annotated[int, typer.Option("--batch", help="Images per forward pass.",
-                                       min=1)] = 256,
+                                       min=1)] = EVAL_BATCH,
     threads: ThreadsOpt = None,
 ) -> None:
     """Loss, accuracy, per-class accuracy and the confusion matrix of a checkpoint."""

@@ -13,11 +13,11 @@ A checkpoint holds everything a run needs to continue bit for bit:
 the position (epochs completed, batches into the next), the RNG states, the optimizer's
 step count and lr, the metric history and the best result so far.
 
-It is written to a temporary file in the same directory (`.last.npz.XXXXXXXX.tmp`),
-flushed and fsync'd, then `os.replace`d over the old one: a kill at any moment leaves
-either the old or the new checkpoint, never half of one (and at worst the temporary,
-which `remove_stale_temporaries` clears when the run starts again). Loading checks the
-format and, when asked, that the checkpoint was trained on the same spec text (sha256).
+It is written as every file cnncli writes (cnncli.files): to a temporary in the same
+directory (`.last.npz.XXXXXXXX.tmp`), flushed and fsync'd, then `os.replace`d over the old
+one, so a kill at any moment leaves either the old or the new checkpoint, never half of
+one. Loading checks the format and, when asked, that the checkpoint was trained on the
+same spec text (sha256).
 
 `export_npz` writes the weights alone (`NAME` -> array, PyTorch layouts: conv
 [K, D/groups, Fh, Fw], fc [units, D*H*W] over a (depth, height, width) flattening), so
@@ -32,22 +32,19 @@ so a strict `load_state_dict` accepts them.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import re
-import stat
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from cnncli.errors import InputError, naming
+from cnncli.errors import InputError
+from cnncli.files import Writer, write_atomically
 
 FORMAT = "cnncli-checkpoint"
 VERSION = 1
@@ -73,115 +70,6 @@ class Checkpoint:
     def epoch(self) -> int:
         """Epochs completed."""
         return int(self.meta.get("position", {}).get("epoch", 0))
-
-
-# A file being written is a temporary beside its target, named `.TARGET.XXXXXXXX.tmp`
-# (tempfile's 8 random characters); a kill leaves one behind, which the next run clears.
-_TEMP_PREFIX, _TEMP_SUFFIX = ".", ".tmp"
-_TEMP_RANDOM = r"[a-z0-9_]{8}"
-
-Writer = Callable[[BinaryIO], None]
-
-
-def write_atomically(files: Sequence[tuple[Path, Writer]]) -> None:
-    """Write each file to a temporary beside it (flushed, fsync'd), then rename them all
-    over their targets, in order.
-
-    A failure while writing leaves every target as it was and no temporary behind, so
-    files that must agree (a checkpoint and the metrics derived from it) change together
-    or not at all; only a kill (or a failed rename) between two renames leaves the later
-    ones behind. A symlink is written through (the file it points at is replaced), and a
-    target that is no file at all (/dev/stdout, a FIFO) is written in place, never
-    replaced by a file.
-    """
-    pending: list[tuple[str, Path]] = []
-    replaced: list[Path] = []
-    try:
-        for target, write in files:
-            path = _replaced(target)
-            if path is None:
-                with naming(target), open(target, "wb") as fh:
-                    write(fh)
-                continue
-            replaced.append(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TEMP_PREFIX}{path.name}.",
-                                       suffix=_TEMP_SUFFIX)
-            pending.append((tmp, path))
-            # a full disk names the file, not the temporary
-            with naming(target), os.fdopen(fd, "wb") as fh:
-                os.fchmod(fh.fileno(), _mode_for(path))
-                write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-        while pending:
-            tmp, path = pending[0]
-            os.replace(tmp, path)
-            pending.pop(0)
-    except BaseException:
-        for tmp, _ in pending:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise
-    # make the renames themselves durable (best effort: not every file system allows this)
-    for folder in dict.fromkeys(path.parent for path in replaced):
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-
-
-def _replaced(path: Path) -> Path | None:
-    """The file a write to `path` replaces: `path`, or the file its symlink points at; None
-    for a device, FIFO or socket (renaming a file over /dev/full would replace the device)
-    and for an open descriptor (/dev/stdout, /dev/fd/1: the file a shell redirected)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:  # no such file yet (or a path that cannot be one: the write will say)
-        mode = 0
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-        return None
-    if not os.path.islink(path):
-        return path
-    hop = os.path.abspath(path)
-    for _ in range(40):  # the kernel's own limit on a chain of links
-        if hop.startswith(("/proc/", "/dev/fd/")):
-            return None
-        if not os.path.islink(hop):
-            break
-        hop = os.path.normpath(os.path.join(os.path.dirname(hop), os.readlink(hop)))
-    return Path(os.path.realpath(path))
-
-
-def _mode_for(path: Path) -> int:
-    """The target's permissions if it exists, else those of a new file (0o666 less the
-    umask), not mkstemp's owner-only 0o600."""
-    try:
-        return path.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0o022)  # read the umask (setting it back at once)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def remove_stale_temporaries(folder: Path, names: Iterable[str]) -> list[Path]:
-    """Delete the temporaries that a killed `write_atomically` left for these target
-    names in `folder` (only files named like cnncli's own, `.NAME.XXXXXXXX.tmp`)."""
-    pattern = re.compile(rf"{re.escape(_TEMP_PREFIX)}(?:{'|'.join(map(re.escape, names))})"
-                         rf"\.{_TEMP_RANDOM}{re.escape(_TEMP_SUFFIX)}")
-    removed: list[Path] = []
-    try:
-        entries = list(folder.iterdir())
-    except FileNotFoundError:
-        return removed
-    for entry in entries:
-        if pattern.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
-                removed.append(entry)
-    return removed
 
 
 def npz_writer(arrays: dict[str, np.ndarray]) -> Writer:

@@ -21,6 +21,7 @@ from rich.style import Style
 from rich.text import Text
 
 from cnncli.analysis.report import Report, Row
+from cnncli.render.units import binary_bytes, human
 from cnncli.spec.parse import Problem
 
 # One header table for the report's columns: (key, title, justify).
@@ -36,21 +37,6 @@ COLUMNS = (
     ("receptive_field", "RF", "right"),
     ("jump", "stride", "right"),
 )
-
-
-def human(n: float, unit: str = "") -> str:
-    """3.2M-style figures as the notes write them (decimal multiples)."""
-    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= factor:
-            return f"{n / factor:.2f}{suffix}{unit}"
-    return f"{n:g}{unit}"
-
-
-def binary_bytes(n: float) -> str:
-    for factor, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if abs(n) >= factor:
-            return f"{n / factor:.2f} {suffix}"
-    return f"{n:.0f} B"
 
 
 def _pair(p: Any) -> str:

@@ -92,7 +92,8 @@ def load_weights(path: str | Path) -> Weights:
 
 def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     """Write arrays to `.npz` atomically (a temporary file renamed over the target)."""
-    from cnncli.engine.checkpoint import npz_writer, write_atomically
+    from cnncli.engine.checkpoint import npz_writer
+    from cnncli.files import write_atomically
 
     path = Path(path)
     write_atomically([(path, npz_writer(arrays))])

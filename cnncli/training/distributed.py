@@ -750,7 +750,7 @@ def size_rank(report: MemoryReport, ranks: int, global_batch: int) -> dict[str, 
 
 def rank_text(sized: dict[str, Any]) -> str:
     """The line `memory --ranks` prints above one rank's table."""
-    from cnncli.render.tables import binary_bytes
+    from cnncli.render.units import binary_bytes
 
     plan = AllreducePlan(sized["ranks"], sized["parameters"], sized["bytes_per_number"])
     return (f"one rank of {plan.ranks}: batch {sized['batch_per_rank']} of the global "

@@ -35,50 +35,42 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
-from cnncli.engine.checkpoint import (
-    Checkpoint,
-    Writer,
-    remove_stale_temporaries,
-    save_checkpoint,
-    spec_sha256,
-    write_atomically,
-)
+from cnncli.engine.checkpoint import Checkpoint, save_checkpoint, spec_sha256
 from cnncli.engine.network import Network
 from cnncli.engine.optim import OPTIMIZERS, SCHEDULES, Schedule, make_optimizer
-from cnncli.errors import InputError
+from cnncli.files import Writer, remove_stale_temporaries, write_atomically
+from cnncli.files import text_writer as _text_writer  # a name of its own: tests fail it
 from cnncli.training import data as D
 from cnncli.training.distributed import Comm
-
-
-class TrainError(InputError):
-    """Bad training settings or data that does not fit the net (one line)."""
-
+from cnncli.training.settings import DEFAULTS, EVAL_BATCH, TrainError
 
 # --------------------------------------------------------------------------- settings
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch: int = 64
-    lr: float = 0.01
-    optimizer: str = "momentum"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "constant"
+    """One run's settings; what is not given is DEFAULTS (cnncli.training.settings)."""
+
+    epochs: int = DEFAULTS.epochs
+    batch: int = DEFAULTS.batch
+    lr: float = DEFAULTS.lr
+    optimizer: str = DEFAULTS.optimizer
+    momentum: float = DEFAULTS.momentum
+    weight_decay: float = DEFAULTS.weight_decay
+    schedule: str = DEFAULTS.schedule
     step_size: int = 5       # epochs between decays of the step schedule
     gamma: float | None = None  # decay factor; default 0.5 (step), 0.9 per epoch (exp)
-    seed: int = 0
-    augment: bool = False
+    seed: int = DEFAULTS.seed
+    augment: bool = DEFAULTS.augment
     crop_pad: int = 0        # 0: an eighth of the image side (4 px at 32x32), as for CIFAR
-    dtype: str = "float32"
-    eval_batch: int = 256
+    dtype: str = DEFAULTS.dtype
+    eval_batch: int = EVAL_BATCH
     # data-parallel runs only: batchnorm statistics of the global batch, not the rank's shard
-    sync_batchnorm: bool = False
+    sync_batchnorm: bool = DEFAULTS.sync_batchnorm
 
     def validate(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -183,7 +175,7 @@ class EvalResult:
 
 
 def evaluate(net: Network, ds: D.Dataset, mean: np.ndarray, std: np.ndarray,
-             batch: int = 256, should_stop: Callable[[], bool] | None = None,
+             batch: int = EVAL_BATCH, should_stop: Callable[[], bool] | None = None,
              ) -> EvalResult | None:
     """Loss, accuracy and confusion matrix in evaluation mode (None if stopped)."""
     k = net.output.d
@@ -322,6 +314,12 @@ class RunDir:
             (self.path / "spec.yaml", _text_writer(spec_text)),
             (self.path / "config.json", _text_writer(json.dumps(config, indent=2) + "\n"))])
 
+    def forget(self) -> None:
+        """--overwrite: the old run's checkpoints and metrics go before the new run starts
+        (its spec.yaml and config.json the new run writes anew)."""
+        for old in (self.last, self.best, self.jsonl, self.csv):
+            old.unlink(missing_ok=True)
+
     def recover(self, history: list[dict[str, Any]]) -> None:
         """Remove the temporaries of a save that was killed, and rewrite the metrics from
         `history`, the one in last.npz (a resumed run keeps exactly the epochs its
@@ -341,12 +339,6 @@ class RunDir:
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite both metrics files from the whole history, atomically."""
         write_atomically(self.metrics_files(history))
-
-
-def _text_writer(text: str) -> Writer:
-    def write(fh: BinaryIO) -> None:
-        fh.write(text.encode("utf-8"))
-    return write
 
 
 # --------------------------------------------------------------------------- the loop

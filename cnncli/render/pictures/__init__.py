@@ -10,12 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-from collections.abc import Callable
-from pathlib import Path
-
 from cnncli.errors import UserError
 
 
@@ -31,25 +25,3 @@ def need_pillow(what: str) -> object:
     except ImportError:
         raise PictureError(f"{what} needs Pillow: pip install 'cnncli[images]'") from None
     return Image
-
-
-def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """`write(tmp)` writes the picture under a temporary name in the target's folder (same
-    suffix, so writers that go by it pick the right format); it is renamed over the target
-    only once complete, so a failure leaves neither a half picture nor a lost old one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # the writer creates the file itself, so it gets the permissions of any new file
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -12,7 +12,8 @@ from xml.sax.saxutils import escape
 
 from cnncli.analysis.report import Report
 from cnncli.render.pictures.netdraw import svg
-from cnncli.render.tables import COLUMNS, _cells, binary_bytes, summary_lines
+from cnncli.render.tables import COLUMNS, _cells, summary_lines
+from cnncli.render.units import binary_bytes
 
 STYLE = """
 body { font-family: DejaVu Sans, Helvetica, Arial, sans-serif; margin: 24px; color: #222; }

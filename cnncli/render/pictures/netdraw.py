@@ -31,7 +31,7 @@ from typing import Union
 from xml.sax.saxutils import escape, quoteattr
 
 from cnncli.analysis.report import Report, Row, analyze
-from cnncli.render.tables import human
+from cnncli.render.units import human
 from cnncli.spec.loading import Located as _Located
 from cnncli.spec.parse import (
     Problem,
