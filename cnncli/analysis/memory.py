@@ -253,6 +253,10 @@ class PlanLayer:
     def backward(self, dy: Buf) -> Buf:
         raise NotImplementedError
 
+    def consumes_dy(self) -> bool:
+        """As the engine layer's `consumes_dy`: backward writes over dy or hands it back."""
+        return False
+
 
 def run_planned(item: Any, method: str, *args: Any) -> Buf:
     """Call a layer or block, noting where the heap is (for the peak's 'where')."""
@@ -408,7 +412,9 @@ def simulate(report: Report, batch: int, dtype: str = "float32", optimizer: str 
         dscores = Buf(heap, classes, base="grad", owner="loss")
         del loss_temps
         heap.where = heap.phase = "backward"
-        dx = net.backward(dscores)
+        # a net whose last layer writes over dy gets a copy of the caller's (network.py)
+        dx = net.backward(Buf(heap, classes, base="grad", owner="loss")
+                          if net.consumes_dy() else dscores)
         del dx
         heap.where = heap.phase = "optimizer step"
         largest = max((lay.params[k].numbers for lay in layers for k in lay.trainable),
