@@ -203,6 +203,20 @@ def test_plans_make_the_engines_in_place_choices() -> None:
         assert planned == engine and engine
 
 
+def test_activations_and_dropout_allocate_only_their_outputs_and_masks() -> None:
+    """Their backward writes over dy and their forward into the output: no workspace, no
+    new gradient; only sigmoid in place needs exp(-|x|) beside x."""
+    spec = parse_spec({"input": "8x8x4", "layers": [
+        {"conv": {"filters": 4, "size": 3, "pad": 1}}, "relu", {"leaky_relu": {}}, "tanh",
+        "sigmoid", {"dropout": 0.5}, {"fc": 3}]})
+    r = estimate(spec, batch=16, threads=2)
+    work = {lm.name: lm.workspace_bytes for lm in r.layers}
+    assert work["relu1"] == work["lrelu1"] == work["tanh1"] == work["drop1"] == 0
+    assert work["sigmoid1"] == 16 * 8 * 8 * 4 * 4
+    kept = {lm.name: lm.kept_bytes for lm in r.layers}
+    assert kept["drop1"] == 16 * 8 * 8 * 4 * 4  # the scaled mask
+
+
 def _engine_kept_bytes(net: Any) -> int:
     """Bytes of the distinct arrays the engine's layers hold for backward."""
     import numpy as np

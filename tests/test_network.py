@@ -78,6 +78,28 @@ def test_small_global_pool_and_svm_gradient_check():
     assert any(c.layer == "(loss svm)" for c in checks)
 
 
+def test_small_backward_in_place_never_overwrites_a_dy_read_again():
+    """Activations and dropout write their gradient over dy. A residual body ending in one
+    gets a copy (the identity shortcut adds dy afterwards), each concat branch its own
+    slice, and the caller's dy of a net ending in one is left as it was."""
+    spec = {"input": "6x6x2", "layers": [
+        {"conv": {"filters": 3, "size": 3, "pad": 1}},
+        {"residual": {"layers": [{"conv": {"filters": 3, "size": 3, "pad": 1}}, "relu"]}},
+        {"residual": {"layers": [{"conv": {"filters": 3, "size": 1}}, "tanh"],
+                      "shortcut": [{"dropout": 0.5}]}},
+        {"concat": [["sigmoid"], [{"dropout": 0.5}]]},
+        {"fc": 4}, {"leaky_relu": {"slope": 0.2}}]}
+    net = Network.from_spec(spec, dtype=np.float64, seed=0)
+    assert net.body.consumes_dy()
+    checks = check_network(net, batch=2, samples=8, seed=0)
+    assert [(c.layer, c.what) for c in checks if not c.passed] == []
+    x = np.random.default_rng(1).standard_normal((2, 6, 6, 2))
+    net.forward(x, training=True)
+    dy = np.ones((2, 4))
+    net.backward(dy, input_grad=True)
+    assert (dy == 1).all()
+
+
 def test_gradient_check_catches_a_broken_backward(monkeypatch):
     monkeypatch.setattr(L.Activation, "backward", lambda self, dy: dy)  # relu' forgotten
     spec = {"input": "6x6x1", "layers": [{"conv": {"filters": 2, "size": 3}}, "relu",

@@ -1,12 +1,14 @@
 """Where the memory of a training step (or an inference pass) goes: the itemised answer.
 
 `estimate(spec, batch=64)` replays one step of the engine on a *simulated heap*: every
-array the engine would allocate (layer outputs, what each layer keeps for backward,
-gradients, kernel work buffers, temporaries, optimizer state) is a `Buf` whose bytes are
-added when it is created and removed when its last reference goes. The replay mirrors
-`cnncli/engine/network.py`, `cnncli/engine/layers.py`, `cnncli/engine/kernels/*` and
-`cnncli/engine/optim.py` call for call, so CPython's reference counting frees each `Buf`
-at the moment the engine's array would be freed. What comes out is plain data (`MemoryReport`):
+array the engine allocates (layer outputs, what each layer keeps for backward, gradients,
+kernel work buffers, optimizer state) is a `Buf` whose bytes are added when it is created
+and removed when its last reference goes. Each layer type declares the buffers it
+allocates in its plan (cnncli/layers/, next to its engine half, whose kernels write into
+exactly those buffers: no hidden numpy temporaries); this module walks the step's
+schedule over the plans (network.py's order, then cnncli/engine/optim.py), so CPython's
+reference counting frees each `Buf` at the moment the engine's array is freed. What comes
+out is plain data (`MemoryReport`):
 
 - items, each at its own peak: the input batch; activations kept for backward; activations
   in flight (outputs not kept, alive until the next layer is done); gradients of the
@@ -49,9 +51,9 @@ DTYPES = {"float16": 2, "float32": 4, "float64": 8}
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adagrad": 1, "rmsprop": 1,
                    "adam": 2}
 # Parameter-sized temporaries alive at once inside `optimizer.step` for one parameter
-# (numpy reuses a temporary operand of >= 256 KiB in place, see ELIDE_BYTES, but only
-# for an array operand or a scalar that casts safely: `sqrt(c) + eps` with a Python float
-# reuses the temporary at float64, not at float32). Measured with tracemalloc:
+# (numpy reuses a temporary operand of >= 256 KiB in place, but only for an array operand
+# or a scalar that casts safely: `sqrt(c) + eps` with a Python float reuses the temporary
+# at float64, not at float32). Measured with tracemalloc:
 #   sgd       lr*g
 #   momentum  lr*g                                    (v *= mu; v -= lr*g; p += v)
 #   nesterov  v_prev, -mu*v_prev, (1+mu)*v            (the sum reuses -mu*v_prev)
@@ -65,13 +67,7 @@ MODES = ("train", "infer")
 
 # Kernel work splits (band sizes, chunk counts) are read from engine/kernels/sizes.py by
 # the layers' plans, the same module the kernels read them from.
-# numpy reuses a temporary operand in place for `a * b + c` when it has at least this
-# many bytes (NPY_MIN_ELIDE_BYTES); smaller temporaries get a fresh array.
-ELIDE_BYTES = 256 * 1024
 INT32, INT64, FLOAT64, BOOL = 4, 8, 8, 1
-# A ufunc that casts an operand (bool -> float) does so through a buffer of this many
-# elements (numpy's default buffer size), whatever the array size.
-UFUNC_BUFSIZE = 8192
 
 # What each category is called in reports, in display order.
 ITEMS = {
@@ -180,11 +176,6 @@ class Buf:
         self.heap.add(self.cat, self, -1)
 
 
-def elides(buf: Buf) -> bool:
-    """Does numpy reuse this temporary operand in place (NPY_MIN_ELIDE_BYTES)?"""
-    return buf.nbytes >= ELIDE_BYTES
-
-
 # ----------------------------------------------------------------------------- plans
 # Each layer type's plan (cnncli/layers/, `plan`) keeps what the engine's layer keeps
 # (`self.saved`) and allocates what its forward/backward and kernels allocate, in the same
@@ -253,6 +244,10 @@ class PlanLayer:
 
     def backward(self, dy: Buf) -> Buf:
         raise NotImplementedError
+
+    def consumes_dy(self) -> bool:
+        """As the engine layer's `consumes_dy`: backward writes over dy or hands it back."""
+        return False
 
 
 def run_planned(item: Any, method: str, *args: Any) -> Buf:
@@ -409,7 +404,9 @@ def simulate(report: Report, batch: int, dtype: str = "float32", optimizer: str 
         dscores = Buf(heap, classes, base="grad", owner="loss")
         del loss_temps
         heap.where = heap.phase = "backward"
-        dx = net.backward(dscores)
+        # a net whose last layer writes over dy gets a copy of the caller's (network.py)
+        dx = net.backward(Buf(heap, classes, base="grad", owner="loss")
+                          if net.consumes_dy() else dscores)
         del dx
         heap.where = heap.phase = "optimizer step"
         largest = max((lay.params[k].numbers for lay in layers for k in lay.trainable),

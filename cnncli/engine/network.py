@@ -163,7 +163,10 @@ class Network:
 
         Training needs no input gradient, and the first layer's is the costliest one to
         compute, so it is computed only when asked for."""
-        dy = np.ascontiguousarray(np.asarray(dy, dtype=self.dtype))
+        if self.body.consumes_dy():  # the last layer writes over dy: not over the caller's
+            dy = np.array(dy, dtype=self.dtype, order="C")
+        else:
+            dy = np.ascontiguousarray(np.asarray(dy, dtype=self.dtype))
         if dy.ndim == 2:
             dy = dy.reshape(dy.shape[0], 1, 1, -1)
         first = self._skips_dx if input_grad else None

@@ -47,6 +47,9 @@ class _Timed:
         self.backward_s.append(time.perf_counter() - start)
         return dx
 
+    def consumes_dy(self) -> bool:
+        return bool(self.item.consumes_dy())
+
     def own_ms(self, backward: bool) -> float:
         """Median over passes of this item's time less its children's: a layer's whole
         time, a block's merge. Milliseconds."""

@@ -8,7 +8,8 @@ import time
 import numpy as np
 
 # One small net that reaches every kernel: conv (GEMM and direct/grouped paths, dilation),
-# local, every pooling type, batchnorm, lrn, and the blocks.
+# local, every pooling type (global average included), batchnorm, lrn, every activation,
+# dropout, and the blocks.
 WARMUP_SPEC = {
     "name": "warm-up",
     "input": "12x12x3",
@@ -24,7 +25,10 @@ WARMUP_SPEC = {
                     [{"pool": {"size": 3, "stride": 1, "pad": 1, "type": "l2"}}]]},
         {"pool": {"size": 2, "stride": 2}},
         {"local": {"filters": 4, "size": 3}},
-        {"pool": {"global": True, "type": "max"}},
+        "sigmoid",
+        {"leaky_relu": {}},
+        {"dropout": 0.5},
+        {"pool": {"global": True, "type": "avg"}},
         {"fc": 3},
     ],
 }

@@ -4,7 +4,9 @@ The notes' advice: use ReLU (mind the learning rate and the dead units), try lea
 never sigmoid, tanh only if you must. Each keeps its output volume and, in the engine,
 overwrites its input when nothing else reads it (analysis/inplace.py), so it adds no
 activation memory. Backward needs only the output: its sign (ReLU, leaky ReLU) or its
-value (ELU: y + alpha where y <= 0, tanh: 1 - y^2, sigmoid: y(1 - y)).
+value (ELU: y + alpha where y <= 0, tanh: 1 - y^2, sigmoid: y(1 - y)), and ReLU, leaky
+ReLU, tanh and sigmoid write the input's gradient over dy
+(cnncli/engine/kernels/elementwise.py), so their backward allocates nothing either.
 
 PReLU (a leaky ReLU whose slope is learned, one per channel) is the exception: its
 backward needs the input x (the slope's gradient is a sum of dy * x, and a learned slope
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from math import inf
 from typing import TYPE_CHECKING, Any
 
-from cnncli.analysis.memory import BOOL, UFUNC_BUFSIZE, Buf, Heap, PlanLayer, elides
+from cnncli.analysis.memory import BOOL, Buf, Heap, PlanLayer
 from cnncli.layers.base import EngineLayer, LayerSpec, ParseContext
 from cnncli.spec.types import Volume
 
@@ -38,6 +40,9 @@ class Activation(LayerSpec):
     elementwise = True
     overwrites_input = True
     kinked = False  # not differentiable at 0: gradient checks must not step across it
+    # its gradient is written over dy (which nothing reads after this layer's backward,
+    # see ResidualBlock) and returned: backward allocates nothing
+    gradient_in_place = False
 
     @property
     def function(self) -> str:
@@ -65,11 +70,14 @@ class Activation(LayerSpec):
     def gradient(self, np: Any, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    # what that arithmetic allocates (numpy's temporaries), for the memory plan
+    # what that arithmetic allocates, for the memory plan: the output (none in place)
     def plan_forward(self, p: ActivationPlan, x: Buf) -> Buf:
         return x if p.in_place else p.out(p.vol)
 
     def plan_backward(self, p: ActivationPlan, dy: Buf) -> Buf:
+        """The gradient over dy: nothing new."""
+        if self.gradient_in_place:
+            return dy
         raise NotImplementedError
 
 
@@ -81,21 +89,17 @@ class ReLU(Activation):
     prefix = "relu"
     label = "ReLU"
     kinked = True
+    gradient_in_place = True
 
     def apply(self, np: Any, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-        return np.maximum(x, 0, out=out)
+        from cnncli.engine.kernels.elementwise import relu_forward
+
+        return relu_forward(x, out)
 
     def gradient(self, np: Any, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return dy * (y > 0)
+        from cnncli.engine.kernels.elementwise import relu_backward
 
-    def plan_backward(self, p: ActivationPlan, dy: Buf) -> Buf:
-        # dy * (y > 0): the mask, and the ufunc casts the bools through a buffer
-        v = p.vol.size
-        mask = p.work(v, itemsize=BOOL)
-        cast = p.work(0, UFUNC_BUFSIZE)
-        dx = p.grad(p.vol)
-        del mask, cast
-        return dx
+        return relu_backward(dy, y)  # dy * (y > 0)
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class LeakyReLU(Activation):
     prefix = "lrelu"
     label = "leaky ReLU"
     kinked = True
+    gradient_in_place = True
 
     @classmethod
     def parse(cls, ctx: ParseContext, loc: Located, name: str, line: int,
@@ -128,29 +133,14 @@ class LeakyReLU(Activation):
         return f"{cls.label} {settings.split()[-1]}" if settings else cls.label  # slope
 
     def apply(self, np: Any, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-        y = np.where(x > 0, x, x * x.dtype.type(self.slope))
-        if out is not None:
-            out[...] = y
-            y = out
-        return y
+        from cnncli.engine.kernels.elementwise import leaky_relu_forward
+
+        return leaky_relu_forward(x, self.slope, out)  # np.where(x > 0, x, x * slope)
 
     def gradient(self, np: Any, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return np.where(y > 0, dy, dy * dy.dtype.type(self.slope))
+        from cnncli.engine.kernels.elementwise import leaky_relu_backward
 
-    def plan_forward(self, p: ActivationPlan, x: Buf) -> Buf:
-        # np.where(x > 0, x, x*slope), copied into x when in place
-        v = p.vol.size
-        mask, scaled = p.work(v, itemsize=BOOL), p.work(v)
-        y = p.out(p.vol)
-        del mask, scaled
-        return x if p.in_place else y
-
-    def plan_backward(self, p: ActivationPlan, dy: Buf) -> Buf:
-        v = p.vol.size  # np.where(y > 0, dy, dy*slope)
-        mask, scaled = p.work(v, itemsize=BOOL), p.work(v)
-        dx = p.grad(p.vol)
-        del mask, scaled
-        return dx
+        return leaky_relu_backward(dy, y, self.slope)  # np.where(y > 0, dy, dy * slope)
 
 
 @dataclass(frozen=True)
@@ -220,60 +210,42 @@ class ELU(Activation):
 class Tanh(Activation):
     key = "tanh"
     prefix = "tanh"
+    gradient_in_place = True
 
     def apply(self, np: Any, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-        return np.tanh(x, out=out)
+        return np.tanh(x, out=out)  # numpy's tanh, into the output: nothing else
 
     def gradient(self, np: Any, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return dy * (1 - y * y)
+        from cnncli.engine.kernels.elementwise import tanh_backward
 
-    def plan_backward(self, p: ActivationPlan, dy: Buf) -> Buf:
-        # dy * (1 - y*y): y*y goes once 1 - y*y exists
-        v = p.vol.size
-        square = p.work(v)
-        one_minus = p.work(v)
-        del square
-        dx = p.product_into(one_minus)
-        del one_minus
-        return dx
+        return tanh_backward(dy, y)  # dy * (1 - y*y)
 
 
 @dataclass(frozen=True)
 class Sigmoid(Activation):
     key = "sigmoid"
     prefix = "sigmoid"
+    gradient_in_place = True
 
     def apply(self, np: Any, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         # 1/(1+e^-x), written so that large |x| neither overflows nor loses precision
-        e = np.exp(-np.abs(x))
-        y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
-        if out is not None:
-            out[...] = y
-            y = out
-        return y
+        from cnncli.engine.kernels.elementwise import sigmoid_forward
+
+        return sigmoid_forward(x, out)
 
     def gradient(self, np: Any, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return dy * y * (1 - y)
+        from cnncli.engine.kernels.elementwise import sigmoid_backward
+
+        return sigmoid_backward(dy, y)  # dy * y * (1 - y)
 
     def plan_forward(self, p: ActivationPlan, x: Buf) -> Buf:
-        # e, x >= 0, 1/(1+e), e/(1+e) and its (1+e), np.where, astype
-        v = p.vol.size
-        e = p.work(v)
-        parts = [p.work(v, itemsize=BOOL), p.work(v), p.work(v), p.work(v)]
-        del parts[-1]
-        where = p.work(v)
-        del parts
-        y = p.out(p.vol)
-        del where, e
-        return x if p.in_place else y
-
-    def plan_backward(self, p: ActivationPlan, dy: Buf) -> Buf:
-        # dy * y * (1 - y): both factors alive for the last product
-        v = p.vol.size
-        dy_y, one_minus = p.work(v), p.work(v)
-        dx = p.product_into(dy_y)
-        del dy_y, one_minus
-        return dx
+        # e = exp(-|x|) goes into the new output; in place, x's signs are still needed
+        # while e exists, so e takes a buffer of its own
+        if not p.in_place:
+            return p.out(p.vol)
+        e = p.work(p.vol.size)
+        del e
+        return x
 
 
 @dataclass(frozen=True)
@@ -337,15 +309,8 @@ class ActivationPlan(PlanLayer):
         self.drop()
         return dx
 
-    def product_into(self, temp: Buf) -> Buf:
-        """The last product: numpy writes it into the temporary operand when that is big
-        enough, else into a new array."""
-        if elides(temp):
-            temp.base = "grad"
-            self.heap.add("work", temp, -1)
-            self.heap.add("grad", temp, +1)
-            return temp
-        return self.grad(self.vol)
+    def consumes_dy(self) -> bool:
+        return self.node.gradient_in_place
 
 
 class PReLUPlan(PlanLayer):
@@ -406,6 +371,9 @@ class ActivationEngine(EngineLayer):
         assert self._saved is not None, f"{self.name}: backward without a training forward"
         y, self._saved = self._saved, None
         return self.layer.gradient(np, dy, y)
+
+    def consumes_dy(self) -> bool:
+        return self.layer.gradient_in_place
 
     def kinks(self) -> bytes | None:
         import numpy as np

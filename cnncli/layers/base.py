@@ -198,6 +198,12 @@ class EngineLayer:
     def backward(self, dy: Any) -> Any:
         raise NotImplementedError
 
+    def consumes_dy(self) -> bool:
+        """Does backward write over the dy it is given, or hand dy itself back? Then
+        nothing may read dy afterwards: a block whose branches all read one dy gives such a
+        branch a copy (blocks.py), and the network copies a caller's dy (network.py)."""
+        return False
+
     def release(self) -> None:
         """Drop what forward saved for backward (evaluation keeps no activations)."""
         for key in list(vars(self)):

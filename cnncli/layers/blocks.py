@@ -6,6 +6,11 @@
 
 Each block walks its sequences through the same walkers the net uses, so a block is just
 another layer type to every room of cnncli.
+
+Backward: a sequence may write over the dy it is given or hand it back (an activation's
+gradient is computed in place, `consumes_dy`). A residual block reads its dy twice (body
+and shortcut), so its body gets a copy when it consumes dy; a concat's branches each get
+their own slice. The gradients the branches return are theirs, so they are summed in place.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from cnncli.analysis.memory import Buf, Heap, PlanLayer, elides, run_planned
+from cnncli.analysis.memory import Buf, Heap, PlanLayer, run_planned
 from cnncli.analysis.shapes import Field
 from cnncli.layers.base import EngineLayer, LayerSpec, ParseContext
 from cnncli.spec.reader import Scope
@@ -216,6 +221,12 @@ class Concat(LayerSpec):
         return ConcatBlock([ctx.sequence(b) for b in self.branches], self.name)
 
 
+def _consumes(items: list[Any]) -> bool:
+    """Does a sequence's backward write over its dy or hand it back? Its last item's does
+    (an empty sequence hands dy back); the items before it see a gradient of their own."""
+    return not items or items[-1].consumes_dy()
+
+
 # ----------------------------------------------------------------------------- memory plans
 
 
@@ -232,6 +243,9 @@ class PlanSequence:
         for item in reversed(self.items):
             dy = run_planned(item, "backward", dy)
         return dy
+
+    def consumes_dy(self) -> bool:
+        return _consumes(self.items)
 
     def leaves(self) -> list[PlanLayer]:
         out: list[PlanLayer] = []
@@ -256,15 +270,15 @@ class ResidualPlan:
 
     def backward(self, dy: Buf) -> Buf:
         assert self.vol is not None
-        dx = self.body.backward(dy)
-        if self.shortcut.items:
-            part = self.shortcut.backward(dy)
-            if elides(part):  # dx + temporary: numpy adds into the temporary
-                return part
-            total = Buf(self.heap, self.vol.size, base="grad", owner=self.name)
-            del part, dx
-            return total
-        return Buf(self.heap, self.vol.size, base="grad", owner=self.name)
+        copy = self.body.consumes_dy()
+        dx = self.body.backward(
+            Buf(self.heap, self.vol.size, base="grad", owner=self.name) if copy else dy)
+        short = self.shortcut.backward(dy) if self.shortcut.items else dy
+        del short  # added into dx
+        return dx
+
+    def consumes_dy(self) -> bool:
+        return bool(self.shortcut.items) and self.shortcut.consumes_dy()
 
     def leaves(self) -> list[PlanLayer]:
         return self.body.leaves() + self.shortcut.leaves()
@@ -289,11 +303,14 @@ class ConcatPlan:
         part = None
         for branch, depth in zip(self.branches, self.depths, strict=True):
             part = branch.backward(Buf(self.heap, plane * depth, base="grad", owner=self.name))
-            dx = part if dx is None else Buf(self.heap, part.per_image, base="grad",
-                                              owner=self.name)
+            if dx is None:
+                dx = part  # the later parts are added into it
         del part
         assert dx is not None
         return dx
+
+    def consumes_dy(self) -> bool:
+        return False
 
     def leaves(self) -> list[PlanLayer]:
         return [leaf for b in self.branches for leaf in b.leaves()]
@@ -315,6 +332,9 @@ class Sequence:
         for item in reversed(self.items):
             dy = item.backward(dy)
         return dy
+
+    def consumes_dy(self) -> bool:
+        return _consumes(self.items)
 
     def sequences(self) -> list[Sequence]:
         return [self]
@@ -341,8 +361,15 @@ class ResidualBlock:
         return out + short
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        dx = self.body.backward(dy)
-        return dx + (self.shortcut.backward(dy) if self.shortcut.items else dy)
+        import numpy as np
+
+        # the shortcut reads dy after the body: a body that writes over dy gets a copy
+        dx = self.body.backward(dy.copy() if self.body.consumes_dy() else dy)
+        short = self.shortcut.backward(dy) if self.shortcut.items else dy
+        return np.add(dx, short, out=dx)  # dx is the body's own array: summed in place
+
+    def consumes_dy(self) -> bool:
+        return bool(self.shortcut.items) and self.shortcut.consumes_dy()
 
     def sequences(self) -> list[Sequence]:
         return [self.body, self.shortcut]
@@ -374,11 +401,16 @@ class ConcatBlock:
         dx = None
         start = 0
         for branch, depth in zip(self.branches, self._depths, strict=True):
-            part = branch.backward(np.ascontiguousarray(dy[..., start:start + depth]))
-            dx = part if dx is None else dx + part
+            # a copy of its slice for each branch (a view when the slice is contiguous
+            # would let the branch write over the concat's dy)
+            part = branch.backward(dy[..., start:start + depth].copy())
+            dx = part if dx is None else np.add(dx, part, out=dx)
             start += depth
         assert dx is not None
         return dx
+
+    def consumes_dy(self) -> bool:
+        return False
 
     def sequences(self) -> list[Sequence]:
         return list(self.branches)

@@ -1,12 +1,16 @@
 """Inverted dropout: each activation kept with probability 1 - p and scaled by 1/(1 - p) at
-training time, so test time is the identity (the notes' recommended form)."""
+training time, so test time is the identity (the notes' recommended form).
+
+In a training step it allocates the scaled mask (kept for backward; at float64 also the
+float32 draws it is made from, briefly) and its output; backward multiplies dy by the mask
+in place."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cnncli.analysis.memory import BOOL, Buf, Heap, PlanLayer
+from cnncli.analysis.memory import Buf, Heap, PlanLayer
 from cnncli.layers.base import EngineLayer, LayerSpec, ParseContext
 
 if TYPE_CHECKING:
@@ -66,21 +70,20 @@ class DropoutPlan(PlanLayer):
         if not training or self.p == 0:
             return x
         v = self.vol.size
-        uniform = self.work(v, itemsize=4)  # rng.random(..., dtype=float32)
-        keep = self.work(v, itemsize=BOOL)
-        del uniform
         mask = Buf(self.heap, v, base="act", owner=self.name, what="mask (scaled)")
-        del keep
+        if self.heap.itemsize != 4:  # the float32 draws, when the mask cannot hold them
+            uniform = self.work(v, itemsize=4)
+            del uniform
         self.keep(mask)
         del mask
         return self.out(self.vol)
 
     def backward(self, dy: Buf) -> Buf:
-        if not self.saved:
-            return dy
-        dx = self.grad(self.vol)
         self.drop()
-        return dx
+        return dy  # dy * mask, in place (or dy itself without a mask)
+
+    def consumes_dy(self) -> bool:
+        return True
 
 
 class DropoutEngine(EngineLayer):
@@ -96,15 +99,27 @@ class DropoutEngine(EngineLayer):
         if not training or self.p == 0:
             self._saved_mask = None
             return x
-        keep = 1.0 - self.p
-        mask = (self.rng.random(x.shape, dtype=np.float32) < keep).astype(x.dtype)
-        mask /= x.dtype.type(keep)
-        self._saved_mask = mask
-        return x * mask
+        from cnncli.engine.kernels.elementwise import dropout_mask, multiply_into
+
+        # the same float32 draws as rng.random(x.shape, dtype=float32), into the mask
+        # itself when it is float32: (u < keep) / keep, as the notes write it
+        mask = np.empty(x.shape, x.dtype)
+        if x.dtype == np.float32:
+            uniform = self.rng.random(dtype=np.float32, out=mask)
+        else:
+            uniform = self.rng.random(x.shape, dtype=np.float32)
+        self._saved_mask = dropout_mask(uniform, 1.0 - self.p, mask)
+        del uniform
+        return multiply_into(x, mask)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        from cnncli.engine.kernels.elementwise import multiply_into
+
         mask, self._saved_mask = self._saved_mask, None
-        return dy if mask is None else dy * mask
+        return dy if mask is None else multiply_into(dy, mask, out=dy)
+
+    def consumes_dy(self) -> bool:
+        return True  # it writes dy * mask over dy, or hands dy back
 
     def freeze(self, seed: int) -> None:
         import numpy as np

@@ -166,9 +166,9 @@ class PoolPlan(PlanLayer):
 
     def forward(self, x: Buf, training: bool) -> Buf:
         if self.is_global and self.type == "avg":
-            mean64 = self.work(self.vout.size, itemsize=FLOAT64)
             y = self.out(self.vout)
-            del mean64
+            sums = self.work(self.vout.size, itemsize=FLOAT64)  # float64, one per slice
+            del sums
             self.saved = []
             return y
         y = self.out(self.vout)
@@ -184,10 +184,7 @@ class PoolPlan(PlanLayer):
 
     def backward(self, dy: Buf) -> Buf:
         if self.is_global and self.type == "avg":
-            scaled = self.work(self.vout.size)
-            dx = self.grad(self.vin)
-            del scaled
-            return dx
+            return self.grad(self.vin)
         if self.type == "max":
             dx = self.grad(self.vin)
             self.drop()
@@ -228,12 +225,12 @@ class PoolEngine(EngineLayer):
         self._saved: tuple[np.ndarray, ...] | None = None
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        import numpy as np
-
+        from cnncli.engine.kernels import elementwise as ew
         from cnncli.engine.kernels import pool as pool_k
 
         if self.is_global and self.type == "avg":
-            y = x.mean(axis=(1, 2), keepdims=True, dtype=np.float64).astype(x.dtype)
+            # x.mean(axis=(1, 2), dtype=float64), one rounding to x's dtype
+            y = ew.global_avg_pool_forward(x)
             self._saved = () if training else None
             return y
         if self.type == "max":
@@ -249,15 +246,13 @@ class PoolEngine(EngineLayer):
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        import numpy as np
-
+        from cnncli.engine.kernels import elementwise as ew
         from cnncli.engine.kernels import pool as pool_k
 
         assert self._saved is not None, f"{self.name}: backward without a training forward"
         saved, self._saved = self._saved, None
         if self.is_global and self.type == "avg":
-            h, w = self.in_hw
-            return np.broadcast_to(dy / (h * w), (dy.shape[0], h, w, dy.shape[3])).copy()
+            return ew.global_avg_pool_backward(dy, self.in_hw)  # dy / (H*W) everywhere
         if self.type == "max":
             return pool_k.max_pool_backward(dy, saved[0], self.in_hw)
         if self.type == "avg":
