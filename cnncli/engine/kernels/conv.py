@@ -166,11 +166,11 @@ def _col2im_band(dcols, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw, G, Cg, dx
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nthreads, y):
-    """y[N, OH, OW, K] = conv(x, W2) (+ b); W2[G, Fh*Fw*Cg, Kg] rows ordered (p, q, c)."""
+def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols_t, tmp_t, y):
+    """y[N, OH, OW, K] = conv(x, W2) (+ b); W2[G, Fh*Fw*Cg, Kg] rows ordered (p, q, c).
+    One slot per thread: cols_t[T, G, rb*OW, kdim] and tmp_t[T, rb*OW, Kg] are its band."""
     N = x.shape[0]
     G = W2.shape[0]
-    kdim = W2.shape[1]
     Kg = W2.shape[2]
     Cg = x.shape[3] // G
     OH = y.shape[1]
@@ -178,13 +178,13 @@ def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nthre
     K = y.shape[3]
     nblk = (OH + rb - 1) // rb
     ntask = N * nblk
-    T = min(nthreads, ntask)
+    T = cols_t.shape[0]
     y2 = y.reshape(N * OH * OW, K)
     for t in prange(T):
         t0 = t * ntask // T
         t1 = (t + 1) * ntask // T
-        cols = np.empty((G, rb * OW, kdim), dtype=x.dtype)
-        tmp = np.empty((rb * OW, Kg), dtype=x.dtype)
+        cols = cols_t[t]
+        tmp = tmp_t[t]
         for task in range(t0, t1):
             n = task // nblk
             r0 = (task % nblk) * rb
@@ -214,9 +214,11 @@ def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nthre
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _conv_bwd_gemm(x, W2, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, need_dx,
-                   dx, dWp, dbp):
+                   dx, dWp, dbp, cols_t, dcols_t, dyg_t, tw_t):
     """dWp[chunk, G, kdim, Kg] and dbp[chunk, K] (zeroed) get per-chunk partial sums;
-    dx (zeroed, when need_dx) gets the input gradient. Chunks own whole images."""
+    dx (zeroed, when need_dx) gets the input gradient. Chunks own whole images. One slot
+    per thread works through its share of the chunks with its own band buffers (the
+    `_t` arrays, [T, ...]); a chunk's sums do not depend on which slot computed them."""
     N = x.shape[0]
     G = W2.shape[0]
     kdim = W2.shape[1]
@@ -227,47 +229,56 @@ def _conv_bwd_gemm(x, W2, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, need_d
     K = dy.shape[3]
     nblk = (OH + rb - 1) // rb
     dy2 = dy.reshape(N * OH * OW, K)
-    for t in prange(nchunk):
-        n0 = t * N // nchunk
-        n1 = (t + 1) * N // nchunk
-        cols = np.empty((G, rb * OW, kdim), dtype=x.dtype)
-        dcols = np.empty((G, rb * OW, kdim), dtype=x.dtype)
-        dyg = np.empty((rb * OW, Kg), dtype=x.dtype)
-        tw = np.empty((kdim, Kg), dtype=x.dtype)
-        for n in range(n0, n1):
-            for blk in range(nblk):
-                r0 = blk * rb
-                r1 = min(OH, r0 + rb)
-                rows = (r1 - r0) * OW
-                base = (n * OH + r0) * OW
-                dyb = dy2[base:base + rows]
-                dbt = dbp[t]
-                for r in range(rows):
-                    drow = dyb[r]
-                    for k in range(K):
-                        dbt[k] += drow[k]
-                _im2col_band(x, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw, G, Cg, cols)
-                for g in range(G):
-                    if G == 1:
-                        d = dyb
-                    else:
-                        d = dyg[:rows]
-                        k0 = g * Kg
-                        for r in range(rows):
-                            dst = d[r]
-                            src = dyb[r, k0:k0 + Kg]
-                            for k in range(Kg):
-                                dst[k] = src[k]
-                    np.dot(cols[g, :rows].T, d, tw)
-                    acc = dWp[t, g].reshape(kdim * Kg)
-                    twf = tw.reshape(kdim * Kg)
-                    for a in range(kdim * Kg):
-                        acc[a] += twf[a]
-                    if need_dx:
-                        np.dot(d, W2[g].T, dcols[g, :rows])
+    T = cols_t.shape[0]
+    for slot in prange(T):
+        cols = cols_t[slot]
+        dcols = dcols_t[slot]
+        dyg = dyg_t[slot]
+        tw = tw_t[slot]
+        for t in range(slot * nchunk // T, (slot + 1) * nchunk // T):
+            _conv_bwd_gemm_chunk(x, W2, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nblk, G,
+                                 kdim, Kg, Cg, OH, OW, K, t * N // nchunk,
+                                 (t + 1) * N // nchunk, need_dx, dx, dWp[t], dbp[t], cols,
+                                 dcols, dyg, tw)
+
+
+@njit(**JIT_OPTIONS)
+def _conv_bwd_gemm_chunk(x, W2, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nblk, G, kdim, Kg,
+                         Cg, OH, OW, K, n0, n1, need_dx, dx, dWt, dbt, cols, dcols, dyg, tw):
+    """One chunk of images [n0, n1) of _conv_bwd_gemm: its partial sums dWt, dbt."""
+    for n in range(n0, n1):
+        for blk in range(nblk):
+            r0 = blk * rb
+            r1 = min(OH, r0 + rb)
+            rows = (r1 - r0) * OW
+            base = (n * OH + r0) * OW
+            dyb = dy2[base:base + rows]
+            for r in range(rows):
+                drow = dyb[r]
+                for k in range(K):
+                    dbt[k] += drow[k]
+            _im2col_band(x, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw, G, Cg, cols)
+            for g in range(G):
+                if G == 1:
+                    d = dyb
+                else:
+                    d = dyg[:rows]
+                    k0 = g * Kg
+                    for r in range(rows):
+                        dst = d[r]
+                        src = dyb[r, k0:k0 + Kg]
+                        for k in range(Kg):
+                            dst[k] = src[k]
+                np.dot(cols[g, :rows].T, d, tw)
+                acc = dWt[g].reshape(kdim * Kg)
+                twf = tw.reshape(kdim * Kg)
+                for a in range(kdim * Kg):
+                    acc[a] += twf[a]
                 if need_dx:
-                    _col2im_band(dcols, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw,
-                                 G, Cg, dx)
+                    np.dot(d, W2[g].T, dcols[g, :rows])
+            if need_dx:
+                _col2im_band(dcols, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw,
+                             G, Cg, dx)
 
 
 # ----------------------------------------------------------------------------------
@@ -276,7 +287,7 @@ def _conv_bwd_gemm(x, W2, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, need_d
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _conv_fwd_direct(x, Wd, b, has_bias, sh, sw, ph, pw, dh, dw, nthreads, y):
+def _conv_fwd_direct(x, Wd, b, has_bias, sh, sw, ph, pw, dh, dw, acc_t, y):
     """Wd[Fh, Fw, Cg, Kg, G]; y[n, i, j, g*Kg + t] = sum x[n, ii, jj, g*Cg + c] Wd[p,q,c,t,g].
 
     Innermost loops run over the groups through 1-d views (contiguous when Cg == Kg == 1,
@@ -287,9 +298,9 @@ def _conv_fwd_direct(x, Wd, b, has_bias, sh, sw, ph, pw, dh, dw, nthreads, y):
     OH = y.shape[1]
     OW = y.shape[2]
     ntask = N * OH
-    T = min(nthreads, ntask)
+    T = acc_t.shape[0]  # one accumulator [Kg, G] per thread
     for t in prange(T):
-        acc = np.empty((Kg, G), dtype=x.dtype)
+        acc = acc_t[t]
         for task in range(t * ntask // T, (t + 1) * ntask // T):
             n = task // OH
             i = task % OH
@@ -325,53 +336,66 @@ def _conv_fwd_direct(x, Wd, b, has_bias, sh, sw, ph, pw, dh, dw, nthreads, y):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _conv_bwd_direct(x, Wd, dy, sh, sw, ph, pw, dh, dw, nchunk, need_dx, dx, dWp, dbp):
-    """Adjoint of _conv_fwd_direct; dWp[chunk, Fh, Fw, Cg, Kg, G], dbp[chunk, K] partials."""
+def _conv_bwd_direct(x, Wd, dy, sh, sw, ph, pw, dh, dw, nchunk, need_dx, dx, dWp, dbp,
+                     dyt_t):
+    """Adjoint of _conv_fwd_direct; dWp[chunk, Fh, Fw, Cg, Kg, G], dbp[chunk, K] partials.
+    One slot per thread (dyt_t[T, Kg, G] its buffer) works through its share of chunks."""
+    N, H, W, _ = x.shape
+    Fh, Fw, Cg, Kg, G = Wd.shape
+    T = dyt_t.shape[0]
+    for slot in prange(T):
+        dyt = dyt_t[slot]
+        for t in range(slot * nchunk // T, (slot + 1) * nchunk // T):
+            _conv_bwd_direct_chunk(x, Wd, dy, sh, sw, ph, pw, dh, dw, t * N // nchunk,
+                                   (t + 1) * N // nchunk, need_dx, dx, dWp[t], dbp[t], dyt)
+
+
+@njit(**JIT_OPTIONS)
+def _conv_bwd_direct_chunk(x, Wd, dy, sh, sw, ph, pw, dh, dw, n0, n1, need_dx, dx, dWt, dbt,
+                           dyt):
+    """One chunk of images [n0, n1) of _conv_bwd_direct: its partial sums dWt, dbt."""
     N, H, W, _ = x.shape
     Fh, Fw, Cg, Kg, G = Wd.shape
     OH = dy.shape[1]
     OW = dy.shape[2]
     K = dy.shape[3]
-    for t in prange(nchunk):
-        dbt = dbp[t]
-        dyt = np.empty((Kg, G), dtype=dy.dtype)
-        for n in range(t * N // nchunk, (t + 1) * N // nchunk):
-            for i in range(OH):
-                for j in range(OW):
-                    dyrow = dy[n, i, j]
-                    for k in range(K):
-                        dbt[k] += dyrow[k]
-                    for tk in range(Kg):  # regroup dy[.., g*Kg + tk] as dyt[tk, g]
-                        drow = dyt[tk]
-                        for g in range(G):
-                            drow[g] = dyrow[g * Kg + tk]
-                    for p in range(Fh):
-                        ii = i * sh - ph + p * dh
-                        if ii < 0 or ii >= H:
+    for n in range(n0, n1):
+        for i in range(OH):
+            for j in range(OW):
+                dyrow = dy[n, i, j]
+                for k in range(K):
+                    dbt[k] += dyrow[k]
+                for tk in range(Kg):  # regroup dy[.., g*Kg + tk] as dyt[tk, g]
+                    drow = dyt[tk]
+                    for g in range(G):
+                        drow[g] = dyrow[g * Kg + tk]
+                for p in range(Fh):
+                    ii = i * sh - ph + p * dh
+                    if ii < 0 or ii >= H:
+                        continue
+                    for q in range(Fw):
+                        jj = j * sw - pw + q * dw
+                        if jj < 0 or jj >= W:
                             continue
-                        for q in range(Fw):
-                            jj = j * sw - pw + q * dw
-                            if jj < 0 or jj >= W:
-                                continue
-                            xrow = x[n, ii, jj]
-                            dxrow = dx[n, ii, jj] if need_dx else dx[0, 0, 0]  # dummy dx
-                            for tk in range(Kg):
-                                drow = dyt[tk]
-                                for c in range(Cg):
-                                    dwrow = dWp[t, p, q, c, tk]
-                                    wv = Wd[p, q, c, tk]
-                                    if Cg == 1:
+                        xrow = x[n, ii, jj]
+                        dxrow = dx[n, ii, jj] if need_dx else dx[0, 0, 0]  # dummy dx
+                        for tk in range(Kg):
+                            drow = dyt[tk]
+                            for c in range(Cg):
+                                dwrow = dWt[p, q, c, tk]
+                                wv = Wd[p, q, c, tk]
+                                if Cg == 1:
+                                    for g in range(G):
+                                        dwrow[g] += drow[g] * xrow[g]
+                                    if need_dx:
                                         for g in range(G):
-                                            dwrow[g] += drow[g] * xrow[g]
-                                        if need_dx:
-                                            for g in range(G):
-                                                dxrow[g] += drow[g] * wv[g]
-                                    else:
+                                            dxrow[g] += drow[g] * wv[g]
+                                else:
+                                    for g in range(G):
+                                        dwrow[g] += drow[g] * xrow[g * Cg + c]
+                                    if need_dx:
                                         for g in range(G):
-                                            dwrow[g] += drow[g] * xrow[g * Cg + c]
-                                        if need_dx:
-                                            for g in range(G):
-                                                dxrow[g * Cg + c] += drow[g] * wv[g]
+                                            dxrow[g * Cg + c] += drow[g] * wv[g]
 
 
 # ----------------------------------------------------------------------------------
@@ -415,17 +439,18 @@ def _local_w_at(w, i, j, Wt):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _local_fwd(x, w, b, has_bias, sh, sw, ph, pw, dh, dw, nthreads, y):
-    """w[K, OH, OW, C, Fh, Fw], b[K, OH, OW]; y[N, OH, OW, K]. Parallel over positions."""
+def _local_fwd(x, w, b, has_bias, sh, sw, ph, pw, dh, dw, patch_t, wt_t, out_t, y):
+    """w[K, OH, OW, C, Fh, Fw], b[K, OH, OW]; y[N, OH, OW, K]. Parallel over positions,
+    one slot per thread with its buffers (patch_t[T, N, kdim], wt_t[T, K, kdim],
+    out_t[T, N, K])."""
     N = x.shape[0]
     K, OH, OW, C, Fh, Fw = w.shape
-    kdim = Fh * Fw * C
     P = OH * OW
-    T = min(nthreads, P)
+    T = patch_t.shape[0]
     for t in prange(T):
-        patch = np.empty((N, kdim), dtype=x.dtype)
-        Wt = np.empty((K, kdim), dtype=x.dtype)
-        out = np.empty((N, K), dtype=x.dtype)
+        patch = patch_t[t]
+        Wt = wt_t[t]
+        out = out_t[t]
         for pos in range(t * P // T, (t + 1) * P // T):
             i = pos // OW
             j = pos % OW
@@ -440,18 +465,18 @@ def _local_fwd(x, w, b, has_bias, sh, sw, ph, pw, dh, dw, nthreads, y):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _local_bwd_w(x, dy, sh, sw, ph, pw, dh, dw, nthreads, dwt, db):
+def _local_bwd_w(x, dy, sh, sw, ph, pw, dh, dw, patch_t, d_t, g_t, dwt, db):
     """dwt[K, OH, OW, C, Fh, Fw] and db[K, OH, OW] (float64, zeroed); parallel over
-    positions (each owns its weights: no reduction across threads)."""
+    positions (each owns its weights: no reduction across threads), one slot per thread
+    with its buffers (patch_t[T, N, kdim], d_t[T, N, K], g_t[T, K, kdim])."""
     N = x.shape[0]
     K, OH, OW, C, Fh, Fw = dwt.shape
-    kdim = Fh * Fw * C
     P = OH * OW
-    T = min(nthreads, P)
+    T = patch_t.shape[0]
     for t in prange(T):
-        patch = np.empty((N, kdim), dtype=x.dtype)
-        d = np.empty((N, K), dtype=x.dtype)
-        g = np.empty((K, kdim), dtype=x.dtype)
+        patch = patch_t[t]
+        d = d_t[t]
+        g = g_t[t]
         for pos in range(t * P // T, (t + 1) * P // T):
             i = pos // OW
             j = pos % OW
@@ -473,19 +498,20 @@ def _local_bwd_w(x, dy, sh, sw, ph, pw, dh, dw, nthreads, dwt, db):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _local_bwd_x(w, dy, sh, sw, ph, pw, dh, dw, nchunk, dx):
+def _local_bwd_x(w, dy, sh, sw, ph, pw, dh, dw, d_t, dp_t, wt_t, dx):
     """dx[N, H, W, C] (zeroed) += scatter of dy[n, i, j, :] @ w[:, i, j]; chunks own images
-    (so the result does not depend on the chunking)."""
+    (so the result does not depend on the chunking). One chunk per thread, with its buffers
+    (d_t[T, m, K], dp_t[T, m, kdim], wt_t[T, K, kdim]; m = ceil(N / T))."""
     N, H, W, C = dx.shape
     K, OH, OW, _, Fh, Fw = w.shape
-    kdim = Fh * Fw * C
+    nchunk = d_t.shape[0]
     for t in prange(nchunk):
         n0 = t * N // nchunk
         n1 = (t + 1) * N // nchunk
         m = n1 - n0
-        d = np.empty((m, K), dtype=dx.dtype)
-        dp = np.empty((m, kdim), dtype=dx.dtype)
-        Wt = np.empty((K, kdim), dtype=dx.dtype)
+        d = d_t[t, :m]
+        dp = dp_t[t, :m]
+        Wt = wt_t[t]
         for i in range(OH):
             for j in range(OW):
                 for a in range(m):
@@ -623,11 +649,17 @@ def conv2d_forward(x, w, b, stride, pad, dilation, groups, out_hw):
         return y
     if _use_direct(Cg, K // G, G):
         Wd = _direct_weights(w, G)
-        _conv_fwd_direct(x, Wd, bb, has_bias, sh, sw, ph, pw, dh, dw, _threads(), y)
+        T = min(_threads(), N * OH)  # each thread's accumulator, allocated here, not in it
+        acc = np.empty((T, K // G, G), dtype=x.dtype)
+        _conv_fwd_direct(x, Wd, bb, has_bias, sh, sw, ph, pw, dh, dw, acc, y)
     else:
         W2 = _gemm_weights(w, G)
-        rb = _band_rows(OH, OW, G, W2.shape[1], x.itemsize)
-        _conv_fwd_gemm(x, W2, bb, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, _threads(), y)
+        kdim = W2.shape[1]
+        rb = _band_rows(OH, OW, G, kdim, x.itemsize)
+        T = min(_threads(), N * (-(-OH // rb)))  # each thread's im2col band
+        cols = np.empty((T, G, rb * OW, kdim), dtype=x.dtype)
+        tmp = np.empty((T, rb * OW, K // G), dtype=x.dtype)
+        _conv_fwd_gemm(x, W2, bb, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols, tmp, y)
     return y
 
 
@@ -652,8 +684,9 @@ def conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True):
     elif _use_direct(Cg, Kg, G):
         Wd = _direct_weights(w, G)
         dWp = np.zeros((nchunk,) + Wd.shape, dtype=x.dtype)
+        dyt = np.empty((min(_threads(), nchunk), Kg, G), dtype=x.dtype)
         _conv_bwd_direct(x, Wd, dy, sh, sw, ph, pw, dh, dw, nchunk, bool(need_dx), dx, dWp,
-                         dbp)
+                         dbp, dyt)
         dWd = _sum_chunks(dWp)  # [Fh, Fw, Cg, Kg, G]
         dwt = np.ascontiguousarray(dWd.transpose(4, 3, 2, 0, 1).reshape(K, Cg, Fh, Fw))
     else:
@@ -661,8 +694,13 @@ def conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True):
         kdim = W2.shape[1]
         rb = _band_rows(OH, OW, G, kdim, x.itemsize)
         dWp = np.zeros((nchunk, G, kdim, Kg), dtype=x.dtype)
+        T = min(_threads(), nchunk)  # each thread's band buffers, allocated here, not in it
+        band = rb * OW
         _conv_bwd_gemm(x, W2, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, bool(need_dx),
-                       dx, dWp, dbp)
+                       dx, dWp, dbp, np.empty((T, G, band, kdim), dtype=x.dtype),
+                       np.empty((T, G, band, kdim), dtype=x.dtype),
+                       np.empty((T, band, Kg), dtype=x.dtype),
+                       np.empty((T, kdim, Kg), dtype=x.dtype))
         dW2 = _sum_chunks(dWp)  # [G, (p, q, c), Kg]
         dwt = np.ascontiguousarray(
             dW2.reshape(G, Fh, Fw, Cg, Kg).transpose(0, 4, 3, 1, 2).reshape(K, Cg, Fh, Fw)
@@ -710,7 +748,10 @@ def local2d_forward(x, w, b, stride, pad, dilation, out_hw):
     y = np.empty((N, OH, OW, K), dtype=x.dtype)
     if N == 0:
         return y
-    _local_fwd(x, w, bb, has_bias, sh, sw, ph, pw, dh, dw, _threads(), y)
+    T = min(_threads(), OH * OW)  # each thread's buffers, allocated here, not in it
+    kdim = Fh * Fw * C
+    _local_fwd(x, w, bb, has_bias, sh, sw, ph, pw, dh, dw, np.empty((T, N, kdim), x.dtype),
+               np.empty((T, K, kdim), x.dtype), np.empty((T, N, K), x.dtype), y)
     return y
 
 
@@ -729,9 +770,15 @@ def local2d_backward(x, w, dy, stride, pad, dilation, need_dx=True):
     dbl = np.zeros((K, OH, OW), dtype=np.float64)
     dx = np.zeros_like(x) if need_dx else None
     if N > 0:
-        _local_bwd_w(x, dy, sh, sw, ph, pw, dh, dw, _threads(), dwt, dbl)
+        kdim = Fh * Fw * C
+        T = min(_threads(), OH * OW)
+        _local_bwd_w(x, dy, sh, sw, ph, pw, dh, dw, np.empty((T, N, kdim), x.dtype),
+                     np.empty((T, N, K), x.dtype), np.empty((T, K, kdim), x.dtype), dwt, dbl)
         if dx is not None:
             nchunk = max(1, min(N, _threads()))  # chunks own images: any count gives the same bits
-            _local_bwd_x(w, dy, sh, sw, ph, pw, dh, dw, nchunk, dx)
+            m = -(-N // nchunk)
+            _local_bwd_x(w, dy, sh, sw, ph, pw, dh, dw, np.empty((nchunk, m, K), x.dtype),
+                         np.empty((nchunk, m, kdim), x.dtype),
+                         np.empty((nchunk, K, kdim), x.dtype), dx)
     db = dbl.astype(x.dtype)
     return dx, dwt, db
