@@ -21,6 +21,7 @@ from cnncli.engine.gradcheck import check_network
 from cnncli.engine.kernels.conv_algo import GEMM, WINOGRAD, choose, winograd_eligible
 from cnncli.engine.network import Network
 from cnncli.engine.profile import profile_layers
+from cnncli.layers.conv import ConvEngine
 from cnncli.render.tables import bench_layout
 from cnncli.spec import catalog
 from cnncli.spec.parse import load_spec
@@ -50,7 +51,8 @@ TINY: dict[str, Any] = {
 
 
 def conv_algorithms(net: Network) -> dict[str, str]:
-    return {layer.name: layer.algorithm for layer in net.layers if hasattr(layer, "algo")}
+    return {layer.name: layer.algorithm for layer in net.layers
+            if isinstance(layer, ConvEngine)}
 
 
 # --------------------------------------------------------------------------- the policy
@@ -121,6 +123,7 @@ def test_winograd_net_computes_what_the_gemm_net_computes(dtype: Any, tol: float
         scores = net.forward(x, training=True)
         _, d = net.loss(scores, labels)
         dx = net.backward(d, input_grad=True)
+        assert dx is not None
         results.append((scores, dx, net.grads))
     (s_g, dx_g, g_g), (s_w, dx_w, g_w) = results
     assert rel(s_w, s_g) < tol
@@ -154,6 +157,7 @@ def test_winograd_layer_matches_torch_conv2d(pad: int) -> None:
     y = net.forward(x, training=True)
     dy = np.random.default_rng(9).standard_normal(y.shape)
     dx = net.backward(dy, input_grad=True)
+    assert dx is not None
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
     w = torch.from_numpy(net.params["conv1.weight"]).requires_grad_()
     b = torch.from_numpy(net.params["conv1.bias"]).requires_grad_()

@@ -109,8 +109,8 @@ def profile_layers(spec: Spec, volume: Volume | None, batch: int, iterations: in
                                  "output": None if row.output is None else str(row.output),
                                  "algorithm": None, "matrices": None}
         rows.append(entry)
-        item = by_key[row.name].item if row.name in by_key else None
-        if hasattr(item, "matrices"):  # a conv: which kernel, which products
+        item: Any = by_key[row.name].item if row.name in by_key else None
+        if item is not None and hasattr(item, "matrices"):  # a conv: kernel and products
             entry.update(algorithm=item.algorithm, matrices=item.matrices())
         if row.is_block:
             entry.update(forward_ms=None, backward_ms=None, gflops_forward=None,
