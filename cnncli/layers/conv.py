@@ -387,12 +387,11 @@ class WinogradPlan(ConvPlan):
     def __init__(self, heap: Heap, row: Row, threads: int, node: Conv, tile: int):
         super().__init__(heap, row, threads, node)
         self.m = tile
-        self.pad = node.pad.h
         self.c = self.vin.d
         self.a2 = (tile + 2) ** 2
 
     def im2col(self) -> tuple[int, int] | None:
-        return None
+        return None  # no im2col bands: the memory report's im2col note skips this layer
 
     def _filter_transform(self) -> Buf:
         u = self.work(0, self.a2 * self.c * self.k)
