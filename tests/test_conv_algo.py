@@ -230,10 +230,14 @@ def test_bench_shows_which_layers_ran_winograd_and_their_tiles() -> None:
     assert any(line.startswith("conv1 ") and "winograd" in line for line, _ in narrow.lines)
 
 
-def test_memory_estimate_with_winograd_is_within_1_percent_of_the_measured_peak() -> None:
+# cifar_vgg_bn's conv5 (8x8 maps) has a single dW chunk at batch 16: numba's parallel loop
+# then allocates one more Z and S block than the running thread's (sizes.py)
+@pytest.mark.parametrize("name", ["cifar_small", "cifar_vgg_bn"])
+def test_memory_estimate_with_winograd_is_within_1_percent_of_the_measured_peak(
+        name: str) -> None:
     from cnncli.engine.measure import measure
 
-    spec = load_spec(catalog.resolve("cifar_small"))
+    spec = load_spec(catalog.resolve(name))
     measured = measure(spec, 16, threads=2, conv_algo="winograd")["peak_bytes"]
     estimated = estimate(spec, batch=16, threads=2, conv_algo="winograd").peak
     assert abs(estimated / measured - 1) < 0.01, (estimated, measured)
