@@ -45,8 +45,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CONV_ALGOS = ("auto", "gemm", "winograd")
-# What train/eval/bench/memory run without --conv-algo: see DEFAULT_REASON.
-DEFAULT_CONV_ALGO = "gemm"
+# What train/bench/gradcheck/memory run without --conv-algo (eval: the run's own). Measured
+# by bench/bench_algo.py (whole training steps, batch 64, 2 threads, medians of 3
+# alternating subprocess rounds): auto over gemm 1.52x / 1.37x / 1.45x and 1.12x / 1.70x /
+# 1.53x on cifar_small / cifar_vgg_bn / resnet20 in two runs at load 0.6-1.6; one run at
+# load 3.5 (other jobs on both cores) gave 1.08x / 1.07x / 0.96x, inside its noise.
+DEFAULT_CONV_ALGO = "auto"
 WINOGRAD_PADS = (0, 1, 2)
 TILE = 4  # F(4x4, 3x3): the only tile the policies pick (F(2x2) stays in the kernels)
 # auto: the measured range (see above): output positions per side, and filters
