@@ -1,8 +1,10 @@
 """Benchmark the Winograd conv kernels against today's conv kernels (cnncli.engine.kernels.conv).
 
     .venv/bin/python bench/bench_winograd.py [--batch 64] [--threads 2] [--rounds 15]
+                                             [--nets cifar_small,cifar_vgg_bn,resnet20]
 
-The 3x3 stride-1 "same" layers of the batchnorm CIFAR net and ResNet-20, float32. Each
+The 3x3 stride-1 "same" layers of the batchnorm CIFAR net and ResNet-20, float32, or with
+--nets every distinct Winograd-eligible layer shape of those specs (first layers too). Each
 round times every implementation once, in turn, so a load spike on a shared machine hits
 them all alike; tables show the median per implementation, GFLOP/s counted as direct
 convolution would (2 N OH OW K C 9 / time, whatever the algorithm computes) and the
@@ -20,16 +22,43 @@ import sys
 import time
 from statistics import median
 
-# (name, H, W, C, K): 3x3, stride 1, pad 1
+# (name, H, W, C, K, pad): 3x3, stride 1
 LAYERS = [
-    ("32x32 16->16", 32, 32, 16, 16),
-    ("32x32 32->32", 32, 32, 32, 32),
-    ("16x16 32->32", 16, 16, 32, 32),
-    ("16x16 64->64", 16, 16, 64, 64),
-    ("8x8 64->64", 8, 8, 64, 64),
-    ("8x8 128->128", 8, 8, 128, 128),
+    ("32x32 16->16", 32, 32, 16, 16, 1),
+    ("32x32 32->32", 32, 32, 32, 32, 1),
+    ("16x16 32->32", 16, 16, 32, 32, 1),
+    ("16x16 64->64", 16, 16, 64, 64, 1),
+    ("8x8 64->64", 8, 8, 64, 64, 1),
+    ("8x8 128->128", 8, 8, 128, 128, 1),
 ]
 TILES = (4, 2)
+
+
+def net_layers(names):
+    """Every distinct Winograd-eligible conv shape of the named specs, in order."""
+    from cnncli.analysis.report import analyze
+    from cnncli.engine.kernels.conv_algo import winograd_eligible
+    from cnncli.spec import catalog
+    from cnncli.spec.parse import load_spec
+    from cnncli.spec.types import walk
+
+    seen = {}
+    for name in names:
+        spec = load_spec(catalog.resolve(name))
+        rows = {r.name: r for r in analyze(spec).rows}
+        for node in walk(spec.layers):
+            if node.key != "conv":
+                continue
+            if not winograd_eligible((node.size.h, node.size.w), (node.stride.h, node.stride.w),
+                                     (node.dilation.h, node.dilation.w), node.groups,
+                                     (node.pad.h, node.pad.w)):
+                continue
+            v = rows[node.name].input
+            key = (v.h, v.w, v.d, node.filters, node.pad.h)
+            label = f"{v.h}x{v.w} {v.d}->{node.filters}" + (f" p{node.pad.h}"
+                                                              if node.pad.h != 1 else "")
+            seen.setdefault(key, label)
+    return [(label, *key) for key, label in seen.items()]
 
 
 def _flops(N, H, W, C, K):
@@ -46,7 +75,7 @@ def _layer_arrays(rng, N, H, W, C, K, dtype):
     return x, w, b, dy
 
 
-def time_layer(N, H, W, C, K, rounds):
+def time_layer(N, H, W, C, K, P, rounds):
     """Median seconds per implementation, timed in alternating rounds."""
     import numpy as np
 
@@ -54,16 +83,17 @@ def time_layer(N, H, W, C, K, rounds):
     from cnncli.engine.kernels import winograd as wg
 
     x, w, b, dy = _layer_arrays(np.random.default_rng(0), N, H, W, C, K, np.float32)
-    geo = ((1, 1), (1, 1), (1, 1), 1)
+    dy = dy[:, :H + 2 * P - 2, :W + 2 * P - 2].copy()
+    geo = ((1, 1), (P, P), (1, 1), 1)
     fns = {
-        "conv fwd": lambda: conv.conv2d_forward(x, w, b, *geo, (H, W)),
+        "conv fwd": lambda: conv.conv2d_forward(x, w, b, *geo, dy.shape[1:3]),
         "conv dx+dW": lambda: conv.conv2d_backward(x, w, dy, *geo, need_dx=True),
         "conv dW": lambda: conv.conv2d_backward(x, w, dy, *geo, need_dx=False),
     }
     for t in TILES:
-        fns[f"F{t} fwd"] = lambda t=t: wg.winograd_conv_forward(x, w, b, 1, t)
-        fns[f"F{t} dx"] = lambda t=t: wg.winograd_conv_backward_data(dy, w, 1, t)
-        fns[f"F{t} dW"] = lambda t=t: wg.winograd_conv_backward_weights(x, dy, 1, t)
+        fns[f"F{t} fwd"] = lambda t=t: wg.winograd_conv_forward(x, w, b, P, t)
+        fns[f"F{t} dx"] = lambda t=t: wg.winograd_conv_backward_data(dy, w, P, t)
+        fns[f"F{t} dW"] = lambda t=t: wg.winograd_conv_backward_weights(x, dy, P, t)
     for fn in fns.values():  # warm-up: JIT, caches
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -77,7 +107,7 @@ def time_layer(N, H, W, C, K, rounds):
     return med
 
 
-def error_layer(N, H, W, C, K):
+def error_layer(N, H, W, C, K, P):
     """Max relative error of float32 results against float64 direct convolution."""
     import numpy as np
 
@@ -85,8 +115,10 @@ def error_layer(N, H, W, C, K):
     from cnncli.engine.kernels import winograd as wg
 
     x, w, b, dy = _layer_arrays(np.random.default_rng(1), N, H, W, C, K, np.float64)
-    geo = ((1, 1), (1, 1), (1, 1), 1)
-    y64 = conv.conv2d_forward(x, w, b, *geo, (H, W))
+    dy = dy[:, :H + 2 * P - 2, :W + 2 * P - 2].copy()
+    geo = ((1, 1), (P, P), (1, 1), 1)
+    out_hw = dy.shape[1:3]
+    y64 = conv.conv2d_forward(x, w, b, *geo, out_hw)
     dx64, dw64, _ = conv.conv2d_backward(x, w, dy, *geo)
     x32, w32, b32, dy32 = (a.astype(np.float32) for a in (x, w, b, dy))
 
@@ -94,12 +126,12 @@ def error_layer(N, H, W, C, K):
         return float(np.abs(a.astype(np.float64) - ref).max() / np.abs(ref).max())
 
     dx32, dw32, _ = conv.conv2d_backward(x32, w32, dy32, *geo)
-    rows = {"im2col": (rel(conv.conv2d_forward(x32, w32, b32, *geo, (H, W)), y64),
+    rows = {"im2col": (rel(conv.conv2d_forward(x32, w32, b32, *geo, out_hw), y64),
                        rel(dx32, dx64), rel(dw32, dw64))}
     for t in TILES:
-        rows[f"F({t}x{t})"] = (rel(wg.winograd_conv_forward(x32, w32, b32, 1, t), y64),
-                              rel(wg.winograd_conv_backward_data(dy32, w32, 1, t), dx64),
-                              rel(wg.winograd_conv_backward_weights(x32, dy32, 1, t), dw64))
+        rows[f"F({t}x{t})"] = (rel(wg.winograd_conv_forward(x32, w32, b32, P, t), y64),
+                              rel(wg.winograd_conv_backward_data(dy32, w32, P, t), dx64),
+                              rel(wg.winograd_conv_backward_weights(x32, dy32, P, t), dw64))
     return rows
 
 
@@ -121,7 +153,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=15, help="alternating timing rounds")
     ap.add_argument("--no-errors", action="store_true", help="skip the float32 error table")
+    ap.add_argument("--nets", help="comma-separated specs: time their eligible layer shapes")
     a = ap.parse_args()
+    layers = net_layers(a.nets.split(",")) if a.nets else LAYERS
 
     from cnncli import config
 
@@ -131,9 +165,9 @@ def main():
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
           f"load average {load0:.1f} at start")
     results = []
-    for name, H, W, C, K in LAYERS:
-        results.append((name, _flops(a.batch, H, W, C, K),
-                        time_layer(a.batch, H, W, C, K, a.rounds)))
+    for name, H, W, C, K, P in layers:
+        results.append((name, _flops(a.batch, H + 2 * P - 2, W + 2 * P - 2, C, K),
+                        time_layer(a.batch, H, W, C, K, P, a.rounds)))
     print(f"load average {os.getloadavg()[0]:.1f} at the end of timing")
     print("\nms, direct-equivalent GFLOP/s and speed-up vs conv.py (median of "
           f"{a.rounds} alternating rounds)")
@@ -162,8 +196,8 @@ def main():
     print(f"\nfloat32 max relative error vs float64 direct (batch {a.batch}, He-scaled "
           "weights)")
     print(f"{'layer':14s} {'algorithm':10s} {'forward':>9s} {'dx':>9s} {'dW':>9s}")
-    for name, H, W, C, K in LAYERS:
-        for alg, errs in error_layer(a.batch, H, W, C, K).items():
+    for name, H, W, C, K, P in layers:
+        for alg, errs in error_layer(a.batch, H, W, C, K, P).items():
             print(f"{name:14s} {alg:10s} " + " ".join(f"{e:9.2e}" for e in errs))
 
 

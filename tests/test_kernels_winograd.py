@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnncli.engine.kernels import conv
+from cnncli.engine.kernels import conv, sizes
 from cnncli.engine.kernels import winograd as wg
 
 try:
@@ -199,8 +199,8 @@ def test_many_blocks_and_chunks_match_direct(tile, monkeypatch):
     ref = conv.conv2d_forward(x, w, b, (1, 1), (1, 1), (1, 1), 1, (11, 13))
     rdx, rdw, _ = conv.conv2d_backward(x, w, dy, (1, 1), (1, 1), (1, 1), 1)
     for tiles in (1, 1000):
-        monkeypatch.setattr(wg, "BLOCK_TILES", tiles)
-        monkeypatch.setattr(wg, "BLOCK_TILES_DW", tiles)
+        monkeypatch.setattr(sizes, "WINOGRAD_BLOCK_TILES", tiles)
+        monkeypatch.setattr(sizes, "WINOGRAD_BLOCK_TILES_DW", tiles)
         np.testing.assert_allclose(wg.winograd_conv_forward(x, w, b, 1, tile), ref, 0, TOL)
         np.testing.assert_allclose(wg.winograd_conv_backward_data(dy, w, 1, tile), rdx, 0,
                                    TOL)

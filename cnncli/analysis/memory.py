@@ -265,8 +265,9 @@ class PlanBuilder:
     """The engine's builder (engine/network.py), over plans: each layer type builds its own
     plan; the in-place decisions come from the same rule as the engine's."""
 
-    def __init__(self, heap: Heap, report: Report, threads: int):
+    def __init__(self, heap: Heap, report: Report, threads: int, conv_algo: str = "gemm"):
         self.heap, self.threads = heap, threads
+        self.conv_algo = conv_algo  # --conv-algo: each conv plans what its engine runs
         self.rows = {r.name: r for r in report.rows}
         self.in_place = in_place_activations(report.spec.layers)  # the engine's own rule
 
@@ -373,13 +374,14 @@ def _check_options(batch: int, dtype: str, optimizer: str, mode: str, threads: i
 
 
 def simulate(report: Report, batch: int, dtype: str = "float32", optimizer: str = "momentum",
-             mode: str = "train", threads: int | None = None) -> tuple[Heap, list[PlanLayer]]:
+             mode: str = "train", threads: int | None = None,
+             conv_algo: str = "gemm") -> tuple[Heap, list[PlanLayer]]:
     """Replay one step on the simulated heap; returns the heap (its peaks, and `kept`: what
     each layer's forward allocated that backward reads) and the mirrored layers."""
     threads = threads or default_threads()
     heap = Heap(batch, DTYPES[dtype])
     spec = report.spec
-    net = PlanBuilder(heap, report, threads).sequence(spec.layers)
+    net = PlanBuilder(heap, report, threads, conv_algo).sequence(spec.layers)
     layers = net.leaves()
     if net.items and isinstance(net.items[0], PlanLayer):
         net.items[0].need_dx = False
@@ -444,14 +446,14 @@ def _kept_by_layer(layers: list[PlanLayer], x: Buf) -> dict[str, list[_Kept]]:
 
 def estimate(spec: Spec, batch: int = 64, dtype: str = "float32", optimizer: str = "momentum",
              mode: str = "train", threads: int | None = None, input_volume: Volume | None = None,
-             rounding: str | None = None) -> MemoryReport:
+             rounding: str | None = None, conv_algo: str = "gemm") -> MemoryReport:
     """The itemised memory of one training step (or one inference pass) of `spec`."""
     threads = threads or default_threads()
     _check_options(batch, dtype, optimizer, mode, threads)
     report = analyze(spec, input_volume, rounding)
     if report.errors:
         raise SpecInvalid(report.errors)
-    heap, layers = simulate(report, batch, dtype, optimizer, mode, threads)
+    heap, layers = simulate(report, batch, dtype, optimizer, mode, threads, conv_algo)
     training = mode == "train"
     items = []
     for key, label in ITEMS.items():
@@ -560,15 +562,15 @@ def parse_bytes(text: str) -> int:
 
 
 def peak_bytes(report: Report, batch: int, dtype: str, optimizer: str, mode: str,
-               threads: int) -> int:
-    heap, _ = simulate(report, batch, dtype, optimizer, mode, threads)
+               threads: int, conv_algo: str = "gemm") -> int:
+    heap, _ = simulate(report, batch, dtype, optimizer, mode, threads, conv_algo)
     return heap.peak
 
 
 def largest_batch(spec: Spec, budget: int, dtype: str = "float32",
                   optimizer: str = "momentum", mode: str = "train", threads: int | None = None,
                   input_volume: Volume | None = None, rounding: str | None = None,
-                  limit: int = 1 << 24) -> tuple[int, int, int]:
+                  limit: int = 1 << 24, conv_algo: str = "gemm") -> tuple[int, int, int]:
     """The largest batch whose peak fits in `budget` bytes: (batch, its peak, the peak of
     one image more). Batch 0 when not even one image fits."""
     threads = threads or default_threads()
@@ -578,7 +580,7 @@ def largest_batch(spec: Spec, budget: int, dtype: str = "float32",
         raise SpecInvalid(report.errors)
 
     def peak(b: int) -> int:
-        return peak_bytes(report, b, dtype, optimizer, mode, threads)
+        return peak_bytes(report, b, dtype, optimizer, mode, threads, conv_algo)
 
     if peak(1) > budget:
         return 0, 0, peak(1)

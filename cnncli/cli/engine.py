@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cnncli.cli.options import (
+    DEFAULT_CONV,
+    ConvAlgoOpt,
     InputOpt,
     SeedOpt,
     SpecArg,
@@ -47,6 +49,7 @@ def gradcheck(
     samples: Annotated[int, typer.Option(help="Entries sampled per tensor.", min=1)] = 8,
     seed: SeedOpt = 0,
     fmt: TableOrJsonOpt = TableOrJson.table,
+    conv_algo: ConvAlgoOpt = DEFAULT_CONV,
 ) -> None:
     """Finite-difference gradient check in float64, every layer and the whole net.
 
@@ -59,7 +62,7 @@ def gradcheck(
 
     net_spec = open_spec(spec)
     volume = input_override(input) or smallest_valid_input(net_spec)
-    net = Network(net_spec, volume, dtype=np.float64, seed=seed)
+    net = Network(net_spec, volume, dtype=np.float64, seed=seed, conv_algo=conv_algo.value)
     started = time.perf_counter()
     checks = check_network(net, batch=batch, samples=samples, seed=seed)
     elapsed = time.perf_counter() - started
@@ -131,6 +134,7 @@ def bench(
                                             min=1)] = 5,
     threads: ThreadsOpt = None,
     fmt: TableOrJsonOpt = TableOrJson.table,
+    conv_algo: ConvAlgoOpt = DEFAULT_CONV,
 ) -> None:
     """Per-layer forward and backward time and GFLOP/s, like `caffe time`.
 
@@ -139,7 +143,8 @@ def bench(
     from cnncli.engine.profile import profile_layers
 
     net_spec = open_spec(spec)
-    result = profile_layers(net_spec, input_override(input), batch, iterations, threads)
+    result = profile_layers(net_spec, input_override(input), batch, iterations, threads,
+                            conv_algo.value)
     if fmt is TableOrJson.json:
         print_json(result)
         return

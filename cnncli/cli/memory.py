@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 
 from cnncli.cli.options import (
+    DEFAULT_CONV,
+    ConvAlgoOpt,
     InputOpt,
     RoundingOpt,
     SpecArg,
@@ -72,6 +74,7 @@ def memory(
         "--measure", help="Also run one real step of the engine on random data and "
                           "report its measured peak (tracemalloc) next to the "
                           "estimate.")] = False,
+    conv_algo: ConvAlgoOpt = DEFAULT_CONV,
     ranks: Annotated[int, typer.Option(
         help="Size one rank of a data-parallel run over N MPI ranks: --batch stays the "
              "global batch (each rank computes batch/N), plus the gradient buffer each "
@@ -94,6 +97,7 @@ def memory(
     # what the engine would run: more than the cores only warns (cnncli.config); with
     # --ranks N, one rank's share of this machine's cores
     n_threads = min(threads or rank_threads(default_threads(), ranks, False), default_threads())
+    algo = conv_algo.value  # each conv's workspace is its algorithm's (Winograd's V/M blocks)
     fit: dict[str, Any] | None = None
     dist: dict[str, Any] | None = None
     if budget is not None:
@@ -102,10 +106,10 @@ def memory(
         if ranks > 1:
             extra = distributed.size_rank(estimate(
                 net, 1, dtype.value, optimizer.value, mode.value, n_threads, volume,
-                mode_s), ranks, ranks)["allreduce_buffer_bytes"]
+                mode_s, algo), ranks, ranks)["allreduce_buffer_bytes"]
         best, best_peak, next_peak = largest_batch(
             net, limit - extra, dtype.value, optimizer.value, mode.value, n_threads, volume,
-            mode_s)
+            mode_s, conv_algo=algo)
         fit = {"budget": budget, "budget_bytes": limit, "largest_batch": best,
                "peak_bytes": best_peak + extra,
                "next_batch_peak_bytes": next_peak + extra if next_peak else 0}
@@ -119,7 +123,7 @@ def memory(
     else:
         global_batch, batch = batch, distributed.per_rank_batch(batch, ranks)
     report = estimate(net, batch, dtype.value, optimizer.value, mode.value, n_threads,
-                      volume, mode_s)
+                      volume, mode_s, algo)
     if ranks > 1:
         dist = distributed.size_rank(report, ranks, global_batch)
     measured: dict[str, Any] | None = None
@@ -127,7 +131,7 @@ def memory(
         from cnncli.engine.measure import measure as run_measure
 
         measured = run_measure(net, batch, dtype.value, optimizer.value, mode.value,
-                               threads, volume, mode_s)
+                               threads, volume, mode_s, conv_algo=algo)
         measured["estimate_error"] = report.peak / measured["peak_bytes"] - 1
     if fmt is TableOrJson.json:
         data = report.as_dict()

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from cnncli.cli.output import warn
+from cnncli.engine.kernels.conv_algo import CONV_ALGOS, DEFAULT_CONV_ALGO
 from cnncli.errors import InputError
 from cnncli.spec import catalog
 from cnncli.spec.parse import ROUNDINGS, Spec, Volume, load_spec, parse_volume
@@ -48,6 +49,17 @@ class Rounding(StrEnum):
 assert tuple(r.value for r in Rounding) == ROUNDINGS
 
 
+class ConvAlgoChoice(StrEnum):
+    """--conv-algo: cnncli/engine/kernels/conv_algo.py's policies."""
+
+    auto = "auto"
+    gemm = "gemm"
+    winograd = "winograd"
+
+
+assert tuple(a.value for a in ConvAlgoChoice) == CONV_ALGOS
+
+
 def threads_callback(value: int | None) -> int | None:
     from cnncli.config import check_threads  # the one rule: cnncli.config decides threads
 
@@ -76,6 +88,11 @@ ThreadsOpt = Annotated[Optional[int], typer.Option(
     "--threads", callback=threads_callback, show_default=False,
     help="Threads for the engine (at least 1; more than the cores only warns). "
          "\\[default: all cores]")]
+CONV_ALGO_HELP = ("How 3x3 stride-1 convs run: gemm (im2col), winograd (F(4x4,3x3) on every "
+                  "such layer) or auto (per layer by shape, from measured costs).")
+ConvAlgoOpt = Annotated[ConvAlgoChoice, typer.Option(
+    "--conv-algo", help=CONV_ALGO_HELP)]
+DEFAULT_CONV = ConvAlgoChoice(DEFAULT_CONV_ALGO)
 SeedOpt = Annotated[int, typer.Option("--seed", callback=seed_callback, help="Random seed (>= 0).")]
 
 

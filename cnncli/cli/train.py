@@ -19,6 +19,8 @@ import typer
 from rich.markup import escape
 
 from cnncli.cli.options import (
+    CONV_ALGO_HELP,
+    ConvAlgoChoice,
     SpecArg,
     TableOrJson,
     TableOrJsonOpt,
@@ -28,8 +30,9 @@ from cnncli.cli.options import (
     threads_callback,
 )
 from cnncli.cli.output import err, out, print_json, warn
+from cnncli.engine.kernels.conv_algo import DEFAULT_CONV_ALGO
 from cnncli.errors import InputError, RunInvalid
-from cnncli.training.settings import DEFAULTS, EVAL_BATCH, EVAL_SIZE
+from cnncli.training.settings import CONV_ALGO_BEFORE, DEFAULTS, EVAL_BATCH, EVAL_SIZE
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -125,14 +128,17 @@ def train(
         "instead of each rank's shard. \\[default: "
         + ("global batch]" if DEFAULTS.sync_batchnorm else "per rank]"), show_default=False)]
     = None,
+    conv_algo: Annotated[Optional[ConvAlgoChoice], typer.Option(
+        "--conv-algo", help=f"{CONV_ALGO_HELP} Saved with the run: --resume keeps it. "
+        f"\\[default: {DEFAULT_CONV_ALGO}]", show_default=False)] = None,
 ) -> None:
     """Train a spec on a dataset; Ctrl-C stops after saving, --resume continues."""
     given = {k: v for k, v in dict(
         data=data, val_data=val_data, val_fraction=val_fraction, train_size=train_size,
         epochs=epochs, batch=batch, lr=lr, optimizer=optimizer, momentum=momentum,
         weight_decay=weight_decay, schedule=schedule, seed=seed, augment=augment,
-        dtype=dtype, threads=threads, pad_data=pad_data,
-        sync_batchnorm=sync_batchnorm).items() if v is not None}
+        dtype=dtype, threads=threads, pad_data=pad_data, sync_batchnorm=sync_batchnorm,
+        conv_algo=conv_algo.value if conv_algo else None).items() if v is not None}
     _train(spec, open_spec(spec), given, out_dir, resume, overwrite, quiet, distributed)
 
 
@@ -167,7 +173,8 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
     config.validate()
     threads = configure_threads(comm.threads() if options.get("threads") is None
                                 else options["threads"])
-    net = Network(net_spec, dtype=config.dtype, seed=config.seed)
+    net = Network(net_spec, dtype=config.dtype, seed=config.seed,
+                  conv_algo=options["conv_algo"])
     train_ds, val_ds = comm.together(
         partial(load_training_data, pad=options.get("pad_data", False), warn=warn), net,
         options["data"], options["val_data"], options["val_fraction"], options["train_size"])
@@ -335,9 +342,13 @@ def evaluate(
     batch: Annotated[int, typer.Option("--batch", help="Images per forward pass.",
                                        min=1)] = EVAL_BATCH,
     threads: ThreadsOpt = None,
+    conv_algo: Annotated[Optional[ConvAlgoChoice], typer.Option(
+        "--conv-algo", help=f"{CONV_ALGO_HELP} \\[default: the run's own]",
+        show_default=False)] = None,
 ) -> None:
     """Loss, accuracy, per-class accuracy and the confusion matrix of a checkpoint."""
-    result = _evaluate(spec, open_spec(spec), weights, data, batch, threads, pad_data)
+    result = _evaluate(spec, open_spec(spec), weights, data, batch, threads, pad_data,
+                       conv_algo.value if conv_algo else None)
     if fmt is TableOrJson.json:
         print_json(result)
     else:
@@ -345,7 +356,8 @@ def evaluate(
 
 
 def _evaluate(spec_arg: str, net_spec: Any, weights: Path, data: str | None, batch: int,
-              threads: int | None, pad_data: bool) -> dict[str, Any]:
+              threads: int | None, pad_data: bool,
+              conv_algo: str | None = None) -> dict[str, Any]:
     from cnncli.config import configure_threads
     from cnncli.engine.checkpoint import load_checkpoint
     from cnncli.engine.network import Network
@@ -359,7 +371,10 @@ def _evaluate(spec_arg: str, net_spec: Any, weights: Path, data: str | None, bat
 
     ckpt = load_checkpoint(weights, spec_text_of(net_spec), spec_arg)
     configure_threads(threads)
-    net = Network(net_spec, dtype=ckpt.meta.get("dtype", "float32"))
+    if conv_algo is None:  # what the run trained with (GEMM before --conv-algo existed)
+        options = (ckpt.meta.get("info") or {}).get("options") or {}
+        conv_algo = options.get("conv_algo", CONV_ALGO_BEFORE)
+    net = Network(net_spec, dtype=ckpt.meta.get("dtype", "float32"), conv_algo=conv_algo)
     net.load_state_dict(ckpt.weights)
     k = num_classes_of(net)
     if data is None:

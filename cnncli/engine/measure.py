@@ -48,7 +48,7 @@ class MeasureError(InputError, ValueError):
 def measure(spec: S.Spec, batch: int, dtype: str = "float32", optimizer: str = "momentum",
             mode: str = "train", threads: int | None = None,
             input_volume: Volume | None = None, rounding: str | None = None,
-            seed: int = 0) -> dict[str, Any]:
+            seed: int = 0, conv_algo: str = "gemm") -> dict[str, Any]:
     """Measured peak bytes of one training step (or one inference pass); see the module doc."""
     if dtype not in ENGINE_DTYPES:
         raise MeasureError(f"the engine runs float32 and float64 only; --measure cannot run "
@@ -65,7 +65,8 @@ def measure(spec: S.Spec, batch: int, dtype: str = "float32", optimizer: str = "
     training = mode == "train"
 
     def build(n: int) -> tuple[Any, Any, Any, Any]:
-        net = Network(spec, input_volume, dtype=np.dtype(dtype), seed=seed, rounding=rounding)
+        net = Network(spec, input_volume, dtype=np.dtype(dtype), seed=seed, rounding=rounding,
+                      conv_algo=conv_algo)
         opt = make_optimizer(optimizer, net.params, lr=1e-3) if training else None
         rng = np.random.default_rng(seed)
         v = net.input

@@ -28,6 +28,7 @@ import numpy as np
 from cnncli.analysis.inplace import in_place_activations
 from cnncli.analysis.report import Report, analyze
 from cnncli.config import ensure_configured
+from cnncli.engine.kernels.conv_algo import CONV_ALGOS
 from cnncli.engine.losses import LOSSES
 from cnncli.layers.base import EngineLayer, LayerSpec
 from cnncli.layers.blocks import Sequence
@@ -39,13 +40,16 @@ from cnncli.spec.types import unrolled
 
 class _Builder:
     """Each layer type builds its own engine layer (cnncli/layers/, `engine`); blocks build
-    their sequences through `sequence`."""
+    their sequences through `sequence`. `conv_algo` is the --conv-algo policy each conv
+    layer applies to its own shape (cnncli/engine/kernels/conv_algo.py)."""
 
-    def __init__(self, report: Report, rng: np.random.Generator, dtype: np.dtype):
+    def __init__(self, report: Report, rng: np.random.Generator, dtype: np.dtype,
+                 conv_algo: str = "gemm"):
         self.rows = {r.name: r for r in report.rows}
         self.in_place = in_place_activations(report.spec.layers)
         self.rng = rng
         self.dtype = dtype
+        self.conv_algo = conv_algo
 
     def sequence(self, nodes: tuple[LayerSpec, ...]) -> Sequence:
         return Sequence([node.engine(self.rows[node.name], self) for node in unrolled(nodes)])
@@ -55,7 +59,8 @@ class Network:
     """A built net: layers, named parameters, forward/backward, loss."""
 
     def __init__(self, spec: S.Spec, input_volume: Volume | None = None,
-                 dtype: Any = np.float32, seed: int = 0, rounding: str | None = None):
+                 dtype: Any = np.float32, seed: int = 0, rounding: str | None = None,
+                 conv_algo: str = "gemm"):
         ensure_configured()  # the thread policy holds from the start, not from the first conv
         report = analyze(spec, input_volume, rounding)
         if report.errors:
@@ -69,8 +74,12 @@ class Network:
         self.input = report.input
         assert report.output is not None
         self.output = report.output
+        if conv_algo not in CONV_ALGOS:
+            raise ValueError(f"conv_algo must be one of {', '.join(CONV_ALGOS)}, "
+                             f"got {conv_algo!r}")
+        self.conv_algo = conv_algo
         self.rng = np.random.default_rng(seed)
-        self.body = _Builder(report, self.rng, self.dtype).sequence(spec.layers)
+        self.body = _Builder(report, self.rng, self.dtype, conv_algo).sequence(spec.layers)
         self.layers: list[EngineLayer] = list(self.body.leaves())
         # nothing upstream of the first layer needs a gradient: it skips that work (for a
         # conv, a third of its backward) unless `backward` is asked for the input's gradient

@@ -81,11 +81,12 @@ def _time_items(seq: Sequence, timed: list[_Timed]) -> list[_Timed]:
 
 
 def profile_layers(spec: Spec, volume: Volume | None, batch: int, iterations: int,
-                   threads: int | None) -> dict[str, Any]:
+                   threads: int | None, conv_algo: str = "gemm") -> dict[str, Any]:
     """Median forward and backward milliseconds of every row of the spec's report: layers
-    and block merges timed, block headings (repeat, residual, branch...) as the tree."""
+    and block merges timed, block headings (repeat, residual, branch...) as the tree; for
+    each conv, the algorithm it ran and its matrix shapes."""
     n_threads = configure_threads(threads)
-    net = Network(spec, volume, dtype=np.float32, seed=0)
+    net = Network(spec, volume, dtype=np.float32, seed=0, conv_algo=conv_algo)
     timed: list[_Timed] = []
     _time_items(net.body, timed)
     rng = np.random.default_rng(0)
@@ -108,8 +109,12 @@ def profile_layers(spec: Spec, volume: Volume | None, batch: int, iterations: in
     for row in net.report.rows:
         entry: dict[str, Any] = {"name": row.name, "kind": row.kind, "depth": row.depth,
                                  "block": row.is_block,
-                                 "output": None if row.output is None else str(row.output)}
+                                 "output": None if row.output is None else str(row.output),
+                                 "algorithm": None, "matrices": None}
         rows.append(entry)
+        item: Any = by_key[row.name].item if row.name in by_key else None
+        if item is not None and hasattr(item, "matrices"):  # a conv: kernel and products
+            entry.update(algorithm=item.algorithm, matrices=item.matrices())
         if row.is_block:
             entry.update(forward_ms=None, backward_ms=None, gflops_forward=None,
                          gflops_total=None)
@@ -131,7 +136,7 @@ def profile_layers(spec: Spec, volume: Volume | None, batch: int, iterations: in
     # stopwatches' and the sequences' own overhead
     step_ms = median(steps) * 1000
     return {"spec": spec.name, "batch": batch, "threads": n_threads, "iterations": iterations,
-            "layers": rows,
+            "conv_algo": conv_algo, "layers": rows,
             "forward_ms": sum(r["forward_ms"] for r in timed_rows),
             "backward_ms": sum(r["backward_ms"] for r in timed_rows),
             "total_ms": total, "step_ms": step_ms,

@@ -35,12 +35,14 @@ WARMUP_SPEC = {
 
 
 def warm_up() -> float:
-    """Run one training step in float32 and float64; return the seconds it took."""
+    """Run one training step in float32 and float64, with im2col and with Winograd (the
+    first conv is eligible); return the seconds it took."""
     from cnncli.engine.network import Network
 
     started = time.perf_counter()
-    for dtype in (np.float32, np.float64):
-        net = Network.from_spec(WARMUP_SPEC, dtype=dtype)
+    for dtype, conv_algo in ((np.float32, "gemm"), (np.float64, "gemm"),
+                             (np.float32, "winograd"), (np.float64, "winograd")):
+        net = Network.from_spec(WARMUP_SPEC, dtype=dtype, conv_algo=conv_algo)
         x = np.zeros((2, 12, 12, 3), dtype)
         loss, d = net.loss(net.forward(x, training=True), np.array([0, 1]))
         net.backward(d)

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from cnncli.analysis.memory import FLOAT64, Buf, Heap, PlanLayer
 from cnncli.analysis.shapes import effective_size
+from cnncli.engine.kernels import sizes
+from cnncli.engine.kernels.conv_algo import GEMM, ConvAlgo, choose, winograd_eligible
 from cnncli.engine.kernels.sizes import band_rows, chunks, use_direct
 from cnncli.layers.base import EngineLayer, LayerSpec, ParseContext, Window
 from cnncli.spec.types import Pair, Problem, Volume
@@ -233,11 +235,24 @@ class Conv(_Windowed):
         if self.bias:
             row.params[f"{self.name}.bias"] = (self.filters,)
 
+    def algorithm(self, row: Row, policy: str) -> ConvAlgo:
+        """What this layer runs under the builder's --conv-algo policy (engine and plan
+        alike: cnncli/engine/kernels/conv_algo.py)."""
+        assert row.output is not None
+        eligible = winograd_eligible((self.size.h, self.size.w), (self.stride.h, self.stride.w),
+                                     (self.dilation.h, self.dilation.w), self.groups,
+                                     (self.pad.h, self.pad.w))
+        return choose(policy, eligible, row.output.h, row.output.w, self.filters)
+
     def plan(self, heap: Heap, row: Row, threads: int, ctx: Any) -> PlanLayer:
+        algo = self.algorithm(row, getattr(ctx, "conv_algo", GEMM.name))
+        if algo.winograd:
+            return WinogradPlan(heap, row, threads, self, algo.tile)
         return ConvPlan(heap, row, threads, self)
 
     def engine(self, row: Row, ctx: Any) -> EngineLayer:
-        return ConvEngine(self, row, ctx.rng, ctx.dtype)
+        return ConvEngine(self, row, ctx.rng, ctx.dtype,
+                          self.algorithm(row, getattr(ctx, "conv_algo", GEMM.name)))
 
 
 @dataclass(frozen=True)
@@ -365,6 +380,77 @@ class ConvPlan(PlanLayer):
         return dx
 
 
+class WinogradPlan(ConvPlan):
+    """What kernels/winograd.py allocates (see its wrappers): forward transforms the
+    filters (U, through float64 copies), then each thread holds its V/M blocks; dx runs
+    the same forward kernel on dy with the flipped filters' U; dW holds per-chunk [9, C, K]
+    partial sums and per-thread V/Z blocks and alpha^2 [C x K] sums."""
+
+    def __init__(self, heap: Heap, row: Row, threads: int, node: Conv, tile: int):
+        super().__init__(heap, row, threads, node)
+        self.m = tile
+        self.c = self.vin.d
+        self.a2 = (tile + 2) ** 2
+
+    def im2col(self) -> tuple[int, int] | None:
+        return None  # no im2col bands: the memory report's im2col note skips this layer
+
+    def _filter_transform(self) -> Buf:
+        u = self.work(0, self.a2 * self.c * self.k)
+        wt64 = self.work(0, 9 * self.c * self.k, FLOAT64)  # w transposed, in float64
+        rows64 = self.work(0, 3 * self.c * self.k, FLOAT64)  # G g, one row of G at a time
+        del wt64, rows64
+        return u
+
+    def _forward_kernel(self, out: Volume, cin: int, cout: int, dx: bool) -> Buf:
+        m = self.m
+        y = self.grad(out) if dx else self.out(out)
+        bias = self.work(0, m * -(-out.w // m) * cout)  # the bias, tiled over a tile row
+        threads, per = sizes.winograd_forward_work(self.heap.batch, out.h, out.w, cin, cout,
+                                                   m, self.threads)
+        blocks = [self.work(0, per) for _ in range(threads)]
+        del blocks, bias
+        return y
+
+    def forward(self, x: Buf, training: bool) -> Buf:
+        if training:
+            self.keep(x)
+        u = self._filter_transform()
+        y = self._forward_kernel(self.vout, self.c, self.k, dx=False)
+        del u
+        return y
+
+    def backward(self, dy: Buf) -> Buf:
+        n, m, c, k = self.heap.batch, self.m, self.c, self.k
+        x = self.saved[0]
+        dx = None
+        if self.need_dx:
+            u = self._filter_transform()
+            dx = self._forward_kernel(self.vin, k, c, dx=True)
+            del u
+        ggt = self.work(0, 9 * self.a2)
+        oh, ow = self.vout.h, self.vout.w
+        nchunk = sizes.winograd_weights_chunks(n, oh, ow, m, self.threads)
+        partials = self.work(0, nchunk * 9 * c * k)
+        threads, per, more = sizes.winograd_weights_work(n, oh, ow, c, k, m, self.threads)
+        blocks = [self.work(0, per) for _ in range(threads)] + [self.work(0, more)]
+        del blocks
+        summed = self.work(0, 9 * c * k)  # dWp[0].copy() += ...
+        dw = self.work(0, self.wsize)  # the transpose back to OIHW
+        del summed, partials, ggt
+        db64 = self.work(0, self.k, FLOAT64)  # dy summed in float64
+        db = self.work(0, self.k)
+        del db64, x
+        grads = {f"{self.name}.weight": dw}
+        if self.bias:
+            grads[f"{self.name}.bias"] = db
+        del dw, db
+        self.new_grads(grads)
+        del grads
+        self.drop()
+        return dx if dx is not None else self.work(0, 0)
+
+
 class LocalPlan(PlanLayer):
     def __init__(self, heap: Heap, row: Row, threads: int, node: Local):
         super().__init__(heap, row, threads)
@@ -469,12 +555,53 @@ class _WindowedEngine(EngineLayer):
 
 
 class ConvEngine(_WindowedEngine):
-    def __init__(self, layer: Conv, row: Row, rng: np.random.Generator, dtype: np.dtype):
+    """im2col + GEMM (kernels/conv.py), or Winograd F(4x4, 3x3) (kernels/winograd.py) where
+    the --conv-algo policy chose it for this layer's shape."""
+
+    def __init__(self, layer: Conv, row: Row, rng: np.random.Generator, dtype: np.dtype,
+                 algo: ConvAlgo = GEMM):
         shape = row.params[f"{layer.name}.weight"]
         super().__init__(layer, row, rng, dtype, fan_in=math.prod(shape[1:]))
         self.groups = layer.groups
+        self.algo = algo
+
+    @property
+    def algorithm(self) -> str:
+        """gemm, winograd, or direct (grouped convs whose per-group GEMM is tiny)."""
+        k, cg = self.params[self.weight_key].shape[:2]
+        if not self.algo.winograd and use_direct(cg, k // self.groups, self.groups):
+            return "direct"
+        return self.algo.name
+
+    def matrices(self) -> str:
+        """The products this layer computes, as the notes write them: im2col's X_col (one
+        column of F*F*C numbers per output position) times W_row (one row per filter), or
+        Winograd's alpha^2 GEMMs per block of tiles."""
+        k, cg, fh, fw = self.params[self.weight_key].shape
+        oh, ow = self.out_hw
+        algorithm = self.algorithm
+        if algorithm == "winograd":
+            m = self.algo.tile
+            tiles = -(-oh // m) * -(-ow // m)
+            return (f"F({m}x{m},3x3): {tiles} tiles/image, {(m + 2) ** 2} GEMMs of "
+                    f"[tiles x {cg}] x [{cg} x {k}]")
+        g, kdim = self.groups, fh * fw * cg
+        if algorithm == "direct":
+            return f"direct: {g} groups of {k // g} filters [{kdim}], no GEMM"
+        if g > 1:
+            return (f"X_col [{kdim} x {oh * ow}] per image and group, W_row [{k // g} x "
+                    f"{kdim}], {g} groups")
+        return f"X_col [{kdim} x {oh * ow}] per image, W_row [{k} x {kdim}]"
 
     def _forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        if self.algo.winograd:
+            from cnncli.engine.kernels import winograd as wg
+
+            # U = G g G^T once per forward: the weights change every step. dx cannot reuse
+            # it: the flipped filter's transform is not a permutation of U with these
+            # interpolation points (2 and -2 have no reciprocals among them)
+            u = wg.winograd_filter_transform(w, self.algo.tile)
+            return wg.winograd_conv_forward(x, w, b, self.pad[0], self.algo.tile, u=u)
         from cnncli.engine.kernels import conv as conv_k
 
         return conv_k.conv2d_forward(x, w, b, self.stride, self.pad, self.dilation,
@@ -482,10 +609,26 @@ class ConvEngine(_WindowedEngine):
 
     def _backward(self, x: np.ndarray, w: np.ndarray,
                   dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.algo.winograd:
+            return self._winograd_backward(x, w, dy)
         from cnncli.engine.kernels import conv as conv_k
 
         return conv_k.conv2d_backward(x, w, dy, self.stride, self.pad, self.dilation,
                                       self.groups, need_dx=self.need_dx)
+
+    def _winograd_backward(self, x: np.ndarray, w: np.ndarray,
+                           dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import numpy as np
+
+        from cnncli.engine.kernels import winograd as wg
+
+        pad, tile = self.pad[0], self.algo.tile
+        dx = wg.winograd_conv_backward_data(dy, w, pad, tile) if self.need_dx else None
+        dw = wg.winograd_conv_backward_weights(x, dy, pad, tile)
+        # float64 sums, as conv.py's bias gradient: a float32 running sum over N*OH*OW
+        # positions would lose digits
+        db = dy.sum(axis=(0, 1, 2), dtype=np.float64).astype(dy.dtype)
+        return dx, dw, db  # type: ignore[return-value]
 
 
 class LocalEngine(_WindowedEngine):

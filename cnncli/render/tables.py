@@ -323,32 +323,37 @@ def report_layout(report: Report, width: int) -> Laid:
 
 # `cnncli bench`: the rows of `profile.profile_layers`, as a tree like the check report's.
 BENCH_COLUMNS = (
-    Column("name", "layer"), Column("kind", "type"), Column("output", "output", right=True),
+    Column("name", "layer"), Column("kind", "type"), Column("algorithm", "algorithm"),
+    Column("output", "output", right=True),
     Column("forward_ms", "forward ms", right=True),
     Column("backward_ms", "backward ms", right=True),
     Column("gflops_forward", "GFLOP/s fwd", right=True),
     Column("gflops_total", "GFLOP/s fwd+bwd", right=True), Column("share", "share", right=True),
+    Column("matrices", "matrices", wraps=True),
 )
-# what a narrow terminal gives up first: the times per layer are the point of the table
-BENCH_LEAVE_OUT = ("gflops_forward", "kind", "output", "gflops_total", "share")
+# what a narrow terminal gives up first: the times per layer are the point of the table,
+# then which algorithm ran; the matrix shapes wrap before they go
+BENCH_LEAVE_OUT = ("gflops_forward", "kind", "output", "gflops_total", "share", "matrices")
 
 
 def bench_layout(result: dict[str, Any], width: int) -> Laid:
     heading = (f"{result['spec']}: batch {result['batch']}, float32, {result['threads']} "
-               f"threads, median of {result['iterations']}")
+               f"threads, --conv-algo {result.get('conv_algo', 'gemm')}, median of "
+               f"{result['iterations']}")
     rows: list[TableRow] = []
     for r in result["layers"]:
         indent = "  " * r["depth"]
         if r["block"]:
-            rows.append(([indent + r["name"], r["kind"]] + [""] * 6, "dim"))
+            rows.append(([indent + r["name"], r["kind"]] + [""] * 8, "dim"))
             continue
-        rows.append(([indent + r["name"].rsplit(".", 1)[-1], r["kind"], r["output"] or "",
-                      f"{r['forward_ms']:.2f}", f"{r['backward_ms']:.2f}",
+        rows.append(([indent + r["name"].rsplit(".", 1)[-1], r["kind"], r.get("algorithm") or "",
+                      r["output"] or "", f"{r['forward_ms']:.2f}", f"{r['backward_ms']:.2f}",
                       f"{r['gflops_forward']:.1f}" if r["gflops_forward"] else "",
                       f"{r['gflops_total']:.1f}" if r["gflops_total"] else "",
-                      f"{r['share']:.0%}"], None))
-    rows.append((["total", "", "", f"{result['forward_ms']:.2f}", f"{result['backward_ms']:.2f}",
-                  "", "", "100%" if result["total_ms"] else ""], "bold"))
+                      f"{r['share']:.0%}", r.get("matrices") or ""], None))
+    rows.append((["total", "", "", "", f"{result['forward_ms']:.2f}",
+                  f"{result['backward_ms']:.2f}", "", "", "100%" if result["total_ms"] else "",
+                  ""], "bold"))
     return lay_out(heading, BENCH_COLUMNS, "bold", rows, width, BENCH_LEAVE_OUT)
 
 

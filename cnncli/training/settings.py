@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cnncli.engine.kernels.conv_algo import DEFAULT_CONV_ALGO
 from cnncli.errors import InputError
 
 
@@ -37,6 +38,12 @@ class TrainDefaults:
     dtype: str = "float32"
     # data-parallel runs only: batchnorm statistics of each rank's shard, as Horovod
     sync_batchnorm: bool = False
+    # how each conv layer runs (im2col + GEMM, or Winograd): engine/kernels/conv_algo.py
+    conv_algo: str = DEFAULT_CONV_ALGO
+
+
+CONV_ALGO_BEFORE = "gemm"
+"""A run saved before --conv-algo existed ran every conv as im2col + GEMM."""
 
 
 DEFAULTS = TrainDefaults()
@@ -74,6 +81,7 @@ def resumed_options(info: dict[str, Any], given: dict[str, Any], ranks: int,
     numbers; on another number of ranks than it had, the default share applies instead.
     """
     stored = dict(info["options"])
+    stored.setdefault("conv_algo", CONV_ALGO_BEFORE)
     for key, value in given.items():
         if key not in RESUME_MAY_CHANGE and stored.get(key) != value:
             raise TrainError(

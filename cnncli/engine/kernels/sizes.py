@@ -31,3 +31,64 @@ def band_rows(oh: int, ow: int, groups: int, kdim: int, itemsize: int) -> int:
 def chunks(n: int, threads: int) -> int:
     """Chunks of the batch whose dW partial sums are added at the end."""
     return max(1, min(n, max(threads, MIN_CHUNKS)))
+
+
+# ----------------------------------------------------------------------------- Winograd
+# Tiles per block, forward / dx: V and M of a block stay in L2 (alpha^2 x tiles x C).
+# 16-48 measured alike on the CIFAR layers, 64 and more slower.
+WINOGRAD_BLOCK_TILES = 32
+# Tiles per block, dW: the tiles are the GEMMs' inner dimension, and each chunk reduces
+# its sums once, so small images (few tiles per row) want longer blocks; 32-128 measured
+# alike within the (heavy) noise, 256 slower.
+WINOGRAD_BLOCK_TILES_DW = 64
+
+
+def winograd_rows_per_block(tw: int, nrow: int, tiles: int) -> int:
+    """Tile rows per block: about ``tiles`` tiles, at least one tile row."""
+    return max(1, min(nrow, round(tiles / tw)))
+
+
+def winograd_forward_work(n: int, oh: int, ow: int, cin: int, cout: int, m: int,
+                          threads: int) -> tuple[int, int]:
+    """(threads that run, numbers each allocates) of winograd.py's forward kernel, which
+    dx runs too (cin: the channels it reads, cout: those it writes): per thread V and M
+    (alpha^2 blocks of tiles), a tile row of input in phase layout and its row transform,
+    and a tile row of output before and after its row transform."""
+    alpha = m + 2
+    th, tw = -(-oh // m), -(-ow // m)
+    nrow = n * th
+    r = winograd_rows_per_block(tw, nrow, WINOGRAD_BLOCK_TILES)
+    slots = r * tw + 1
+    per = (alpha * alpha * slots * (cin + cout) + 2 * alpha * m * (tw + 1) * cin
+           + alpha * m * tw * cout + m * m * tw * cout)
+    return min(threads, -(-nrow // r)), per
+
+
+def winograd_weights_chunks(n: int, oh: int, ow: int, m: int, threads: int) -> int:
+    """dW partial sums of winograd.py's backward-weights kernel (MIN_CHUNKS as conv.py)."""
+    tw = -(-ow // m)
+    nrow = n * -(-oh // m)
+    nblk = -(-nrow // winograd_rows_per_block(tw, nrow, WINOGRAD_BLOCK_TILES_DW))
+    return max(1, min(nblk, max(threads, MIN_CHUNKS)))
+
+
+def winograd_weights_work(n: int, oh: int, ow: int, c: int, k: int, m: int,
+                          threads: int) -> tuple[int, int, int]:
+    """(threads that run, numbers each allocates, numbers more) of the backward-weights
+    kernel: V and Z blocks, the input tile row and its transform, a tile row of dy and its
+    transform, the chunk's alpha^2 [C x K] sums S and one GEMM's result.
+
+    "More": with fewer chunks than numba threads (small maps, small batches: one chunk),
+    tracemalloc measured one more Z and S besides the running thread's, whatever the
+    thread count above 1 (2, 3 and 4 measured alike) -- numba's parallel loop, not our
+    code, allocates them; the forward kernel showed no such extra (within 50 KB)."""
+    alpha = m + 2
+    tw = -(-ow // m)
+    nrow = n * -(-oh // m)
+    r = winograd_rows_per_block(tw, nrow, WINOGRAD_BLOCK_TILES_DW)
+    slots = r * tw + 1
+    z_and_s = alpha * alpha * (slots * k + c * k)
+    per = (alpha * alpha * slots * c + 2 * alpha * m * (tw + 1) * c + m * m * tw * k
+           + alpha * m * tw * k + z_and_s + c * k)
+    running = min(threads, winograd_weights_chunks(n, oh, ow, m, threads))
+    return running, per, z_and_s if running < threads else 0

@@ -27,9 +27,9 @@ alpha^2 GEMMs ([C x tiles] by [tiles x K]).
 Design (measured on the 2-core target, see bench/bench_winograd.py):
 
 * Fused: ``prange`` over ranges of blocks; a block is a few consecutive tile rows
-  (about BLOCK_TILES tiles, across images when images are small). Per block: input
-  transform into V[e, tile, c] (in cache), alpha^2 ``np.dot`` calls on single-threaded
-  BLAS, output transform straight into y. Whole-batch V and M arrays through memory
+  (about sizes.WINOGRAD_BLOCK_TILES tiles, across images when images are small). Per
+  block: input transform into V[e, tile, c] (in cache), alpha^2 ``np.dot`` calls on
+  single-threaded BLAS, output transform straight into y. Whole-batch V and M arrays through memory
   measured 0.4-1.0x of direct convolution: the transforms decide, not the GEMMs.
 * Each transform is separable: B^T (or A^T) down the rows of a whole tile row at once,
   then along the columns, both as long vectorised loops over a tile row copied into
@@ -55,8 +55,8 @@ import numpy as np
 from numba import njit, prange
 
 from cnncli.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, ensure_configured
+from cnncli.engine.kernels import sizes  # block sizes, shared with the memory plans
 from cnncli.engine.kernels.conv import _as, _check_x
-from cnncli.engine.kernels.sizes import MIN_CHUNKS  # dW partial sums, as conv.py
 
 __all__ = [
     "winograd_filter_transform",
@@ -65,13 +65,6 @@ __all__ = [
     "winograd_conv_backward_weights",
 ]
 
-# Tiles per block, forward / dx: V and M of a block stay in L2 (alpha^2 x tiles x C).
-# 16-48 measured alike on the CIFAR layers, 64 and more slower.
-BLOCK_TILES = 32
-# Tiles per block, dW: the tiles are the GEMMs' inner dimension, and each chunk reduces
-# its sums once, so small images (few tiles per row) want longer blocks; 32-128 measured
-# alike within the (heavy) noise, 256 slower.
-BLOCK_TILES_DW = 64
 TILES = (2, 4)
 
 # ----------------------------------------------------------------------------------
@@ -600,11 +593,6 @@ def _check_pad_tile(pad, tile):
     return int(pad), int(tile)
 
 
-def _rows_per_block(TW, nrow, tiles):
-    """Tile rows per block: about ``tiles`` tiles, at least one tile row."""
-    return max(1, min(nrow, round(tiles / TW)))
-
-
 def _threads():
     return int(numba.get_num_threads())
 
@@ -639,7 +627,7 @@ def _forward(x, u, b, pad, tile, out_hw):
         return y
     TW = -(-OW // tile)
     bias = np.tile(b, tile * TW) if b is not None else np.zeros(tile * TW * K, x.dtype)
-    R = _rows_per_block(TW, N * -(-OH // tile), BLOCK_TILES)
+    R = sizes.winograd_rows_per_block(TW, N * -(-OH // tile), sizes.WINOGRAD_BLOCK_TILES)
     _wino_fwd(x, u, bias, tile, pad, R, _threads(), y)
     return y
 
@@ -709,9 +697,8 @@ def winograd_conv_backward_weights(x, dy, pad, tile=4):
     GGt = np.ascontiguousarray(np.einsum("ap,bq->pqab", G, G).reshape(9, -1), x.dtype)
     TW = -(-OW // tile)
     nrow = N * -(-OH // tile)
-    R = _rows_per_block(TW, nrow, BLOCK_TILES_DW)
-    nblk = -(-nrow // R)
-    nchunk = max(1, min(nblk, max(_threads(), MIN_CHUNKS)))
+    R = sizes.winograd_rows_per_block(TW, nrow, sizes.WINOGRAD_BLOCK_TILES_DW)
+    nchunk = sizes.winograd_weights_chunks(N, OH, OW, tile, _threads())
     dWp = np.empty((nchunk, 9, C, K), dtype=x.dtype)
     _wino_bwd_w(x, dy, GGt, tile, pad, R, nchunk, _threads(), dWp)
     dW = dWp[0].copy()
