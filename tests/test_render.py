@@ -216,7 +216,7 @@ def eval_tables(console: Console) -> None:
 def slide_grid(console: Console) -> None:
     import numpy as np
 
-    from cnncli.cli.slide import grid_layout
+    from cnncli.render.sliding import grid_layout
 
     scores = np.random.default_rng(0).random((5, 9, 10)) * 20
     names = ["disc", "ring", "square", "square-outline", "triangle", "plus", "x-cross",

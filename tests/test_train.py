@@ -26,6 +26,7 @@ from cnncli.cli.app import app
 from cnncli.engine import checkpoint as C
 from cnncli.engine import optim
 from cnncli.engine.network import Network
+from cnncli.render.training import TrainDisplay
 from cnncli.training import data as D
 from cnncli.training.loop import (
     BatchDone,
@@ -377,16 +378,14 @@ def test_cli_train_resume_matches_an_uninterrupted_run(spec_file: Path, tmp_path
 
 def test_cli_ctrl_c_saves_and_exits_130(spec_file: Path, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from cnncli.cli import train as CT
-
-    shown = CT.TrainDisplay._batch
+    shown = TrainDisplay._batch
 
     def batch_then_ctrl_c(self: Any, event: Any) -> None:
         shown(self, event)
         if event.epoch == 0 and event.batch == 1:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(CT.TrainDisplay, "_batch", batch_then_ctrl_c)
+    monkeypatch.setattr(TrainDisplay, "_batch", batch_then_ctrl_c)
     result = cli_train(spec_file, tmp_path / "run", "--epochs", "2")
     assert result.exit_code == 130, result.output
     assert "--resume" in result.stderr

@@ -24,15 +24,11 @@ from cnncli.cli.options import (
 from cnncli.cli.output import err, out, print_json, warn, write
 from cnncli.errors import InputError, RunInvalid
 from cnncli.files import write_atomically, write_text
+from cnncli.render.sliding import print_slide_result
 from cnncli.spec.parse import Spec
 
 if TYPE_CHECKING:
-    from cnncli.render.tables import Laid
-
-# one colour per class in the grid (cycled past ten classes)
-PALETTE = ("red", "green", "blue", "magenta", "cyan", "yellow", "bright_red", "bright_green",
-           "bright_blue", "bright_magenta")
-
+    pass
 
 def _header(spec: Spec, rounding: str | None) -> str:
     from cnncli.sliding.convert import fc_layers, global_pools
@@ -49,25 +45,6 @@ def _header(spec: Spec, rounding: str | None) -> str:
               "# FC layer's input in (depth, height, width) order.",
               "# input: is the training size (one window); check or slide it at a larger size."]
     return "\n".join(lines) + "\n"
-
-
-def grid_layout(scores: Any, names: list[str], geo: dict[str, Any], width: int) -> Laid:
-    """Top class and its score per window, as a table laid out like the image, each class
-    in its colour; a grid too wide for the terminal becomes one record per row of windows."""
-    from cnncli.render.tables import Column, TableRow, lay_out
-
-    top = scores.argmax(-1)
-    best = scores.max(-1)
-    step = geo["window_stride"]
-    columns = (Column("y", "y\\x", right=True),
-               *(Column(str(j), str(j * step["width"])) for j in range(scores.shape[1])))
-    rows: list[TableRow] = []
-    for i in range(scores.shape[0]):
-        classes = [int(k) for k in top[i]]
-        rows.append(([str(i * step["height"]),
-                      *(f"{names[k][:10]} {best[i, j]:.2f}" for j, k in enumerate(classes))],
-                     ("dim", *(PALETTE[k % len(PALETTE)] for k in classes))))
-    return lay_out("", columns, "dim", rows, width)
 
 
 def _class_names(spec: Spec, weights: Any, k: int) -> list[str]:
@@ -251,7 +228,7 @@ def slide(
         results.append(result)
         maps[path.stem if path.stem not in maps else str(path)] = scores
         if fmt is TableOrJson.table:
-            _print_result(result, scores, names, geo)
+            print_slide_result(out, result, scores, names, geo)
     if out_path is not None:
         _write_maps(out_path, maps, results)
     if fmt is TableOrJson.json:
@@ -261,41 +238,6 @@ def slide(
         err.print(f"[bold red]verify failed:[/] the one-pass map differs from crop-by-crop "
                   f"evaluation by more than {results[0]['verify']['tolerance']:g}")
         raise typer.Exit(1)
-
-def _print_result(r: dict[str, Any], scores: Any, names: list[str], geo: dict[str, Any]) -> None:
-    from cnncli.render.tables import print_laid
-
-    step = geo["window_stride"]
-    win = geo["window"]
-    out.print(f"[bold]{escape(r['image'])}[/] {r['size']['width']}x{r['size']['height']}: "
-              f"{scores.shape[1]}x{scores.shape[0]} windows of {win['width']}x{win['height']} at "
-              f"stride {step['width']}, {scores.shape[2]} classes "
-              f"({r['passes']} pass{'es' if r['passes'] != 1 else ''}, {r['seconds']:.3f} s); "
-              "top class and score per window (rows: y, columns: x offset in px):")
-    print_laid(out, grid_layout(scores, names, geo, out.width))
-    if "average" in r:
-        best = r["average"][0]
-        others = ", ".join(f"{escape(a['name'])} {a['score']:.3f}" for a in r["average"][1:])
-        out.print(f"average over {scores.shape[0] * scores.shape[1]} windows: "
-                  f"[bold]{escape(best['name'])}[/] {best['score']:.3f}"
-                  + (f" (then {others})" if others else ""))
-    if "verify" in r:
-        v = r["verify"]
-        speed = v["crop_by_crop_seconds"] / v["one_pass_seconds"] if v["one_pass_seconds"] \
-            else float("inf")
-        line = (f"verify: {v['windows']} crops through the original net in "
-                f"{v['crop_by_crop_seconds']:.3f} s (one pass {v['one_pass_seconds']:.3f} s, "
-                f"{speed:.1f}x); largest |difference| {v['max_abs_diff']:.3g} "
-                f"(scores up to {v['score_scale']:.3g})")
-        if v["expected_exact"]:
-            mark = "[green]ok[/]" if v["passed"] else "[bold red]FAIL[/]"
-            out.print(f"{line}: {mark} (tolerance {v['tolerance']:g})")
-        else:
-            out.print(f"{line}; [yellow]not expected to match[/]: the net pads inside, so a "
-                      f"window's score depends on its surroundings (same top class in "
-                      f"{v['top_class_agreement']:.0%} of windows)")
-    out.print()
-
 
 def _write_maps(path: Path, maps: dict[str, Any], results: list[dict[str, Any]]) -> None:
     import numpy as np
