@@ -54,6 +54,8 @@ bench: dev
 	$(BIN)/python bench/bench_winograd.py
 	$(BIN)/python bench/bench_step.py
 	$(BIN)/python bench/bench_nets.py
+	$(BIN)/python bench/bench_nets.py --mode infer
+	$(BIN)/python bench/bench_algo.py
 	$(BIN)/python bench/bench_fc_head.py
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_memory.py

@@ -2,10 +2,12 @@
 
     .venv/bin/python bench/bench_nets.py [--nets cifar_small,cifar_vgg_bn,resnet20]
         [--batch 64] [--threads 2] [--steps 15] [--rounds 3] [--blas own,Haswell]
-        [--conv-algo gemm]
+        [--conv-algo auto] [--mode train|infer]
 
-One step = forward + softmax cross-entropy + backward + SGD momentum update, float32, batch
-64, the same thread count for everyone. Each measurement runs in its own subprocess (numba
+One training step = forward + softmax cross-entropy + backward + SGD momentum update; with
+`--mode infer`, one forward pass in evaluation mode (batchnorm's running statistics, no
+dropout; PyTorch in eval() under no_grad). float32, batch 64, the same thread count for
+everyone. Each measurement runs in its own subprocess (numba
 and torch each bring an OpenMP runtime; OpenBLAS reads OPENBLAS_CORETYPE when it loads), and
 the implementations take turns, round after round, so a slow minute of a shared machine
 falls on all of them. Reported: the median over rounds of each run's median step.
@@ -57,7 +59,8 @@ def torch_model(net: str):  # type: ignore[no-untyped-def]
     del torch
 
 
-def run_cnncli(net: str, batch: int, threads: int, steps: int, conv_algo: str) -> list[float]:
+def run_cnncli(net: str, batch: int, threads: int, steps: int, conv_algo: str,
+               infer: bool = False) -> list[float]:
     import numpy as np
 
     from cnncli.config import configure_threads
@@ -65,8 +68,7 @@ def run_cnncli(net: str, batch: int, threads: int, steps: int, conv_algo: str) -
     from cnncli.engine.optim import make_optimizer
 
     configure_threads(threads)
-    kwargs = {"conv_algo": conv_algo} if conv_algo != "gemm" else {}
-    model = Network.from_spec(net, seed=0, **kwargs)
+    model = Network.from_spec(net, seed=0, conv_algo=conv_algo)
     opt = make_optimizer("momentum", model.params, lr=0.01, momentum=0.9)
     rng = np.random.default_rng(0)
     x = rng.random((batch, model.input.h, model.input.w, model.input.d), dtype=np.float32)
@@ -74,15 +76,19 @@ def run_cnncli(net: str, batch: int, threads: int, steps: int, conv_algo: str) -
     times = []
     for i in range(steps + 3):  # three warm-up steps
         t = time.perf_counter()
-        loss, d = model.loss(model.forward(x, training=True), y)
-        model.backward(d)
-        opt.step(model.grads)
+        if infer:
+            model.forward(x, training=False)
+        else:
+            loss, d = model.loss(model.forward(x, training=True), y)
+            model.backward(d)
+            opt.step(model.grads)
         if i >= 3:
             times.append(time.perf_counter() - t)
     return times
 
 
-def run_torch(net: str, batch: int, threads: int, steps: int, channels_last: bool) -> list[float]:
+def run_torch(net: str, batch: int, threads: int, steps: int, channels_last: bool,
+              infer: bool = False) -> list[float]:
     import torch
 
     torch.set_num_threads(threads)
@@ -97,12 +103,18 @@ def run_torch(net: str, batch: int, threads: int, steps: int, channels_last: boo
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
     times = []
+    if infer:
+        model.eval()
     for i in range(steps + 3):
         t = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
+        if infer:
+            with torch.no_grad():
+                model(x)
+        else:
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
         if i >= 3:
             times.append(time.perf_counter() - t)
     return times
@@ -131,12 +143,14 @@ def blas_kernel() -> str:
                      if i.get("internal_api") == "openblas") or "?"
 
 
-def step_macs(net: str) -> int:
+def step_macs(net: str, mode: str) -> int:
+    """Multiply-adds per image of a training step (or of a forward pass)."""
     from cnncli.analysis.report import analyze, training_costs
     from cnncli.spec import catalog
     from cnncli.spec.parse import load_spec
 
-    return int(training_costs(analyze(load_spec(catalog.resolve(net))))["totals"]["total"])
+    totals = training_costs(analyze(load_spec(catalog.resolve(net))))["totals"]
+    return int(totals["total"] if mode == "train" else totals["forward"])
 
 
 def child(args: argparse.Namespace) -> None:
@@ -144,10 +158,10 @@ def child(args: argparse.Namespace) -> None:
         print(json.dumps({"peak": sgemm_peak(args.threads), "kernel": blas_kernel()}))
     elif args.impl == "cnncli":
         print(json.dumps(run_cnncli(args.net, args.batch, args.threads, args.steps,
-                                    args.conv_algo)))
+                                    args.conv_algo, args.mode == "infer")))
     else:
         print(json.dumps(run_torch(args.net, args.batch, args.threads, args.steps,
-                                   args.impl == "torch_cl")))
+                                   args.impl == "torch_cl", args.mode == "infer")))
 
 
 def measure(args: argparse.Namespace, impl: str, net: str, blas: str) -> object:
@@ -157,7 +171,7 @@ def measure(args: argparse.Namespace, impl: str, net: str, blas: str) -> object:
         env["OPENBLAS_CORETYPE"] = blas
     cmd = [sys.executable, __file__, "--impl", impl, "--net", net, "--batch", str(args.batch),
            "--threads", str(args.threads), "--steps", str(args.steps),
-           "--conv-algo", args.conv_algo]
+           "--conv-algo", args.conv_algo, "--mode", args.mode]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env,
                          cwd=ROOT).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -171,7 +185,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--blas", default="own,Haswell")
-    parser.add_argument("--conv-algo", default="gemm")
+    parser.add_argument("--conv-algo", default="auto", choices=("auto", "gemm", "winograd"))
+    parser.add_argument("--mode", default="train", choices=("train", "infer"))
     parser.add_argument("--impl", choices=IMPLS + ("peak",))
     parser.add_argument("--net")
     args = parser.parse_args()
@@ -190,14 +205,15 @@ def main() -> None:
                     times = measure(args, impl, net, blas)
                     medians.setdefault((blas, net, impl), []).append(median(times))  # type: ignore[arg-type]
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-    print(f"whole training step, batch {args.batch}, float32, {args.threads} threads, "
+    what = "whole training step" if args.mode == "train" else "inference (forward, eval mode)"
+    print(f"{what}, batch {args.batch}, float32, {args.threads} threads, "
           f"median of {args.rounds} alternating rounds of {args.steps} steps each; "
           f"cnncli --conv-algo {args.conv_algo}")
     print("| net | OpenBLAS kernel | cnncli img/s | PyTorch NCHW img/s | PyTorch channels_last "
-          "img/s | cnncli / faster PyTorch | cnncli at % of sgemm peak |")
+          "img/s | cnncli / faster PyTorch | cnncli at % of sgemm peak (direct MACs) |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for net in nets:
-        macs = step_macs(net) * args.batch
+        macs = step_macs(net, args.mode) * args.batch
         for blas in settings:
             rate = {impl: args.batch / median(medians[(blas, net, impl)]) for impl in IMPLS}
             best_torch = max(rate["torch"], rate["torch_cl"])
