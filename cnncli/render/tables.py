@@ -372,7 +372,8 @@ def training_layout(costs: dict[str, Any], width: int) -> Laid:
     for r in costs["layers"]:
         if not r["total"]:
             continue
-        rows.append((["  " * r["depth"] + r["name"].rsplit(".", 1)[-1], r["kind"],
+        # full names (res4.conv1): the table has no block headings to say whose layer it is
+        rows.append(([r["name"], r["kind"],
                       human(r["forward"]), human(r["backward_data"]) if r["backward_data"]
                       else "-", human(r["backward_weights"]), human(r["total"]),
                       f"{r['total'] / total:.0%}" if total else ""], None))
