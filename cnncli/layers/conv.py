@@ -432,8 +432,8 @@ class WinogradPlan(ConvPlan):
         oh, ow = self.vout.h, self.vout.w
         nchunk = sizes.winograd_weights_chunks(n, oh, ow, m, self.threads)
         partials = self.work(0, nchunk * 9 * c * k)
-        threads, per, more = sizes.winograd_weights_work(n, oh, ow, c, k, m, self.threads)
-        blocks = [self.work(0, per) for _ in range(threads)] + [self.work(0, more)]
+        threads, per = sizes.winograd_weights_work(n, oh, ow, c, k, m, self.threads)
+        blocks = [self.work(0, per) for _ in range(threads)]
         del blocks
         summed = self.work(0, 9 * c * k)  # dWp[0].copy() += ...
         dw = self.work(0, self.wsize)  # the transpose back to OIHW

@@ -73,22 +73,16 @@ def winograd_weights_chunks(n: int, oh: int, ow: int, m: int, threads: int) -> i
 
 
 def winograd_weights_work(n: int, oh: int, ow: int, c: int, k: int, m: int,
-                          threads: int) -> tuple[int, int, int]:
-    """(threads that run, numbers each allocates, numbers more) of the backward-weights
-    kernel: V and Z blocks, the input tile row and its transform, a tile row of dy and its
-    transform, the chunk's alpha^2 [C x K] sums S and one GEMM's result.
-
-    "More": with fewer chunks than numba threads (small maps, small batches: one chunk),
-    tracemalloc measured one more Z and S besides the running thread's, whatever the
-    thread count above 1 (2, 3 and 4 measured alike) -- numba's parallel loop, not our
-    code, allocates them; the forward kernel showed no such extra (within 50 KB)."""
+                          threads: int) -> tuple[int, int]:
+    """(threads that run, numbers each holds) of the backward-weights kernel: V and Z
+    blocks, the input tile row and its transform, a tile row of dy and its transform, the
+    chunk's alpha^2 [C x K] sums S and one GEMM's result. The wrapper allocates them for
+    every running thread before the parallel loop."""
     alpha = m + 2
     tw = -(-ow // m)
     nrow = n * -(-oh // m)
     r = winograd_rows_per_block(tw, nrow, WINOGRAD_BLOCK_TILES_DW)
     slots = r * tw + 1
-    z_and_s = alpha * alpha * (slots * k + c * k)
-    per = (alpha * alpha * slots * c + 2 * alpha * m * (tw + 1) * c + m * m * tw * k
-           + alpha * m * tw * k + z_and_s + c * k)
-    running = min(threads, winograd_weights_chunks(n, oh, ow, m, threads))
-    return running, per, z_and_s if running < threads else 0
+    per = (alpha * alpha * slots * (c + k) + 2 * alpha * m * (tw + 1) * c + m * m * tw * k
+           + alpha * m * tw * k + alpha * alpha * c * k + c * k)
+    return min(threads, winograd_weights_chunks(n, oh, ow, m, threads)), per

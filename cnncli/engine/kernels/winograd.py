@@ -465,12 +465,13 @@ def _filter_transform(wt, G, u):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _wino_fwd(x, U, bias, m, pad, R, nthreads, y):
+def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, xs_t, rowt_t, orow_t, yrow_t, y):
     """y[N, OH, OW, K] = Winograd F(m x m, 3 x 3) conv of x with U[alpha^2, C, K] + bias
     (bias: one tile row of output columns in phase layout, m * TW * K).
 
     Blocks are R consecutive tile rows (over all images); each thread runs a range of
-    blocks with its buffers in cache.
+    blocks with its buffers in cache: the `_t` arrays, [T, ...], allocated by the wrapper
+    (xs_t zeroed), so what a call holds does not depend on how the threads are timed.
     """
     N, H, W, C = x.shape
     OH = y.shape[1]
@@ -483,18 +484,18 @@ def _wino_fwd(x, U, bias, m, pad, R, nthreads, y):
     KS = TW + 1  # input columns reach one slot past the last tile's start
     nrow = N * TH
     nblk = (nrow + R - 1) // R
-    T = min(nthreads, nblk)
+    T = V_t.shape[0]
     x2 = x.reshape(N * H, W * C)
     y2 = y.reshape(N * OH, OW * K)
     for p in prange(T):
-        V = np.empty((A2, R * TW + 1, C), dtype=x.dtype)  # + 1: see module docstring
-        M = np.empty((A2, R * TW + 1, K), dtype=x.dtype)
+        V = V_t[p]  # [A2, R * TW + 1, C]; + 1: see module docstring
+        M = M_t[p]
         V2 = V.reshape(A2, (R * TW + 1) * C)
         M2 = M.reshape(A2, (R * TW + 1) * K)
-        xs = np.zeros((alpha, m * KS * C), dtype=x.dtype)
-        rowt = np.empty((alpha, m * KS * C), dtype=x.dtype)
-        orow = np.empty((alpha, m * TW * K), dtype=x.dtype)
-        yrow = np.empty((m, m * TW * K), dtype=x.dtype)
+        xs = xs_t[p]
+        rowt = rowt_t[p]
+        orow = orow_t[p]
+        yrow = yrow_t[p]
         for blk in range(p * nblk // T, (p + 1) * nblk // T):
             g0 = blk * R
             g1 = min(nrow, g0 + R)
@@ -515,9 +516,12 @@ def _wino_fwd(x, U, bias, m, pad, R, nthreads, y):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, nthreads, dWp):
+def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, xs_t, rowt_t, ds_t, zrow_t, S_t,
+                tmp_t, dWp):
     """dWp[chunk, 9, C, K] (p * 3 + q, c, k) = per-chunk partial dW; GGt[9, alpha^2] holds
     G[a, p] * G[b, q]. Chunk q owns blocks [q * nblk // nchunk, (q + 1) * nblk // nchunk).
+    Each thread's buffers are the `_t` arrays, [T, ...], allocated by the wrapper (xs_t and
+    ds_t zeroed).
     """
     N, H, W, C = x.shape
     OH = dy.shape[1]
@@ -530,21 +534,21 @@ def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, nthreads, dWp):
     KS = TW + 1
     nrow = N * TH
     nblk = (nrow + R - 1) // R
-    T = min(nthreads, nchunk)
+    T = V_t.shape[0]
     x2 = x.reshape(N * H, W * C)
     dy2 = dy.reshape(N * OH, OW * K)
     for p in prange(T):
-        V = np.empty((A2, R * TW + 1, C), dtype=x.dtype)
-        Z = np.empty((A2, R * TW + 1, K), dtype=x.dtype)
+        V = V_t[p]
+        Z = Z_t[p]
         V2 = V.reshape(A2, (R * TW + 1) * C)
         Z2 = Z.reshape(A2, (R * TW + 1) * K)
-        xs = np.zeros((alpha, m * KS * C), dtype=x.dtype)
-        rowt = np.empty((alpha, m * KS * C), dtype=x.dtype)
-        ds = np.zeros((m, m * TW * K), dtype=x.dtype)
-        zrow = np.empty((alpha, m * TW * K), dtype=x.dtype)
-        S = np.empty((A2, C, K), dtype=x.dtype)
+        xs = xs_t[p]
+        rowt = rowt_t[p]
+        ds = ds_t[p]
+        zrow = zrow_t[p]
+        S = S_t[p]
         S2 = S.reshape(A2, C * K)
-        tmp = np.empty((C, K), dtype=x.dtype)
+        tmp = tmp_t[p]
         tmpf = tmp.reshape(C * K)
         for q in range(p * nchunk // T, (p + 1) * nchunk // T):
             b0 = q * nblk // nchunk
@@ -627,8 +631,16 @@ def _forward(x, u, b, pad, tile, out_hw):
         return y
     TW = -(-OW // tile)
     bias = np.tile(b, tile * TW) if b is not None else np.zeros(tile * TW * K, x.dtype)
-    R = sizes.winograd_rows_per_block(TW, N * -(-OH // tile), sizes.WINOGRAD_BLOCK_TILES)
-    _wino_fwd(x, u, bias, tile, pad, R, _threads(), y)
+    nrow = N * -(-OH // tile)
+    R = sizes.winograd_rows_per_block(TW, nrow, sizes.WINOGRAD_BLOCK_TILES)
+    T = min(_threads(), -(-nrow // R))  # each thread's blocks, allocated here, not in it
+    alpha, C, KS = tile + 2, x.shape[3], TW + 1
+    dt = x.dtype
+    _wino_fwd(x, u, bias, tile, pad, R, np.empty((T, alpha * alpha, R * TW + 1, C), dt),
+              np.empty((T, alpha * alpha, R * TW + 1, K), dt),
+              np.zeros((T, alpha, tile * KS * C), dt), np.empty((T, alpha, tile * KS * C), dt),
+              np.empty((T, alpha, tile * TW * K), dt), np.empty((T, tile, tile * TW * K), dt),
+              y)
     return y
 
 
@@ -700,7 +712,14 @@ def winograd_conv_backward_weights(x, dy, pad, tile=4):
     R = sizes.winograd_rows_per_block(TW, nrow, sizes.WINOGRAD_BLOCK_TILES_DW)
     nchunk = sizes.winograd_weights_chunks(N, OH, OW, tile, _threads())
     dWp = np.empty((nchunk, 9, C, K), dtype=x.dtype)
-    _wino_bwd_w(x, dy, GGt, tile, pad, R, nchunk, _threads(), dWp)
+    T = min(_threads(), nchunk)  # each thread's blocks, allocated here, not in it
+    alpha, KS, dt = tile + 2, TW + 1, x.dtype
+    A2 = alpha * alpha
+    _wino_bwd_w(x, dy, GGt, tile, pad, R, nchunk, np.empty((T, A2, R * TW + 1, C), dt),
+                np.empty((T, A2, R * TW + 1, K), dt), np.zeros((T, alpha, tile * KS * C), dt),
+                np.empty((T, alpha, tile * KS * C), dt), np.zeros((T, tile, tile * TW * K), dt),
+                np.empty((T, alpha, tile * TW * K), dt), np.empty((T, A2, C, K), dt),
+                np.empty((T, C, K), dt), dWp)
     dW = dWp[0].copy()
     for q in range(1, nchunk):  # chunk order: deterministic
         dW += dWp[q]
