@@ -80,7 +80,6 @@ class LayerSpec:
     overwrites_input: ClassVar[bool] = False  # the engine writes its output over its input
     draws_filters: ClassVar[bool] = False  # `cnncli filters` can tile its weights
     subtracts_mean: ClassVar[bool] = False  # batchnorm: a constant added before it is lost
-
     elementwise: ClassVar[bool] = False  # same volume in and out, no window: drawn folded
     windowed: ClassVar[bool] = False  # slides a window (conv, local, pool): drawn as FxF/S
 
