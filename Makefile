@@ -33,7 +33,8 @@ dev: $(VENV)/.dev
 demo: install
 	$(BIN)/cnncli check vgg16
 	# 10 classes; 99% validation accuracy after 3 epochs (16 s on 2 cores of an AMD EPYC;
-	# 105 s on the 2-core Xeon VM of 2026-11-28, whose host takes back ~18% of its time)
+	# about 45 s with Winograd convs on the 2-core Xeon VM of 2026-11-28, whose host takes
+	# back ~15% of its time)
 	$(BIN)/cnncli train cifar_small --epochs 3 --out runs/demo --overwrite
 
 test: dev
