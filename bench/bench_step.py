@@ -15,62 +15,21 @@ import json
 import os
 import subprocess
 import sys
-import time
 from statistics import median
 
 
 def run_cnncli(batch: int, threads: int, steps: int) -> list[float]:
-    import numpy as np
+    """cifar_small's step in cnncli (im2col + GEMM convs), as bench_nets.py times it."""
+    from bench_nets import run_cnncli as run_net  # beside this script
 
-    from cnncli.config import configure_threads
-    from cnncli.engine.network import Network
-    from cnncli.engine.optim import make_optimizer
-
-    configure_threads(threads)
-    net = Network.from_spec("cifar_small", seed=0)
-    opt = make_optimizer("momentum", net.params, lr=0.01, momentum=0.9)
-    rng = np.random.default_rng(0)
-    x = rng.random((batch, 32, 32, 3), dtype=np.float32)
-    y = rng.integers(0, 10, batch)
-    times = []
-    for i in range(steps + 3):  # three warm-up steps
-        t = time.perf_counter()
-        loss, d = net.loss(net.forward(x, training=True), y)
-        net.backward(d)
-        opt.step(net.grads)
-        if i >= 3:
-            times.append(time.perf_counter() - t)
-    return times
+    return run_net("cifar_small", batch, threads, steps, "gemm")
 
 
 def run_torch(batch: int, threads: int, steps: int, channels_last: bool) -> list[float]:
-    import torch
+    """The same net in torch.nn, as bench_nets.py times it."""
+    from bench_nets import run_torch as run_net
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    nn = torch.nn
-    model = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(2048, 10))
-    x = torch.rand(batch, 3, 32, 32)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
-    times = []
-    for i in range(steps + 3):
-        t = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        if i >= 3:
-            times.append(time.perf_counter() - t)
-    return times
+    return run_net("cifar_small", batch, threads, steps, channels_last)
 
 
 def main() -> None:
