@@ -136,15 +136,20 @@ class BatchNormEngine(EngineLayer):
         if not training:
             return norm_k.batchnorm_forward_eval(x, gamma, beta, rm, rv, self.eps)
         y, mean, inv_std, _ = norm_k.batchnorm_forward_train(x, gamma, beta, self.eps)
-        m = x.size // x.shape[-1]
-        var = inv_std ** -2 - self.eps
+        self.update_running(mean, inv_std ** -2 - self.eps, x.size // x.shape[-1])
+        self._saved = (x, mean, inv_std)
+        return y
+
+    def update_running(self, mean: np.ndarray, var: np.ndarray, m: float) -> None:
+        """Move the running statistics towards this batch's (`m` numbers per channel): by
+        `momentum`, the variance unbiased, as PyTorch does."""
+        rm = self.buffers[f"{self.name}.running_mean"]
+        rv = self.buffers[f"{self.name}.running_var"]
         unbiased = var * m / max(1, m - 1)
         rm *= 1 - self.momentum
         rm += (self.momentum * mean).astype(rm.dtype)
         rv *= 1 - self.momentum
         rv += (self.momentum * unbiased).astype(rv.dtype)
-        self._saved = (x, mean, inv_std)
-        return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         from cnncli.engine.kernels import norm as norm_k

@@ -604,7 +604,6 @@ def _batchnorm_classes() -> tuple[type, type]:
             gamma = self.params[f"{self.name}.weight"]
             beta = self.params[f"{self.name}.bias"]
             rm = self.buffers[f"{self.name}.running_mean"]
-            rv = self.buffers[f"{self.name}.running_var"]
             c, dt = x.shape[-1], x.dtype
             x2 = x.reshape(-1, c)
             # sums shifted by the running mean (the same on every rank): little cancellation
@@ -622,11 +621,7 @@ def _batchnorm_classes() -> tuple[type, type]:
             var = np.maximum(sums[1 + c:] / m - centre * centre, 0.0)
             inv_std = 1.0 / np.sqrt(var + float(self.eps))
             y = (x2 - mean.astype(dt)) * (gamma * inv_std).astype(dt) + beta.astype(dt)
-            unbiased = var * m / max(1.0, m - 1)
-            rm *= 1 - self.momentum
-            rm += (self.momentum * mean).astype(rm.dtype)
-            rv *= 1 - self.momentum
-            rv += (self.momentum * unbiased).astype(rv.dtype)
+            self.update_running(mean, var, m)
             self._saved = (x, mean, inv_std)
             return y.reshape(x.shape)
 
