@@ -101,15 +101,15 @@ class _Windowed(LayerSpec):
         return settings
 
     def to_yaml(self, scope: str, write_sequence: Any) -> Any:
-        s: dict[str, Any] = {"filters": self.filters, "size": _pair(self.size)}
+        s: dict[str, Any] = {"filters": self.filters, "size": self.size.to_yaml()}
         if self.stride != Pair(1, 1):
-            s["stride"] = _pair(self.stride)
+            s["stride"] = self.stride.to_yaml()
         if self.pad_same:
             s["pad"] = "same"
         elif self.pad != Pair(0, 0):
-            s["pad"] = _pair(self.pad)
+            s["pad"] = self.pad.to_yaml()
         if self.dilation != Pair(1, 1):
-            s["dilation"] = _pair(self.dilation)
+            s["dilation"] = self.dilation.to_yaml()
         if self.depth_groups != 1:
             s["groups"] = self.depth_groups
         if not self.bias:
@@ -191,9 +191,6 @@ class _Windowed(LayerSpec):
         return Window(self.size, self.stride, self.pad, self.dilation, False, self.rounding,
                       "conv")
 
-
-def _pair(p: Pair) -> int | dict[str, int]:
-    return p.h if p.h == p.w else {"height": p.h, "width": p.w}
 
 
 @dataclass(frozen=True)

@@ -73,11 +73,11 @@ class Pool(LayerSpec):
     def to_yaml(self, scope: str, write_sequence: Any) -> Any:
         s: dict[str, Any] = {"global": True} if self.is_global else {}
         if self.size is not None and self.stride is not None:
-            s["size"] = _pair(self.size)
+            s["size"] = self.size.to_yaml()
             if self.stride != self.size:
-                s["stride"] = _pair(self.stride)
+                s["stride"] = self.stride.to_yaml()
         if self.pad != Pair(0, 0):
-            s["pad"] = _pair(self.pad)
+            s["pad"] = self.pad.to_yaml()
         if self.type != "max":
             s["type"] = self.type
         if self.rounding:
@@ -148,9 +148,6 @@ class Pool(LayerSpec):
     def engine(self, row: Row, ctx: Any) -> EngineLayer:
         return PoolEngine(self, row)
 
-
-def _pair(p: Pair) -> int | dict[str, int]:
-    return p.h if p.h == p.w else {"height": p.h, "width": p.w}
 
 
 # ----------------------------------------------------------------------------- memory plan

@@ -70,6 +70,10 @@ class Pair:
     def __str__(self) -> str:
         return str(self.h) if self.h == self.w else f"{self.h}x{self.w}"
 
+    def to_yaml(self) -> int | dict[str, int]:
+        """As a spec file writes it: one number when square, else {height, width}."""
+        return self.h if self.h == self.w else {"height": self.h, "width": self.w}
+
 
 @dataclass(frozen=True)
 class Volume:
