@@ -305,6 +305,15 @@ class Local(_Windowed):
 # relaid weights, the dW partial sums of each chunk.
 
 
+def _keep_gradients(plan: PlanLayer, dw: Buf, db: Buf, bias: bool) -> None:
+    """This step's weight (and bias) gradients become the layer's, freeing last step's; a
+    bias-free layer's db, summed anyway, is not kept."""
+    grads = {f"{plan.name}.weight": dw}
+    if bias:
+        grads[f"{plan.name}.bias"] = db
+    plan.new_grads(grads)
+
+
 class ConvPlan(PlanLayer):
     def __init__(self, heap: Heap, row: Row, threads: int, node: Conv):
         super().__init__(heap, row, threads)
@@ -367,12 +376,8 @@ class ConvPlan(PlanLayer):
         db64 = self.work(0, self.k, FLOAT64)
         db = self.work(0, self.k)
         del db64, dbp, x
-        grads = {f"{self.name}.weight": dw}
-        if self.bias:
-            grads[f"{self.name}.bias"] = db
+        _keep_gradients(self, dw, db, self.bias)
         del dw, db
-        self.new_grads(grads)
-        del grads
         self.drop()
         return dx
 
@@ -438,12 +443,8 @@ class WinogradPlan(ConvPlan):
         db64 = self.work(0, self.k, FLOAT64)  # dy summed in float64
         db = self.work(0, self.k)
         del db64, x
-        grads = {f"{self.name}.weight": dw}
-        if self.bias:
-            grads[f"{self.name}.bias"] = db
+        _keep_gradients(self, dw, db, self.bias)
         del dw, db
-        self.new_grads(grads)
-        del grads
         self.drop()
         return dx if dx is not None else self.work(0, 0)
 
@@ -487,12 +488,8 @@ class LocalPlan(PlanLayer):
             del bands
         db = self.work(0, self.k * positions)
         del db64, x
-        grads = {f"{self.name}.weight": dw}
-        if self.bias:
-            grads[f"{self.name}.bias"] = db
+        _keep_gradients(self, dw, db, self.bias)
         del dw, db
-        self.new_grads(grads)
-        del grads
         self.drop()
         return dx if dx is not None else self.work(0, 0)
 
