@@ -115,9 +115,10 @@ def main() -> None:
         child(a.child[0], a.child[1], a.batch, a.steps, a.threads)
         return
     nets = a.nets.split(",")
-    from cnncli.engine.warmup import warm_up
+    from cnncli.engine.warmup import warm_up_nets
 
-    warm_up()  # compile (or load) every kernel once, outside the timed runs
+    for policy in ("gemm", "winograd", "auto"):  # compile (or load) outside the timed runs
+        warm_up_nets(nets, conv_algo=policy)
     load0 = os.getloadavg()[0]
     print(f"batch {a.batch}, float32, momentum, {a.threads} threads, {a.steps} timed steps "
           f"per run, {a.rounds} alternating rounds, load average {load0:.1f} at start")

@@ -85,6 +85,13 @@ def available_threads() -> int:
     return n
 
 
+def compile_workers(jobs: int) -> int:
+    """Processes that compile kernels side by side in `cnncli warmup`: one per core, at most
+    one per job. numba compiles on one thread and holds a lock while it does, so threads
+    would take turns; processes do not, and each runs its tiny steps on one numba thread."""
+    return max(1, min(jobs, available_threads()))
+
+
 def check_threads(n: int | None, option: str = "--threads") -> str | None:
     """The one rule for a thread count someone asks for, on every command.
 

@@ -118,7 +118,7 @@ def test_dash_h_is_help_on_the_app_and_every_command(args: list[str]) -> None:
     assert "Usage" in result.stdout and result.stdout == invoke(*args[:-1], "--help").stdout
 
 
-USAGE = {"check": "SPEC", "list": "", "gradcheck": "SPEC", "warmup": "", "bench": "SPEC",
+USAGE = {"check": "SPEC", "list": "", "gradcheck": "SPEC", "warmup": "[SPEC...]", "bench": "SPEC",
          "memory": "SPEC", "train": "SPEC", "eval": "SPEC", "export": "CHECKPOINT OUTPUT",
          "convert": "SPEC", "slide": "SPEC IMAGE...", "draw": "SPEC", "plot": "RUN_DIR",
          "filters": "CHECKPOINT", "activations": "SPEC IMAGE"}

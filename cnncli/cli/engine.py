@@ -118,12 +118,30 @@ def print_gradcheck(console: Console, net: str, samples: int, checks: list[Check
                      if kinks else ""))
 
 
-def warmup() -> None:
-    """Compile the engine's kernels once and cache them on disk (run by `make install`)."""
-    from cnncli.engine.warmup import warm_up
+def warmup(
+    specs: Annotated[list[str] | None, typer.Argument(
+        metavar="SPEC", help="Nets to prepare: bundled names or YAML files. "
+        "None: every kernel the engine has.", show_default=False)] = None,
+    float64: Annotated[bool, typer.Option(
+        "--float64", help="Also the float64 kernels (gradcheck runs in float64).")] = False,
+    conv_algo: ConvAlgoOpt = DEFAULT_CONV,
+) -> None:
+    """Compile the engine's kernels ahead of a run (numba caches them on disk).
 
-    seconds = warm_up()
-    out.print(f"engine kernels compiled and cached in {seconds:.1f} s")
+    Not needed: a run compiles what it uses the first time, once per machine. With
+    SPECs: what training and evaluating those nets needs; without: every kernel, in
+    float32 (what train, eval, slide and bench run), compiled by one process per core."""
+    from cnncli.engine.warmup import warm_up_all, warm_up_nets
+
+    dtypes = ("float32", "float64") if float64 else ("float32",)
+    if specs:
+        nets = [open_spec(spec) for spec in specs]  # every spec readable before any compiles
+        seconds = sum(warm_up_nets(nets, dtype, conv_algo.value) for dtype in dtypes)
+        what = f"the kernels {', '.join(specs)} {'use' if len(specs) > 1 else 'uses'}"
+    else:
+        seconds = warm_up_all(dtypes)
+        what = "every engine kernel"
+    out.print(f"{what} ({', '.join(dtypes)}) compiled and cached in {seconds:.1f} s")
 
 
 def bench(

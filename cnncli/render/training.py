@@ -24,6 +24,7 @@ class TrainDisplay:
         self.epochs = 0
         self._loss = self._acc = 0.0
         self._images, self._seconds = 0, 0.0
+        self._told_compile = False
 
     def line(self, text: str) -> None:
         if self.tty:
@@ -53,6 +54,7 @@ class TrainDisplay:
             try:
                 for event in trainer.run():
                     if isinstance(event, BatchDone):
+                        self._compiled(event)
                         self._batch(event)
                     elif isinstance(event, EpochDone):
                         self._close_bar()
@@ -64,6 +66,18 @@ class TrainDisplay:
                 self._close_bar()
         assert stopped is not None
         return stopped
+
+    def _compiled(self, e: Any) -> None:
+        """Say once why a step was slow when it compiled kernels (a first run on a machine:
+        they are cached on disk afterwards)."""
+        if self._told_compile or self.quiet or e.compile_seconds < 1.0:
+            return
+        self._told_compile = True
+        self._close_bar()
+        self.note(f"step {e.batch + 1} of epoch {e.epoch + 1} took {e.seconds:.1f} s, "
+                  f"{e.compile_seconds:.1f} s of it compiling the engine's kernels this net "
+                  "uses (once per machine: numba caches them on disk); that epoch's time "
+                  "and img/s include it")
 
     def _batch(self, e: Any) -> None:
         if self.quiet or not self.tty:

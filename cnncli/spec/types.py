@@ -59,6 +59,10 @@ class SpecInvalid(Exception):
         super().__init__("; ".join(p.message for p in problems))
         self.problems = problems
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt from its problems, not its message: it crosses processes (`cnncli warmup`)
+        return (SpecInvalid, (self.problems,))
+
 
 @dataclass(frozen=True)
 class Pair:

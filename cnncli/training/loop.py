@@ -42,6 +42,7 @@ import numpy as np
 from cnncli.engine.checkpoint import Checkpoint, save_checkpoint, spec_sha256
 from cnncli.engine.network import Network
 from cnncli.engine.optim import OPTIMIZERS, SCHEDULES, Schedule, make_optimizer
+from cnncli.engine.warmup import CompileWatch
 from cnncli.files import Writer, remove_stale_temporaries, write_atomically
 from cnncli.files import text_writer as _text_writer  # a name of its own: tests fail it
 from cnncli.training import data as D
@@ -114,6 +115,7 @@ class BatchDone:
     images: int         # images in this batch
     seconds: float      # wall time of this batch
     lr: float
+    compile_seconds: float = 0.0  # of `seconds`, compiling kernels (a first run on a machine)
 
 
 @dataclass(frozen=True)
@@ -502,6 +504,12 @@ class Trainer:
                 "normalisation": {"mean": self.mean.tolist(), "std": self.std.tolist()}}
 
     def run(self) -> Iterator[Event]:
+        # kernels compile the first time a step calls them (numba caches them on disk): the
+        # watch tells the display how much of a slow first step that was
+        with CompileWatch() as watch:
+            yield from self._run(watch)
+
+    def _run(self, watch: CompileWatch) -> Iterator[Event]:
         cfg, net, p = self.config, self.net, self.progress
         if self.run_dir is not None:
             self.run_dir.start(self.spec_text, self.run_config(), p.history)
@@ -516,7 +524,7 @@ class Trainer:
                 if self._stopping():
                     yield from self._interrupted()
                     return
-                t0 = time.perf_counter()
+                t0, compiled = time.perf_counter(), watch.seconds
                 idx = order[b * cfg.batch:(b + 1) * cfg.batch]
                 part = self.comm.shard(len(idx))  # this rank's images of the batch (alone: all)
                 idx = idx[part.local]
@@ -537,7 +545,8 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 p.batch, p.loss_sum = b + 1, p.loss_sum + loss * images
                 p.correct, p.seen, p.seconds = p.correct + correct, p.seen + images, p.seconds + dt
-                yield BatchDone(p.epoch, b, batches, loss, correct / images, images, dt, lr)
+                yield BatchDone(p.epoch, b, batches, loss, correct / images, images, dt, lr,
+                                watch.seconds - compiled)
             if self._stopping():
                 yield from self._interrupted()
                 return

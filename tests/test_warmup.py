@@ -1,0 +1,160 @@
+"""Compiling kernels: lazily, what a run uses; `cnncli warmup` ahead of time, for named nets
+or every kernel (two families that share no kernel, compiled side by side); and a first
+training step that says how much of its time was compiling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numba import njit
+from rich.console import Console
+from typer.testing import CliRunner
+
+from cnncli.cli.app import app
+from cnncli.engine import warmup
+from cnncli.render.training import TrainDisplay
+from cnncli.spec.parse import parse_spec
+from cnncli.training.loop import BatchDone
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+# In a fresh interpreter: run one family's warm-up step, then name every kernel of
+# cnncli.engine.kernels that now has machine code (compiled or loaded from the cache).
+USED_KERNELS = """
+import json, sys, importlib, pkgutil
+from numba.core.registry import CPUDispatcher
+import cnncli.engine.kernels as K
+from cnncli.engine import warmup
+spec = getattr(warmup, sys.argv[1])
+warmup._step(spec, "float32", "gemm")
+warmup._step(spec, "float32", "winograd")
+used, every = [], []
+for info in pkgutil.iter_modules(K.__path__):
+    module = importlib.import_module(f"cnncli.engine.kernels.{info.name}")
+    for name, value in vars(module).items():
+        # the parallel kernels: called from Python (serial helpers called from inside
+        # them are compiled into their callers and load with them)
+        if isinstance(value, CPUDispatcher) and value.__module__ == module.__name__ \
+                and value.targetoptions.get("parallel"):
+            every.append(f"{info.name}.{name}")
+        if isinstance(value, CPUDispatcher) and value.overloads:
+            used.append(f"{info.name}.{name}")
+print(json.dumps({"used": used, "every": every}))
+"""
+
+
+def _kernels_after(family: str) -> dict[str, list[str]]:
+    done = subprocess.run([sys.executable, "-c", USED_KERNELS, family], capture_output=True,
+                          text=True, timeout=900, cwd=ROOT, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_warmup_families_reach_every_kernel_and_share_none() -> None:
+    # the side-by-side warm-up is only safe if no kernel is compiled by both processes
+    # (both would write its cache index), and only complete if together they reach all
+    conv, other = _kernels_after("CONV_SPEC"), _kernels_after("OTHER_SPEC")
+    assert set(conv["used"]) & set(other["used"]) == set()
+    assert set(conv["every"]) <= set(conv["used"]) | set(other["used"]), \
+        sorted(set(conv["every"]) - set(conv["used"]) - set(other["used"]))
+    assert "winograd._wino_fwd" in conv["used"] and "norm._bn_stats" in other["used"]
+
+
+def test_warmup_specs_are_valid_nets() -> None:
+    from cnncli.analysis.report import analyze
+
+    for spec in (warmup.CONV_SPEC, warmup.OTHER_SPEC):
+        assert analyze(parse_spec(spec)).valid, spec["name"]
+
+
+def test_compile_watch_counts_compiling_not_loading_or_calling() -> None:
+    @njit  # no cache: it compiles in this test every time
+    def triple(x: float) -> float:
+        return 3.0 * x
+
+    with warmup.CompileWatch() as watch:
+        assert triple(2.0) == 6.0
+    assert watch.kernels == 1 and watch.seconds > 0
+    with warmup.CompileWatch() as again:
+        triple(5.0)  # compiled already: a call, nothing else
+    assert again.kernels == 0 and again.seconds == 0.0
+
+
+def test_cli_warmup_named_nets_says_what_it_compiled() -> None:
+    result = runner.invoke(app, ["warmup", "lenet5", "cifar_small"])
+    assert result.exit_code == 0, result.output
+    assert "the kernels lenet5, cifar_small use (float32) compiled and cached in" in \
+        result.stdout
+
+
+def test_cli_warmup_unknown_net_is_one_line_exit_2() -> None:
+    result = runner.invoke(app, ["warmup", "cifar_small", "no_such_net.yaml"])
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "no_such_net.yaml" in result.stderr
+
+
+def test_cli_warmup_invalid_net_is_exit_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input: 32x32x3\nlayers:\n  - conv: {filters: 4, size: 5, stride: 2}\n"
+                   "  - fc: 10\n", encoding="utf-8")
+    result = runner.invoke(app, ["warmup", str(bad)])
+    assert result.exit_code == 1, result.output
+    assert "not a whole number" in result.stderr
+
+
+def _display() -> tuple[TrainDisplay, Console]:
+    err = Console(record=True, width=200, file=open("/dev/null", "w"))  # noqa: SIM115
+    return TrainDisplay(Console(file=open("/dev/null", "w")), err, quiet=False,  # noqa: SIM115
+                        tty=False), err
+
+
+def _batch(batch: int, seconds: float, compile_seconds: float) -> BatchDone:
+    return BatchDone(0, batch, 10, 2.3, 0.1, 64, seconds, 0.01, compile_seconds)
+
+
+def test_first_step_that_compiled_is_explained_once() -> None:
+    display, err = _display()
+    for event in (_batch(0, 44.8, 43.2), _batch(1, 0.1, 0.0), _batch(2, 3.0, 2.9)):
+        display._compiled(event)
+    said = err.export_text()
+    assert said.count("compiling") == 1
+    assert "step 1 of epoch 1 took 44.8 s, 43.2 s of it compiling" in said
+
+
+def test_steps_that_compiled_nothing_say_nothing() -> None:
+    display, err = _display()
+    display._compiled(_batch(0, 0.2, 0.0))
+    assert err.export_text() == ""
+
+
+def test_training_step_reports_its_compile_time(tmp_path: Path, monkeypatch: Any) -> None:
+    # a kernel the run has not compiled yet (a fresh dispatcher): the step that first
+    # calls it carries the seconds, later steps none
+    from cnncli.training import loop
+
+    @njit
+    def fresh(x: np.ndarray) -> float:
+        return float(x.sum())
+
+    calls: list[float] = []
+    real_forward = loop.Network.forward
+
+    def forward(self: Any, x: np.ndarray, training: bool) -> np.ndarray:
+        calls.append(fresh(np.ones(3)))
+        return real_forward(self, x, training)
+
+    monkeypatch.setattr(loop.Network, "forward", forward)
+    from cnncli.engine.network import Network
+
+    net = Network.from_spec({"name": "t", "input": "12x12x1", "layers": [{"fc": 2}]})
+    data = loop.builtin_dataset(net, 40, seed=0)
+    trainer = loop.Trainer(net, data, None, loop.TrainConfig(epochs=1, batch=20), "")
+    done = [e for e in trainer.run() if isinstance(e, BatchDone)]
+    assert calls and done[0].compile_seconds > 0
+    assert all(e.compile_seconds == 0.0 for e in done[1:])
