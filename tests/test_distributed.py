@@ -408,3 +408,12 @@ def test_rank_failing_before_it_connects_stops_the_others(tmp_path: Path) -> Non
     assert "error: rank 1 (" in result.stderr
     assert "stopped before training started (exit status 2); its error is above" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_interrupted_distributed_run_says_to_resume_under_mpiexec() -> None:
+    from cnncli.cli.train import resume_command
+
+    assert resume_command("cifar_tiny", Path("runs/a"), 1) == \
+        "cnncli train cifar_tiny --out runs/a --resume"
+    assert resume_command("cifar_tiny", Path("runs/a"), 4) == \
+        "mpiexec -n 4 cnncli train cifar_tiny --out runs/a --resume --distributed"

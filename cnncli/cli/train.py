@@ -203,14 +203,21 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
     if stopped.reason == "diverged":
         raise RunInvalid(stopped.message)
     if stopped.reason == "interrupted":
-        err.print(escape(f"{stopped.message}; continue with: cnncli train {spec_arg} "
-                         f"--out {run.path} --resume"), soft_wrap=True)
+        err.print(escape(f"{stopped.message}; continue with: "
+                         f"{resume_command(spec_arg, run.path, comm.size)}"), soft_wrap=True)
         raise typer.Exit(130)
     out.print(escape(f"{stopped.message}; run saved in {run.path}"), soft_wrap=True)
     # the curves at a glance in a terminal; logs and pipes stay as they were
     if not quiet and sys.stdout.isatty():
         from cnncli.cli.pictures import print_compact_curves
         print_compact_curves(run.path)
+
+
+def resume_command(spec_arg: str, run_path: Path, ranks: int) -> str:
+    """The command that continues an interrupted run, launched as it was: under MPI on as
+    many ranks (a resume on another count works too, with the default thread share)."""
+    again = f"cnncli train {spec_arg} --out {run_path} --resume"
+    return f"mpiexec -n {ranks} {again} --distributed" if ranks > 1 else again
 
 
 @contextmanager
