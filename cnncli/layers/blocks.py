@@ -11,6 +11,10 @@ Backward: a sequence may write over the dy it is given or hand it back (an activ
 gradient is computed in place, `consumes_dy`). A residual block reads its dy twice (body
 and shortcut), so its body gets a copy when it consumes dy; a concat's branches each get
 their own slice. The gradients the branches return are theirs, so they are summed in place.
+
+A residual block absorbs the in-place ReLU after it (ResNet's; engine/network.py decides):
+the sum is clamped as it is written, and backward applies the ReLU's mask over dy, as the
+ReLU would have, before the body and the shortcut read it.
 """
 
 from __future__ import annotations
