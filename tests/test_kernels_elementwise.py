@@ -124,3 +124,14 @@ def test_small_kernels_refuse_strided_arrays():
     x = np.zeros((4, 6), np.float32)[:, ::2]
     with pytest.raises(ValueError, match="C-contiguous"):
         K.relu_backward(x, x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_add_relu_is_numpy_sum_then_maximum(shape, dtype):
+    a, b = _data(shape, dtype)
+    _same(K.add_relu(a, b), np.maximum(a + b, 0))
+    out = np.empty_like(a)
+    assert K.add_relu(a, b, out=out) is out
+    with pytest.raises(ValueError, match="must match"):
+        K.add_relu(a, b[..., :1])

@@ -228,3 +228,37 @@ def test_small_norm_validation():
         norm.batchnorm_forward_train(np.zeros((2, 3)), np.ones(4), np.zeros(3), EPS)
     with pytest.raises(ValueError):
         norm.lrn_forward(np.zeros((2, 3)), 0, 1e-4, 0.75, 2.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_batchnorm_relu_is_batchnorm_then_relu_bit_for_bit(shape, dtype):
+    """relu=True: the same numbers as batchnorm then relu_forward, and in backward as
+    relu_backward's mask over dy, then batchnorm's backward."""
+    from cnncli.engine.kernels.elementwise import relu_backward, relu_forward
+
+    x, gamma, beta, dy = _bn_data(shape, seed=4)
+    x, dy = x.astype(dtype), dy.astype(dtype)
+    y, mean, inv_std, _ = norm.batchnorm_forward_train(x, gamma, beta, EPS)
+    relu_forward(y, out=y)
+    y_f, mean_f, inv_f, _ = norm.batchnorm_forward_train(x, gamma, beta, EPS, relu=True)
+    assert np.array_equal(y_f, y) and np.array_equal(mean_f, mean)
+    assert np.array_equal(inv_f, inv_std)
+    masked = relu_backward(dy.copy(), y)
+    expected = norm.batchnorm_backward(masked, x, gamma, mean, inv_std)
+    d = dy.copy()
+    got = norm.batchnorm_backward(d, x, gamma, mean, inv_std, relu_y=y_f)
+    assert np.array_equal(d, masked)  # the mask is written over dy
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    rv = np.linspace(0.5, 2.0, shape[-1])
+    e = norm.batchnorm_forward_eval(x, gamma, beta, mean, rv, EPS)
+    assert np.array_equal(norm.batchnorm_forward_eval(x, gamma, beta, mean, rv, EPS, relu=True),
+                          relu_forward(e))
+
+
+def test_small_batchnorm_relu_wants_a_contiguous_dy():
+    x, gamma, beta, dy = _bn_data((3, 4, 5, 3))
+    y, mean, inv_std, _ = norm.batchnorm_forward_train(x, gamma, beta, EPS, relu=True)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        norm.batchnorm_backward(np.asfortranarray(dy), x, gamma, mean, inv_std, relu_y=y)

@@ -6,6 +6,11 @@ not the network's input (the caller's array), not the input of a block (its bran
 body and shortcut all read it), and not the output of a layer whose backward reads its
 own output (L2 pooling, LRN) or that may hand its input through unchanged (dropout at
 test time): each layer type says so (`output_reusable`).
+
+Which of those the engine fuses into the layer before (`fused_activations`): an in-place
+activation that the producer's type lists in `absorbs` (batchnorm and a residual add
+absorb ReLU). Only in-place ones: the producer's output is then the activation's, so a
+fused pair allocates and keeps exactly what the two layers apart do.
 """
 
 from __future__ import annotations
@@ -38,3 +43,22 @@ def _plan(nodes: tuple[LayerSpec, ...], shared_input: bool, found: set[str]) -> 
                 found.add(node.name)
             reusable = node.output_reusable()
     return reusable
+
+
+def fused_activations(nodes: tuple[LayerSpec, ...]) -> dict[str, str]:
+    """The in-place activations the engine computes in the layer before them, by name:
+    the producer's name for each (the one place that decides fusion)."""
+    in_place = in_place_activations(nodes)
+    found: dict[str, str] = {}
+    _fuse(nodes, in_place, found)
+    return found
+
+
+def _fuse(nodes: tuple[LayerSpec, ...], in_place: set[str], found: dict[str, str]) -> None:
+    before: LayerSpec | None = None
+    for node in unrolled(nodes):
+        for sequence in node.children():
+            _fuse(sequence, in_place, found)
+        if before is not None and node.name in in_place and node.key in before.absorbs:
+            found[node.name] = before.name
+        before = node

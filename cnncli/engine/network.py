@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cnncli.analysis.inplace import in_place_activations
+from cnncli.analysis.inplace import fused_activations, in_place_activations
 from cnncli.analysis.report import Report, analyze
 from cnncli.config import ensure_configured
 from cnncli.engine.kernels.conv_algo import CONV_ALGOS
@@ -44,15 +44,26 @@ class _Builder:
     layer applies to its own shape (cnncli/engine/kernels/conv_algo.py)."""
 
     def __init__(self, report: Report, rng: np.random.Generator, dtype: np.dtype,
-                 conv_algo: str = "gemm"):
+                 conv_algo: str = "gemm", fuse: bool = True):
         self.rows = {r.name: r for r in report.rows}
         self.in_place = in_place_activations(report.spec.layers)
+        self.fused = fused_activations(report.spec.layers) if fuse else {}
         self.rng = rng
         self.dtype = dtype
         self.conv_algo = conv_algo
 
     def sequence(self, nodes: tuple[LayerSpec, ...]) -> Sequence:
-        return Sequence([node.engine(self.rows[node.name], self) for node in unrolled(nodes)])
+        """The engine layers of `nodes`; where an activation is fused (analysis/inplace.py
+        decides, the producer's type says it can), the layer before absorbs it."""
+        items: list[Any] = []
+        for node in unrolled(nodes):
+            item = node.engine(self.rows[node.name], self)
+            if node.name in self.fused:
+                producer = items[-1]
+                producer.absorb(item)
+                producer.fused_with, item.fused_into = node.name, producer.output_row
+            items.append(item)
+        return Sequence(items)
 
 
 class Network:
@@ -60,7 +71,7 @@ class Network:
 
     def __init__(self, spec: S.Spec, input_volume: Volume | None = None,
                  dtype: Any = np.float32, seed: int = 0, rounding: str | None = None,
-                 conv_algo: str = "gemm"):
+                 conv_algo: str = "gemm", fuse: bool = True):
         ensure_configured()  # the thread policy holds from the start, not from the first conv
         report = analyze(spec, input_volume, rounding)
         if report.errors:
@@ -79,7 +90,10 @@ class Network:
                              f"got {conv_algo!r}")
         self.conv_algo = conv_algo
         self.rng = np.random.default_rng(seed)
-        self.body = _Builder(report, self.rng, self.dtype, conv_algo).sequence(spec.layers)
+        # fuse=False: every layer in its own passes (the same numbers, bit for bit; tests
+        # and benchmarks compare the two)
+        self.body = _Builder(report, self.rng, self.dtype, conv_algo, fuse).sequence(
+            spec.layers)
         self.layers: list[EngineLayer] = list(self.body.leaves())
         # nothing upstream of the first layer needs a gradient: it skips that work (for a
         # conv, a third of its backward) unless `backward` is asked for the input's gradient

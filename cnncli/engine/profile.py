@@ -7,6 +7,11 @@ block's stopwatch includes its layers; what is left after them is the block's ow
 (the residual add and the gradient's fan-out add; the concatenation and the gradient's
 slicing), reported on the report's merge row (`res1.add`, `inception3a.out`). So the rows
 of layers and merges add up to the step, and the block headings carry no time of their own.
+
+A ReLU fused into the layer before it (batchnorm, a residual add: engine/network.py) is
+computed in that layer's passes: its work is in the producer's row, whose algorithm column
+says "+ relu3", and its own row (algorithm "fused into bn3") keeps the little time its
+hand-over takes, so the rows still add up to the step.
 """
 
 from __future__ import annotations
@@ -81,12 +86,13 @@ def _time_items(seq: Sequence, timed: list[_Timed]) -> list[_Timed]:
 
 
 def profile_layers(spec: Spec, volume: Volume | None, batch: int, iterations: int,
-                   threads: int | None, conv_algo: str = "gemm") -> dict[str, Any]:
+                   threads: int | None, conv_algo: str = "gemm",
+                   fuse: bool = True) -> dict[str, Any]:
     """Median forward and backward milliseconds of every row of the spec's report: layers
     and block merges timed, block headings (repeat, residual, branch...) as the tree; for
     each conv, the algorithm it ran and its matrix shapes."""
     n_threads = configure_threads(threads)
-    net = Network(spec, volume, dtype=np.float32, seed=0, conv_algo=conv_algo)
+    net = Network(spec, volume, dtype=np.float32, seed=0, conv_algo=conv_algo, fuse=fuse)
     timed: list[_Timed] = []
     _time_items(net.body, timed)
     rng = np.random.default_rng(0)
@@ -115,6 +121,10 @@ def profile_layers(spec: Spec, volume: Volume | None, batch: int, iterations: in
         item: Any = by_key[row.name].item if row.name in by_key else None
         if item is not None and hasattr(item, "matrices"):  # a conv: kernel and products
             entry.update(algorithm=item.algorithm, matrices=item.matrices())
+        if item is not None and getattr(item, "fused_with", None):
+            entry.update(algorithm=f"+ {item.fused_with}")
+        if item is not None and getattr(item, "fused_into", None):
+            entry.update(algorithm=f"fused into {item.fused_into}")
         if row.is_block:
             entry.update(forward_ms=None, backward_ms=None, gflops_forward=None,
                          gflops_total=None)
@@ -136,7 +146,7 @@ def profile_layers(spec: Spec, volume: Volume | None, batch: int, iterations: in
     # stopwatches' and the sequences' own overhead
     step_ms = median(steps) * 1000
     return {"spec": spec.name, "batch": batch, "threads": n_threads, "iterations": iterations,
-            "conv_algo": conv_algo, "layers": rows,
+            "conv_algo": conv_algo, "fused": fuse, "layers": rows,
             "forward_ms": sum(r["forward_ms"] for r in timed_rows),
             "backward_ms": sum(r["backward_ms"] for r in timed_rows),
             "total_ms": total, "step_ms": step_ms,

@@ -90,6 +90,7 @@ class ReLU(Activation):
     label = "ReLU"
     kinked = True
     gradient_in_place = True
+    # batchnorm and the residual add compute it in their passes (`absorbs`)
 
     def apply(self, np: Any, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         from cnncli.engine.kernels.elementwise import relu_forward
@@ -348,7 +349,13 @@ class PReLUPlan(PlanLayer):
 
 
 class ActivationEngine(EngineLayer):
-    """In place when the layer before allows it (analysis/inplace.py decides)."""
+    """In place when the layer before allows it (analysis/inplace.py decides).
+
+    Fused (analysis/inplace.py's `fused_activations`, engine/network.py): the layer before
+    computes this activation in its own passes (`absorb`) and says so on each forward
+    (`producer_ran`); this layer then hands its input on as its output, and dy back
+    unchanged, the producer having applied the gradient. A producer that did not (a
+    distributed run's synchronised batchnorm replaces the engine's) leaves it to this one."""
 
     def __init__(self, layer: Activation, in_place: bool):
         super().__init__(layer.name)
@@ -356,13 +363,24 @@ class ActivationEngine(EngineLayer):
         self.function = layer.key
         self.in_place = in_place
         self._saved: np.ndarray | None = None
+        self._handed: np.ndarray | None = None  # an output the producer computed
+        self._saved_by_producer = False  # ... whose gradient the producer applies
+
+    def producer_ran(self, y: np.ndarray) -> None:
+        """The layer before wrote this activation's output, `y`, in its own forward (the
+        array itself is the token: a layer run alone, as gradient checks do, hands over
+        nothing to the next array this one sees)."""
+        self._handed = y
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         import numpy as np
 
-        y = self.layer.apply(np, x, x if self.in_place else None)
-        # backward needs only the output (relu/leaky: its sign; tanh/sigmoid: its value)
+        fused, self._handed = x is self._handed, None
+        y = x if fused else self.layer.apply(np, x, x if self.in_place else None)
+        # backward needs only the output (relu/leaky: its sign; tanh/sigmoid: its value);
+        # fused, only for `kinks`: the producer keeps the same array for the mask
         self._saved = y if training else None
+        self._saved_by_producer = fused and training
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
@@ -370,6 +388,9 @@ class ActivationEngine(EngineLayer):
 
         assert self._saved is not None, f"{self.name}: backward without a training forward"
         y, self._saved = self._saved, None
+        if self._saved_by_producer:
+            self._saved_by_producer = False
+            return dy  # the producer's backward applies the mask, in its own pass
         return self.layer.gradient(np, dy, y)
 
     def consumes_dy(self) -> bool:

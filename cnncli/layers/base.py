@@ -82,6 +82,9 @@ class LayerSpec:
     subtracts_mean: ClassVar[bool] = False  # batchnorm: a constant added before it is lost
     elementwise: ClassVar[bool] = False  # same volume in and out, no window: drawn folded
     windowed: ClassVar[bool] = False  # slides a window (conv, local, pool): drawn as FxF/S
+    # the activations (keys) its engine computes in its own passes when one follows it in
+    # place (batchnorm, a residual add: ReLU); the engine's `absorb` does it
+    absorbs: ClassVar[frozenset[str]] = frozenset()
 
     @property
     def kind(self) -> str:
@@ -186,6 +189,8 @@ class EngineLayer:
         self.buffers: dict[str, Any] = {}
         self.need_dx = True  # the network's first layer skips its input gradient
         self.decays = True  # its `.weight` parameters take weight decay (not batchnorm's)
+        self.fused_into: str | None = None  # an activation its producer computes (`absorb`)
+        self.fused_with: str | None = None  # a producer: the activation it computes
 
     # its forward reads statistics of the whole batch (batchnorm): gradient checks need
     # enough images, and data-parallel training decides whose batch that is
@@ -202,6 +207,12 @@ class EngineLayer:
         nothing may read dy afterwards: a block whose branches all read one dy gives such a
         branch a copy (blocks.py), and the network copies a caller's dy (network.py)."""
         return False
+
+    def absorb(self, activation: Any) -> None:
+        """Compute the in-place activation that follows in this layer's own passes (a type
+        whose spec lists it in `absorbs`): forward writes the activation's output, backward
+        applies its gradient, and the activation's engine passes both through."""
+        raise NotImplementedError(f"{self.name}: absorbs no activation")
 
     def release(self) -> None:
         """Drop what forward saved for backward (evaluation keeps no activations)."""

@@ -33,6 +33,7 @@ class BatchNorm(LayerSpec):
     elementwise = True
     family = "norm"
     subtracts_mean = True
+    absorbs = frozenset({"relu"})  # clamps as it writes y, masks dy in its sums pass
 
     @classmethod
     def parse(cls, ctx: ParseContext, loc: Located, name: str, line: int,
@@ -108,7 +109,12 @@ class BatchNormPlan(PlanLayer):
 
 
 class BatchNormEngine(EngineLayer):
-    """Batch statistics in training, running statistics in evaluation."""
+    """Batch statistics in training, running statistics in evaluation.
+
+    With a ReLU absorbed (`absorb`), forward writes max(y, 0) in its own pass and backward
+    applies the ReLU's mask to dy in its sums pass; the ReLU then passes its arrays through.
+    The output it keeps for the mask is the ReLU's own (in place): nothing more is kept,
+    and it is let go before dx is allocated, as the ReLU's backward would have."""
 
     batch_statistics = True
 
@@ -125,6 +131,8 @@ class BatchNormEngine(EngineLayer):
         self.buffers[f"{self.name}.running_mean"] = np.zeros(c, dtype)
         self.buffers[f"{self.name}.running_var"] = np.ones(c, dtype)
         self._saved: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._saved_relu_y: np.ndarray | None = None  # the clamped output, for the mask
+        self._relu: Any = None  # the absorbed activation's engine (ActivationEngine)
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         from cnncli.engine.kernels import norm as norm_k
@@ -133,12 +141,21 @@ class BatchNormEngine(EngineLayer):
         beta = self.params[f"{self.name}.bias"]
         rm = self.buffers[f"{self.name}.running_mean"]
         rv = self.buffers[f"{self.name}.running_var"]
+        relu = self._relu is not None
         if not training:
-            return norm_k.batchnorm_forward_eval(x, gamma, beta, rm, rv, self.eps)
-        y, mean, inv_std, _ = norm_k.batchnorm_forward_train(x, gamma, beta, self.eps)
-        self.update_running(mean, inv_std ** -2 - self.eps, x.size // x.shape[-1])
-        self._saved = (x, mean, inv_std)
+            y = norm_k.batchnorm_forward_eval(x, gamma, beta, rm, rv, self.eps, relu=relu)
+        else:
+            y, mean, inv_std, _ = norm_k.batchnorm_forward_train(x, gamma, beta, self.eps,
+                                                                  relu=relu)
+            self.update_running(mean, inv_std ** -2 - self.eps, x.size // x.shape[-1])
+            self._saved = (x, mean, inv_std)
+            self._saved_relu_y = y if relu else None
+        if self._relu is not None:
+            self._relu.producer_ran(y)
         return y
+
+    def absorb(self, activation: EngineLayer) -> None:
+        self._relu = activation
 
     def update_running(self, mean: np.ndarray, var: np.ndarray, m: float) -> None:
         """Move the running statistics towards this batch's (`m` numbers per channel): by
@@ -156,9 +173,17 @@ class BatchNormEngine(EngineLayer):
 
         assert self._saved is not None, f"{self.name}: backward without a training forward"
         x, mean, inv_std = self._saved
-        self._saved = None
-        dx, dgamma, dbeta = norm_k.batchnorm_backward(dy, x, self.params[f"{self.name}.weight"],
-                                                      mean, inv_std)
+        relu_y, self._saved, self._saved_relu_y = self._saved_relu_y, None, None
+        sums = norm_k.batchnorm_backward_sums(dy, x, mean, inv_std, relu_y)
+        del relu_y  # the ReLU's output goes before dx comes, as it would after its backward
+        dx, dgamma, dbeta = norm_k.batchnorm_backward_dx(sums, self.params[f"{self.name}.weight"])
         self.grads[f"{self.name}.weight"] = dgamma
         self.grads[f"{self.name}.bias"] = dbeta
         return dx
+
+    def kinks(self) -> bytes | None:
+        import numpy as np
+
+        if self._saved_relu_y is not None:  # the absorbed ReLU's signs
+            return np.packbits(self._saved_relu_y > 0).tobytes()
+        return None

@@ -11,6 +11,10 @@ Backward: a sequence may write over the dy it is given or hand it back (an activ
 gradient is computed in place, `consumes_dy`). A residual block reads its dy twice (body
 and shortcut), so its body gets a copy when it consumes dy; a concat's branches each get
 their own slice. The gradients the branches return are theirs, so they are summed in place.
+
+A residual block absorbs the in-place ReLU after it (ResNet's; engine/network.py decides):
+the sum is clamped as it is written, and backward applies the ReLU's mask over dy, as the
+ReLU would have, before the body and the shortcut read it.
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ class Residual(LayerSpec):
     prefix = "res"
     family = "block"
     is_block = True
+    absorbs = frozenset({"relu"})  # the sum clamped as it is written (ResNet's ReLU after)
 
     @classmethod
     def parse(cls, ctx: ParseContext, loc: Located, name: str, line: int,
@@ -354,15 +359,38 @@ class ResidualBlock:
         self.body, self.shortcut = body, shortcut
         self.name = name  # the spec's block name: its add is the report's row `name.add`
         self.output_row = f"{name}.add"
+        self.fused_with: str | None = None  # the ReLU after it, computed with the sum
+        self._relu: Any = None
+        self._saved_relu_y: np.ndarray | None = None
+
+    def absorb(self, activation: EngineLayer) -> None:
+        """The ReLU after the block (ResNet's): max(sum, 0) written as the sum is, and its
+        mask applied to dy here, once, before the body and the shortcut read it."""
+        self._relu = activation
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         out = self.body.forward(x, training)
         short = self.shortcut.forward(x, training) if self.shortcut.items else x
-        return out + short
+        if self._relu is None:
+            return out + short
+        from cnncli.engine.kernels.elementwise import add_relu
+
+        y = add_relu(out, short)
+        self._saved_relu_y = y if training else None  # the ReLU's own output (in place)
+        self._relu.producer_ran(y)
+        return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         import numpy as np
 
+        relu_y, self._saved_relu_y = self._saved_relu_y, None
+        if relu_y is not None:
+            from cnncli.engine.kernels.elementwise import relu_backward
+
+            # over dy, as the ReLU would have (it consumes dy: this dy is the block's to
+            # write); then the output goes, as after the ReLU's backward
+            relu_backward(dy, relu_y)
+            del relu_y
         # the shortcut reads dy after the body: a body that writes over dy gets a copy
         dx = self.body.backward(dy.copy() if self.body.consumes_dy() else dy)
         short = self.shortcut.backward(dy) if self.shortcut.items else dy

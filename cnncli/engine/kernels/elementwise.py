@@ -24,6 +24,7 @@ from cnncli.config import PARALLEL_JIT_OPTIONS
 __all__ = [
     "relu_forward",
     "relu_backward",
+    "add_relu",
     "leaky_relu_forward",
     "leaky_relu_backward",
     "tanh_backward",
@@ -58,11 +59,17 @@ def _out(x, out):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _relu_fwd(x, y, zero):
-    # np.maximum(x, 0): NaN passes through, -0 becomes 0
-    for i in prange(x.size):
-        v = x[i]
-        y[i] = v if v > zero or v != v else zero
+def _relu_fwd(x, b, y, zero, add):
+    # np.maximum(x, 0): NaN passes through, -0 becomes 0; with `add`, of x + b (a residual
+    # sum and the ReLU after it in one pass)
+    if add:
+        for i in prange(x.size):
+            v = x[i] + b[i]
+            y[i] = v if v > zero or v != v else zero
+    else:
+        for i in prange(x.size):
+            v = x[i]
+            y[i] = v if v > zero or v != v else zero
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -116,7 +123,18 @@ def _sigmoid_bwd(dy, y, one):
 def relu_forward(x, out=None):
     """max(x, 0) into `out` (a new array when None; x itself for in place)."""
     y = _out(x, out)
-    _relu_fwd(_flat(x, "x"), _flat(y, "out"), x.dtype.type(0))
+    flat = _flat(x, "x")
+    _relu_fwd(flat, flat, _flat(y, "out"), x.dtype.type(0), False)
+    return y
+
+
+def add_relu(a, b, out=None):
+    """max(a + b, 0) in one pass (numpy's `a + b`, then `np.maximum(., 0)`), into `out`
+    (a new array when None)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise ValueError(f"a and b must match: {a.dtype} {a.shape} vs {b.dtype} {b.shape}")
+    y = _out(a, out)
+    _relu_fwd(_flat(a, "a"), _flat(b, "b"), _flat(y, "out"), a.dtype.type(0), True)
     return y
 
 

@@ -7,6 +7,11 @@ sample position. float32 and float64 are supported; outputs keep the dtype.
 Batch normalization statistics are accumulated in float64 over a fixed number
 of row chunks (independent of the thread count) and combined in a fixed order,
 so results are bit-identical run to run and across thread counts.
+
+Batch normalization followed by a ReLU runs in the same passes when the layer asks
+(`relu=True`, `relu_y=`): the forward clamps each value as it writes it, and the backward
+applies ReLU's mask to dy in its sums pass, with the same operations in the same order
+as the two layers apart, so the results are bit-identical to them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ __all__ = [
     "batchnorm_forward_train",
     "batchnorm_forward_eval",
     "batchnorm_backward",
+    "batchnorm_backward_sums",
+    "batchnorm_backward_dx",
     "lrn_forward",
     "lrn_backward",
 ]
@@ -88,19 +95,27 @@ def _bn_stats(x2, nchunks):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _bn_apply(x2, m, a, b, y2):
-    # y = (x - m) * a + b, per channel
+def _bn_apply(x2, m, a, b, y2, relu, zero):
+    # y = (x - m) * a + b, per channel; with relu, then max(y, 0) as relu_forward computes
+    # it (NaN passes through, -0 becomes 0)
     M, C = x2.shape
     for i in prange(M):
         xi = x2[i]
         yi = y2[i]
-        for c in range(C):
-            yi[c] = (xi[c] - m[c]) * a[c] + b[c]
+        if relu:
+            for c in range(C):
+                t = (xi[c] - m[c]) * a[c] + b[c]
+                yi[c] = t if t > zero or t != t else zero
+        else:
+            for c in range(C):
+                yi[c] = (xi[c] - m[c]) * a[c] + b[c]
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _bn_bwd_sums(dy2, z2, m, s, nchunks):
-    # sum(dy) and sum(dy * xhat) with xhat = (z - m) * s, float64 partials
+def _bn_bwd_sums(dy2, z2, m, s, nchunks, y2, relu, zero):
+    # sum(dy) and sum(dy * xhat) with xhat = (z - m) * s, float64 partials. With relu,
+    # dy is first written over by dy * (y > 0) (relu_backward's arithmetic), row by row
+    # while the row is in cache, and the sums read that
     M, C = dy2.shape
     part = np.zeros((nchunks, 2, C), dtype=np.float64)
     for k in prange(nchunks):
@@ -111,6 +126,11 @@ def _bn_bwd_sums(dy2, z2, m, s, nchunks):
         for i in range(lo, hi):
             gi = dy2[i]
             zi = z2[i]
+            if relu:
+                yi = y2[i]
+                for c in range(C):
+                    if not yi[c] > zero:
+                        gi[c] = gi[c] * zero
             for c in range(C):
                 g = np.float64(gi[c])
                 s1[c] += g
@@ -136,7 +156,7 @@ def _bn_bwd_dx(dy2, z2, m, a, q, r, dx2):
             di[c] = a[c] * gi[c] + q[c] * (zi[c] - m[c]) + r[c]
 
 
-def batchnorm_forward_train(x, gamma, beta, eps, keep_xhat=False):
+def batchnorm_forward_train(x, gamma, beta, eps, keep_xhat=False, relu=False):
     """Training-mode batch norm over every axis but the last (channels).
 
     Returns ``(y, mean, inv_std, xhat_or_None)``:
@@ -150,6 +170,8 @@ def batchnorm_forward_train(x, gamma, beta, eps, keep_xhat=False):
     * ``xhat`` (dtype of ``x``) only when ``keep_xhat`` is true, else ``None``
       (backward then recomputes it from ``x``, saving one activation-sized
       buffer).
+
+    With ``relu``, ``y`` is ``max(y, 0)`` (a ReLU fused in the same pass).
     """
     x = _as_act(x)
     C = x.shape[-1]
@@ -163,18 +185,21 @@ def batchnorm_forward_train(x, gamma, beta, eps, keep_xhat=False):
     inv_std = 1.0 / np.sqrt(var + float(eps))
     dt = x.dtype
     y = np.empty_like(x)
-    _bn_apply(x2, mean.astype(dt), (g * inv_std).astype(dt), b.astype(dt), _rows(y))
+    zero = dt.type(0)
+    _bn_apply(x2, mean.astype(dt), (g * inv_std).astype(dt), b.astype(dt), _rows(y),
+              bool(relu), zero)
     xhat = None
     if keep_xhat:
         xhat = np.empty_like(x)
         zeros = np.zeros(C, dtype=dt)
-        _bn_apply(x2, mean.astype(dt), inv_std.astype(dt), zeros, _rows(xhat))
+        _bn_apply(x2, mean.astype(dt), inv_std.astype(dt), zeros, _rows(xhat), False, zero)
     return y, mean, inv_std, xhat
 
 
-def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps):
+def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, relu=False):
     """Inference-mode batch norm with running statistics:
-    ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta``."""
+    ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta``, then
+    ``max(y, 0)`` with ``relu``."""
     x = _as_act(x)
     C = x.shape[-1]
     g = _channel_vec(gamma, C, np.float64, "gamma")
@@ -184,18 +209,35 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps):
     dt = x.dtype
     a = g / np.sqrt(rv + float(eps))
     y = np.empty_like(x)
-    _bn_apply(_rows(x), rm.astype(dt), a.astype(dt), b.astype(dt), _rows(y))
+    _bn_apply(_rows(x), rm.astype(dt), a.astype(dt), b.astype(dt), _rows(y), bool(relu),
+              dt.type(0))
     return y
 
 
-def batchnorm_backward(dy, x_or_xhat, gamma, mean, inv_std):
+def batchnorm_backward(dy, x_or_xhat, gamma, mean, inv_std, relu_y=None):
     """Gradient of :func:`batchnorm_forward_train`.
 
     Pass the forward input ``x`` with the ``mean`` and ``inv_std`` it
     returned, or pass ``xhat`` (from ``keep_xhat=True``) with ``mean=None``
     (``inv_std`` is still needed). Returns ``(dx, dgamma, dbeta)``; ``dx`` has
     the dtype of ``dy``, ``dgamma``/``dbeta`` the dtype of ``gamma``.
+
+    With ``relu_y`` (the output of a forward with ``relu=True``), the ReLU's
+    gradient comes first: ``dy`` (C-contiguous) is written over by
+    ``dy * (relu_y > 0)``. The two halves are also callable apart
+    (:func:`batchnorm_backward_sums`, then :func:`batchnorm_backward_dx`), so a
+    caller can let ``relu_y`` go before ``dx`` is allocated.
     """
+    sums = batchnorm_backward_sums(dy, x_or_xhat, mean, inv_std, relu_y)
+    return batchnorm_backward_dx(sums, gamma)
+
+
+def batchnorm_backward_sums(dy, x_or_xhat, mean, inv_std, relu_y=None):
+    """The first pass of :func:`batchnorm_backward`: the per-channel sums (and,
+    with ``relu_y``, ReLU's mask written over ``dy``). Returns what
+    :func:`batchnorm_backward_dx` takes."""
+    if relu_y is not None and not (isinstance(dy, np.ndarray) and dy.flags.c_contiguous):
+        raise ValueError("dy must be a C-contiguous array: ReLU's mask is written over it")
     dy = _as_act(dy, "dy")
     z = _as_act(x_or_xhat, "x_or_xhat")
     if z.shape != dy.shape:
@@ -203,10 +245,6 @@ def batchnorm_backward(dy, x_or_xhat, gamma, mean, inv_std):
     if z.dtype != dy.dtype:
         z = z.astype(dy.dtype)
     C = dy.shape[-1]
-    gamma_dtype = np.asarray(gamma).dtype
-    if gamma_dtype.type not in _FLOATS:
-        gamma_dtype = np.dtype(np.float64)
-    g = _channel_vec(gamma, C, np.float64, "gamma")
     s_true = _channel_vec(inv_std, C, np.float64, "inv_std")
     if mean is None:  # z is xhat already
         m = np.zeros(C, dtype=np.float64)
@@ -219,14 +257,36 @@ def batchnorm_backward(dy, x_or_xhat, gamma, mean, inv_std):
     M = dy2.shape[0]
     if M == 0:
         raise ValueError("batch norm needs at least one sample per channel")
+    relu = relu_y is not None
+    if relu:
+        y = _as_act(relu_y, "relu_y")
+        if y.shape != dy.shape or y.dtype != dy.dtype:
+            raise ValueError("relu_y must match dy in shape and dtype")
+        y2 = _rows(y)
+    else:
+        y2 = dy2  # not read
     nchunks = min(_BN_CHUNKS, M)
-    dbeta, dgamma = _bn_bwd_sums(dy2, z2, m, s, nchunks)
+    dbeta, dgamma = _bn_bwd_sums(dy2, z2, m, s, nchunks, y2, relu, dy.dtype.type(0))
+    return dy, z, m, s, s_true, dbeta, dgamma
+
+
+def batchnorm_backward_dx(sums, gamma):
+    """The second pass of :func:`batchnorm_backward`: ``(dx, dgamma, dbeta)``
+    from what :func:`batchnorm_backward_sums` returned."""
+    dy, z, m, s, s_true, dbeta, dgamma = sums
+    C = dy.shape[-1]
+    M = dy.size // C
+    gamma_dtype = np.asarray(gamma).dtype
+    if gamma_dtype.type not in _FLOATS:
+        gamma_dtype = np.dtype(np.float64)
+    g = _channel_vec(gamma, C, np.float64, "gamma")
     a = g * s_true
     q = -a * s * dgamma / M
     r = -a * dbeta / M
     dt = dy.dtype
     dx = np.empty_like(dy)
-    _bn_bwd_dx(dy2, z2, m.astype(dt), a.astype(dt), q.astype(dt), r.astype(dt), _rows(dx))
+    _bn_bwd_dx(_rows(dy), _rows(z), m.astype(dt), a.astype(dt), q.astype(dt), r.astype(dt),
+               _rows(dx))
     return dx, dgamma.astype(gamma_dtype), dbeta.astype(gamma_dtype)
 
 

@@ -1,0 +1,158 @@
+"""Batchnorm + ReLU and residual add + ReLU in one pass each (issue #11): the engine fuses
+an in-place ReLU into the layer before it when that layer's type says it can, and the
+numbers stay what the layers apart compute, bit for bit: outputs, every gradient, the
+running statistics, the input's gradient, in float32 and float64, training and eval."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cnncli.analysis.inplace import fused_activations
+from cnncli.engine.gradcheck import check_network
+from cnncli.engine.network import Network
+from cnncli.engine.profile import profile_layers
+from cnncli.spec import catalog
+from cnncli.spec.parse import load_spec, parse_spec
+
+# cifar_vgg_bn's pattern, small: [conv -> bn -> relu]*2, pool, conv -> bn -> relu, fc
+VGG_BN = {"input": "8x8x3", "layers": [
+    {"repeat": 2, "layers": [{"conv": {"filters": 4, "size": 3, "pad": 1, "bias": False}},
+                             "batchnorm", "relu"]},
+    {"pool": {"size": 2, "stride": 2}},
+    {"conv": {"filters": 6, "size": 3, "pad": 1, "bias": False}}, "batchnorm", "relu",
+    {"fc": 5}, "relu", {"fc": 3}]}
+# resnet20's pattern, small: identity and projection blocks, each followed by a ReLU
+RESNET = {"input": "8x8x3", "rounding": "floor", "layers": [
+    {"conv": {"filters": 4, "size": 3, "pad": 1, "bias": False}}, "batchnorm", "relu",
+    {"residual": {"layers": [
+        {"conv": {"filters": 4, "size": 3, "pad": 1, "bias": False}}, "batchnorm", "relu",
+        {"conv": {"filters": 4, "size": 3, "pad": 1, "bias": False}}, "batchnorm"]}},
+    "relu",
+    {"residual": {"layers": [
+        {"conv": {"filters": 6, "size": 3, "stride": 2, "pad": 1, "bias": False}},
+        "batchnorm", "relu",
+        {"conv": {"filters": 6, "size": 3, "pad": 1, "bias": False}}, "batchnorm"],
+        "shortcut": [{"conv": {"filters": 6, "size": 1, "stride": 2, "bias": False}},
+                     "batchnorm"]}},
+    "relu",
+    {"pool": {"global": True, "type": "avg"}}, {"fc": 3}]}
+NETS = [pytest.param(VGG_BN, id="vgg_bn"), pytest.param(RESNET, id="resnet")]
+DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
+
+
+def _pair(spec: dict[str, Any], dtype: Any) -> tuple[Network, Network]:
+    return (Network.from_spec(spec, dtype=dtype, seed=3, fuse=True),
+            Network.from_spec(spec, dtype=dtype, seed=3, fuse=False))
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", NETS)
+def test_fused_net_is_bit_identical_to_the_layers_apart(spec: dict[str, Any],
+                                                        dtype: Any) -> None:
+    fused, apart = _pair(spec, dtype)
+    assert any(layer.fused_into for layer in fused.layers)
+    assert not any(layer.fused_into for layer in apart.layers)
+    rng = np.random.default_rng(0)
+    for _ in range(2):  # twice: the running statistics move twice, gradients are replaced
+        x = rng.standard_normal((4, 8, 8, 3)).astype(dtype)
+        y = fused.forward(x, training=True)
+        assert np.array_equal(y, apart.forward(x, training=True))
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dx = fused.backward(dy, input_grad=True)
+        assert dx is not None and np.array_equal(dx, apart.backward(dy, input_grad=True))
+        _same(fused.grads, apart.grads)
+        _same(fused.buffers, apart.buffers)
+    x = rng.standard_normal((3, 8, 8, 3)).astype(dtype)
+    assert np.array_equal(fused.forward(x), apart.forward(x))  # eval: running statistics
+
+
+def test_resnet20_and_cifar_vgg_bn_fuse_every_relu_after_batchnorm_or_an_add() -> None:
+    resnet = load_spec(catalog.resolve("resnet20"))
+    fused = fused_activations(resnet.layers)
+    assert len(fused) == 19  # 10 after a batchnorm (the stem and each body), 9 after an add
+    assert sum(p.endswith("bn1") for p in fused.values()) == 10
+    assert fused["relu2"] == "res1" and fused["res1.relu1"] == "res1.bn1"
+    vgg = load_spec(catalog.resolve("cifar_vgg_bn"))
+    # the five conv-bn-relu; the relu after fc1 follows an fc, which absorbs nothing
+    assert sorted(fused_activations(vgg.layers).values()) == [f"bn{i}" for i in range(1, 6)]
+
+
+def test_only_a_relu_that_runs_in_place_after_an_absorbing_layer_is_fused() -> None:
+    spec = parse_spec({"input": "4x4x2", "layers": [
+        "batchnorm", {"leaky_relu": {}},  # leaky ReLU: batchnorm absorbs only ReLU
+        {"conv": {"filters": 2, "size": 1}}, "relu",  # a conv absorbs nothing
+        {"residual": {"layers": ["relu", "batchnorm"]}},  # reads the block's input: not in place
+        "batchnorm", {"lrn": {"size": 3}}, "relu",
+        "batchnorm", "relu"]})
+    assert fused_activations(spec.layers) == {"relu3": "bn3"}
+
+
+def test_a_producer_that_does_not_fuse_leaves_the_relu_its_own_work() -> None:
+    """A distributed run swaps batchnorm's engine class for its own forward (synchronised
+    statistics), which computes no ReLU: the ReLU sees no output handed over and runs."""
+    from cnncli.layers.batchnorm import BatchNormEngine
+
+    class Plain(BatchNormEngine):
+        def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+            relu, self._relu = self._relu, None
+            try:
+                return super().forward(x, training)
+            finally:
+                self._relu = relu
+
+    fused, apart = _pair(VGG_BN, np.float64)
+    for layer in fused.layers:
+        if isinstance(layer, BatchNormEngine):
+            layer.__class__ = Plain
+    x = np.random.default_rng(1).standard_normal((4, 8, 8, 3))
+    y = fused.forward(x, training=True)
+    assert np.array_equal(y, apart.forward(x, training=True))
+    dx = fused.backward(np.ones_like(y), input_grad=True)
+    assert dx is not None and np.array_equal(dx, apart.backward(np.ones_like(y),
+                                                                input_grad=True))
+    _same(fused.grads, apart.grads)
+
+
+@pytest.mark.parametrize("spec", NETS)
+def test_gradient_check_passes_on_fused_nets(spec: dict[str, Any]) -> None:
+    net = Network.from_spec(spec, dtype=np.float64, seed=0)
+    assert any(layer.fused_into for layer in net.layers)
+    checks = check_network(net, samples=6, seed=0)
+    assert checks and all(c.passed for c in checks), [c for c in checks if not c.passed]
+
+
+def test_bench_shows_the_fused_relu_in_its_producers_row() -> None:
+    result = profile_layers(parse_spec(RESNET), None, 2, 1, None)
+    rows = {r["name"]: r for r in result["layers"]}
+    assert rows["relu1"]["algorithm"] == "fused into bn1"
+    assert rows["bn1"]["algorithm"] == "+ relu1"
+    assert rows["relu2"]["algorithm"] == "fused into res1.add"
+    assert rows["res1.add"]["algorithm"] == "+ relu2"
+    # the fused ReLU keeps its own (hand-over) time, so the rows still add up
+    assert result["total_ms"] == pytest.approx(
+        sum(r["forward_ms"] + r["backward_ms"] for r in rows.values() if not r["block"]))
+    apart = profile_layers(parse_spec(RESNET), None, 2, 1, None, fuse=False)
+    assert all(r["algorithm"] in (None, "gemm") or "fused" not in r["algorithm"]
+               for r in apart["layers"]) and not apart["fused"]
+
+
+@pytest.mark.parametrize("name", ["cifar_vgg_bn", "resnet20"])
+def test_fused_net_peaks_at_what_the_plan_says(name: str) -> None:
+    """The fused pair allocates and keeps what the two layers apart do: the plan, which
+    knows nothing of fusion, stays within 1% of a measured step."""
+    from cnncli.analysis.memory import estimate
+    from cnncli.engine.measure import measure
+
+    spec = load_spec(catalog.resolve(name))
+    measured = measure(spec, 8, threads=2)["peak_bytes"]
+    planned = estimate(spec, batch=8, threads=2).peak
+    assert abs(planned / measured - 1) < 0.01, (planned, measured)
