@@ -4,6 +4,8 @@ Public wrappers (plain Python: validate, allocate, call the @njit kernels):
 
     conv2d_forward(x, w, b, stride, pad, dilation, groups, out_hw) -> y
     conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True) -> (dx|None, dw, db)
+    conv2d_forward_planar(x, w, b, pad, dilation, out_hw) -> y              (stride 1, groups 1)
+    conv2d_backward_planar(x, w, dy, pad, dilation, need_dx=True) -> (dx|None, dw, db)
     local2d_forward(x, w, b, stride, pad, dilation, out_hw) -> y
     local2d_backward(x, w, dy, stride, pad, dilation, need_dx=True) -> (dx|None, dw, db)
 
@@ -40,6 +42,7 @@ import numpy as np
 from numba import njit, prange
 
 from cnncli.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, ensure_configured
+from cnncli.engine.kernels import sizes
 from cnncli.engine.kernels.sizes import (
     COL_BLOCK_BYTES,  # noqa: F401 - tests and benchmarks read it through this module
     MIN_CHUNKS,  # noqa: F401
@@ -51,6 +54,8 @@ from cnncli.engine.kernels.sizes import (
 __all__ = [
     "conv2d_forward",
     "conv2d_backward",
+    "conv2d_forward_planar",
+    "conv2d_backward_planar",
     "local2d_forward",
     "local2d_backward",
 ]
@@ -399,6 +404,166 @@ def _conv_bwd_direct_chunk(x, Wd, dy, sh, sw, ph, pw, dh, dw, n0, n1, need_dx, d
 
 
 # ----------------------------------------------------------------------------------
+# conv, planar path (first layers: 1-3 input channels, stride 1)
+# ----------------------------------------------------------------------------------
+#
+# A first layer's NHWC im2col copies runs of Fw * C = 9 numbers into rows of 27 (or 25)
+# and hands BLAS a [positions x 27] by [27 x 16] product. Here a band of output rows works
+# on planes instead: the band's input rows, zero-padded, are transposed once into
+# xp[c, r, s] (s: padded column, Wp of them), so the input of tap (p, q, c) for every
+# output position of the band is ONE contiguous run of xp: cols[tap, l] = xp_flat[c, l +
+# off(p, q)] with l = i * Wp + j. Positions with j >= OW are padding columns computed
+# along (Wp - OW of every Wp); yT / dyT, [K, positions], keep them zero (never written)
+# so dW's product ignores them. Forward: yT = Wm @ cols, scattered back to NHWC; dW:
+# dyT @ cols^T; dx: Wm^T @ dyT, added back along the same runs into a padded plane.
+
+
+@njit(**JIT_OPTIONS)
+def _planar_band(x, n, r0, nr, ph, pw, Wp, xp):
+    """xp[c, a, s] = x[n, r0 + a - ph, s - pw, c] for a < nr (zero outside the image)."""
+    H = x.shape[1]
+    W = x.shape[2]
+    C = x.shape[3]
+    zero = x.dtype.type(0)
+    for c in range(C):
+        for a in range(nr):
+            row = xp[c, a]
+            r = r0 + a - ph
+            if r < 0 or r >= H:
+                for t in range(Wp):
+                    row[t] = zero
+                continue
+            xr = x[n, r]
+            for t in range(min(pw, Wp)):
+                row[t] = zero
+            for t in range(min(W, Wp - pw)):
+                row[pw + t] = xr[t, c]
+            for t in range(min(W + pw, Wp), Wp):
+                row[t] = zero
+
+
+@njit(**JIT_OPTIONS)
+def _planar_cols(xp, Fh, Fw, dh, dw, L, cols):
+    """cols[(p * Fw + q) * C + c, l] = xp_flat[c, l + p * dh * Wp + q * dw] for l < L."""
+    C, nr, Wp = xp.shape
+    for c in range(C):
+        xf = xp[c].reshape(nr * Wp)
+        for p in range(Fh):
+            for q in range(Fw):
+                off = p * dh * Wp + q * dw
+                src = xf[off:off + L]
+                dst = cols[(p * Fw + q) * C + c]
+                for t in range(L):
+                    dst[t] = src[t]
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _conv_fwd_planar(x, Wm, b, Fh, Fw, ph, pw, dh, dw, rb, Wp, xp_t, cols_t, yT_t, y):
+    """y[N, OH, OW, K] = conv(x, Wm) + b, stride 1; Wm[K, Fh * Fw * C] columns (p, q, c).
+    Tasks are bands of rb output rows; one slot per thread with its flat buffers (the `_t`
+    arrays, [T, ...], viewed per band as xp[C, nr, Wp], cols[kdim, L], yT[K, L]). Each
+    output is written by one task: any split gives the same bits."""
+    N, H, W, C = x.shape
+    K, kdim = Wm.shape
+    OH = y.shape[1]
+    OW = y.shape[2]
+    nblk = (OH + rb - 1) // rb
+    ntask = N * nblk
+    T = xp_t.shape[0]
+    for t in prange(T):
+        for task in range(t * ntask // T, (t + 1) * ntask // T):
+            n = task // nblk
+            r0 = (task % nblk) * rb
+            r1 = min(OH, r0 + rb)
+            L = (r1 - r0 - 1) * Wp + OW
+            nr = r1 - r0 + (Fh - 1) * dh
+            xp = xp_t[t, :C * nr * Wp].reshape(C, nr, Wp)
+            cols = cols_t[t, :kdim * L].reshape(kdim, L)
+            yT = yT_t[t, :K * L].reshape(K, L)
+            _planar_band(x, n, r0, nr, ph, pw, Wp, xp)
+            _planar_cols(xp, Fh, Fw, dh, dw, L, cols)
+            np.dot(Wm, cols, yT)
+            for i in range(r0, r1):
+                for j in range(OW):
+                    yrow = y[n, i, j]
+                    l = (i - r0) * Wp + j
+                    for k in range(K):
+                        yrow[k] = yT[k, l] + b[k]
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _conv_bwd_planar(x, Wm, dy, Fh, Fw, ph, pw, dh, dw, rb, Wp, nchunk, need_dx, dx, dWp,
+                     dbp, xp_t, cols_t, dyT_t, tw_t):
+    """dWp[chunk, K, Fh * Fw * C] and dbp[chunk, K] (zeroed) get per-chunk partial sums;
+    chunks own whole images, summed in chunk order by the caller (the same bits for any
+    thread count up to nchunk). dx (zeroed, when need_dx) gets the input gradient: cols
+    then holds Wm^T @ dyT and xp the band's padded input gradient. Buffers as in
+    _conv_fwd_planar, plus tw_t[T, K, kdim] for one band's dW."""
+    N, H, W, C = x.shape
+    K, kdim = Wm.shape
+    OH = dy.shape[1]
+    OW = dy.shape[2]
+    nblk = (OH + rb - 1) // rb
+    T = xp_t.shape[0]
+    zero = x.dtype.type(0)
+    for slot in prange(T):
+        tw = tw_t[slot]
+        for ch in range(slot * nchunk // T, (slot + 1) * nchunk // T):
+            dWt = dWp[ch]
+            dbt = dbp[ch]
+            for n in range(ch * N // nchunk, (ch + 1) * N // nchunk):
+                for blk in range(nblk):
+                    r0 = blk * rb
+                    r1 = min(OH, r0 + rb)
+                    L = (r1 - r0 - 1) * Wp + OW
+                    nr = r1 - r0 + (Fh - 1) * dh
+                    xp = xp_t[slot, :C * nr * Wp].reshape(C, nr, Wp)
+                    cols = cols_t[slot, :kdim * L].reshape(kdim, L)
+                    dyT = dyT_t[slot, :K * L].reshape(K, L)
+                    for i in range(r0, r1):
+                        for j in range(OW):
+                            drow = dy[n, i, j]
+                            l = (i - r0) * Wp + j
+                            for k in range(K):
+                                dyT[k, l] = drow[k]
+                                dbt[k] += drow[k]
+                    for k in range(K):  # padding columns: no output, no gradient
+                        dk = dyT[k]
+                        for i in range(r1 - r0 - 1):
+                            for l in range(i * Wp + OW, (i + 1) * Wp):
+                                dk[l] = zero
+                    _planar_band(x, n, r0, nr, ph, pw, Wp, xp)
+                    _planar_cols(xp, Fh, Fw, dh, dw, L, cols)
+                    np.dot(dyT, cols.T, tw)
+                    acc = dWt.reshape(dWt.size)
+                    twf = tw.reshape(tw.size)
+                    for a in range(twf.shape[0]):
+                        acc[a] += twf[a]
+                    if not need_dx:
+                        continue
+                    np.dot(Wm.T, dyT, cols)
+                    for c in range(C):
+                        xf = xp[c].reshape(nr * Wp)
+                        for t in range(nr * Wp):
+                            xf[t] = zero
+                        for p in range(Fh):
+                            for q in range(Fw):
+                                off = p * dh * Wp + q * dw
+                                dst = xf[off:off + L]
+                                src = cols[(p * Fw + q) * C + c]
+                                for t in range(L):
+                                    dst[t] += src[t]
+                    for a in range(nr):
+                        r = r0 + a - ph
+                        if r < 0 or r >= H:
+                            continue
+                        for s in range(max(0, pw), min(W + pw, Wp)):
+                            dxrow = dx[n, r, s - pw]
+                            for c in range(C):
+                                dxrow[c] += xp[c, a, s]
+
+
+# ----------------------------------------------------------------------------------
 # locally connected
 # ----------------------------------------------------------------------------------
 
@@ -708,6 +873,66 @@ def conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True):
     db = dbp.sum(axis=0).astype(x.dtype)
     return (dx if need_dx else None), dwt, db
 
+
+def _planar_weights(w):
+    """OIHW -> Wm[K, Fh * Fw * C], columns ordered (p, q, c) as the planar cols' rows."""
+    K, C, Fh, Fw = w.shape
+    return np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(K, Fh * Fw * C))
+
+
+def conv2d_forward_planar(x, w, b, pad, dilation, out_hw):
+    """conv2d_forward for stride 1, groups 1 by the planar kernel (first layers)."""
+    ensure_configured()
+    x = _check_x(x)
+    w, _ = _check_conv_w(x, w, 1)
+    _, _, ph, pw, dh, dw = _geometry((1, 1), pad, dilation)
+    OH, OW = _out_hw(out_hw)
+    N = x.shape[0]
+    K, C, Fh, Fw = w.shape
+    bb = _as(b, x.dtype, "b").reshape(-1) if b is not None else np.zeros(K, x.dtype)
+    if bb.shape != (K,):
+        raise ValueError(f"bias must have shape ({K},), got {np.shape(b)}")
+    y = np.empty((N, OH, OW, K), dtype=x.dtype)
+    if N == 0 or K == 0:
+        return y
+    Wp, rb, nr, L = sizes.planar_geometry(OH, OW, Fh, Fw, dh, dw, C, x.itemsize)
+    T = min(_threads(), N * -(-OH // rb))  # each thread's band, allocated here, not in it
+    dt = x.dtype
+    _conv_fwd_planar(x, _planar_weights(w), bb, Fh, Fw, ph, pw, dh, dw, rb, Wp,
+                     np.empty((T, C * nr * Wp), dt), np.empty((T, Fh * Fw * C * L), dt),
+                     np.empty((T, K * L), dt), y)
+    return y
+
+
+def conv2d_backward_planar(x, w, dy, pad, dilation, need_dx=True):
+    """Gradients of conv2d_forward_planar, as conv2d_backward returns them."""
+    ensure_configured()
+    x = _check_x(x)
+    w, _ = _check_conv_w(x, w, 1)
+    _, _, ph, pw, dh, dw = _geometry((1, 1), pad, dilation)
+    dy = _as(dy, x.dtype, "dy")
+    N = x.shape[0]
+    K, C, Fh, Fw = w.shape
+    if dy.ndim != 4 or dy.shape[0] != N or dy.shape[3] != K:
+        raise ValueError(f"dy must have shape (N={N}, OH, OW, K={K}), got {dy.shape}")
+    OH, OW = dy.shape[1], dy.shape[2]
+    dx = np.zeros_like(x) if need_dx else np.zeros((1, 1, 1, 1), x.dtype)
+    nchunk = _nchunk(N)
+    dbp = np.zeros((nchunk, K), dtype=np.float64)
+    kdim = Fh * Fw * C
+    dWp = np.zeros((nchunk, K, kdim), dtype=x.dtype)
+    if N and OH and OW and K:
+        Wp, rb, nr, L = sizes.planar_geometry(OH, OW, Fh, Fw, dh, dw, C, x.itemsize)
+        T = min(_threads(), nchunk)  # each thread's band, allocated here, not in it
+        dt = x.dtype
+        _conv_bwd_planar(x, _planar_weights(w), dy, Fh, Fw, ph, pw, dh, dw, rb, Wp, nchunk,
+                         bool(need_dx), dx, dWp, dbp, np.empty((T, C * nr * Wp), dt),
+                         np.empty((T, kdim * L), dt), np.empty((T, K * L), dt),
+                         np.empty((T, K, kdim), dt))
+    dWm = _sum_chunks(dWp)  # [K, (p, q, c)]
+    dwt = np.ascontiguousarray(dWm.reshape(K, Fh, Fw, C).transpose(0, 3, 1, 2))
+    db = dbp.sum(axis=0).astype(x.dtype)
+    return (dx if need_dx else None), dwt, db
 
 def _sum_chunks(parts):
     """Sum per-chunk partials in chunk order (deterministic)."""
