@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_winograd.py [--batch 64] [--threads 2] [--rounds 15]
                                              [--nets cifar_small,cifar_vgg_bn,resnet20]
+    .venv/bin/python bench/bench_winograd.py --small [--rounds 9]
 
 The 3x3 stride-1 "same" layers of the batchnorm CIFAR net and ResNet-20, float32, or with
 --nets every distinct Winograd-eligible layer shape of those specs (first layers too). Each
@@ -12,6 +13,9 @@ speed-up against conv.py (its time / this time). conv.py computes dx and dW in o
 (conv2d_backward); its dW alone is conv2d_backward(need_dx=False) and its dx is shown as
 the difference. Then the float32 error table: max |float32 - float64 direct| /
 max |float64 direct| per layer, tile and pass, conv.py's float32 im2col for comparison.
+--small times conv.py, Winograd F(4x4) and conv.py's planar first-layer kernels on the
+small-channel layers (SMALL_LAYERS), per pass. Run it once as is and once with
+OPENBLAS_CORETYPE=Haswell: the header names the BLAS kernel threadpoolctl saw.
 """
 
 from __future__ import annotations
@@ -118,9 +122,9 @@ def time_layer(N, H, W, C, K, P, rounds):
 
 
 def time_small(N, H, W, C, K, F, P, rounds):
-    """Median seconds of conv.py, Winograd F(4x4) with np.dot and with its loops, and the
-    planar kernel (C <= 3), per pass, in alternating rounds. dx is timed on
-    its own for Winograd; conv.py's and the direct kernel's as dx+dW minus dW."""
+    """Median seconds of conv.py, Winograd F(4x4) and conv.py's planar kernels (C <= 3),
+    per pass, in alternating rounds. dx is timed on its own for Winograd; conv.py's and
+    the planar kernels' as dx+dW minus dW."""
     import numpy as np
 
     from cnncli.engine.kernels import conv
@@ -137,10 +141,9 @@ def time_small(N, H, W, C, K, F, P, rounds):
         "conv dW": lambda: conv.conv2d_backward(x, w, dy, *geo, need_dx=False),
     }
     if F == 3:
-        for g in ("blas", "loop"):
-            fns[f"{g} fwd"] = lambda g=g: wg.winograd_conv_forward(x, w, b, P, 4, gemm=g)
-            fns[f"{g} dx"] = lambda g=g: wg.winograd_conv_backward_data(dy, w, P, 4, gemm=g)
-            fns[f"{g} dW"] = lambda g=g: wg.winograd_conv_backward_weights(x, dy, P, 4, gemm=g)
+        fns["F4 fwd"] = lambda: wg.winograd_conv_forward(x, w, b, P, 4)
+        fns["F4 dx"] = lambda: wg.winograd_conv_backward_data(dy, w, P, 4)
+        fns["F4 dW"] = lambda: wg.winograd_conv_backward_weights(x, dy, P, 4)
     if C <= 3:
         pd = ((P, P), (1, 1))
         fns["planar fwd"] = lambda: conv.conv2d_forward_planar(x, w, b, *pd, (OH, OW))
@@ -163,7 +166,7 @@ def time_small(N, H, W, C, K, F, P, rounds):
 
 def main_small(a):
     """--small: per layer and pass, ms and direct-equivalent GFLOP/s of each kernel."""
-    impls = ("conv", "blas", "loop", "planar")
+    impls = ("conv", "F4", "planar")
     print(f"{'layer':15s} {'pass':4s} | " + " | ".join(f"{i:>12s}" for i in impls))
     for name, H, W, C, K, F, P in SMALL_LAYERS:
         OH, OW = H + 2 * P - F + 1, W + 2 * P - F + 1
@@ -223,8 +226,8 @@ def main():
     ap.add_argument("--no-errors", action="store_true", help="skip the float32 error table")
     ap.add_argument("--nets", help="comma-separated specs: time their eligible layer shapes")
     ap.add_argument("--small", action="store_true",
-                    help="the small-channel layers: conv.py, Winograd with np.dot and with "
-                    "loops, the planar first-layer kernel")
+                    help="the small-channel layers: conv.py, Winograd and the planar "
+                    "first-layer kernels")
     a = ap.parse_args()
     layers = net_layers(a.nets.split(",")) if a.nets else LAYERS
 

@@ -486,9 +486,9 @@ def _conv_fwd_planar(x, Wm, b, Fh, Fw, ph, pw, dh, dw, rb, Wp, xp_t, cols_t, yT_
             for i in range(r0, r1):
                 for j in range(OW):
                     yrow = y[n, i, j]
-                    l = (i - r0) * Wp + j
+                    pos = (i - r0) * Wp + j
                     for k in range(K):
-                        yrow[k] = yT[k, l] + b[k]
+                        yrow[k] = yT[k, pos] + b[k]
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -523,15 +523,15 @@ def _conv_bwd_planar(x, Wm, dy, Fh, Fw, ph, pw, dh, dw, rb, Wp, nchunk, need_dx,
                     for i in range(r0, r1):
                         for j in range(OW):
                             drow = dy[n, i, j]
-                            l = (i - r0) * Wp + j
+                            pos = (i - r0) * Wp + j
                             for k in range(K):
-                                dyT[k, l] = drow[k]
+                                dyT[k, pos] = drow[k]
                                 dbt[k] += drow[k]
                     for k in range(K):  # padding columns: no output, no gradient
                         dk = dyT[k]
                         for i in range(r1 - r0 - 1):
-                            for l in range(i * Wp + OW, (i + 1) * Wp):
-                                dk[l] = zero
+                            for pos in range(i * Wp + OW, (i + 1) * Wp):
+                                dk[pos] = zero
                     _planar_band(x, n, r0, nr, ph, pw, Wp, xp)
                     _planar_cols(xp, Fh, Fw, dh, dw, L, cols)
                     np.dot(dyT, cols.T, tw)
