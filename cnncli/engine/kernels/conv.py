@@ -30,6 +30,23 @@ Design (measured on the 2-core target, see bench/bench_conv.py):
   counts up to 8.
 * Depthwise-like groups (C//groups * K//groups <= 8) use a direct loop kernel instead,
   vectorised over groups (tiny per-group GEMMs are all call overhead).
+* First layers (1-3 channels, stride 1; conv_algo.py's ``auto`` picks them): the planar
+  kernels. A band's input rows are transposed once into zero-padded planes, so a tap's
+  inputs over the whole band are one contiguous run: the columns are 27 long copies and
+  the GEMMs [K x 27] by [27 x positions]. bench/bench_winograd.py --small, 2026-11-29,
+  the 2-core Xeon VM (AVX-512) at load 2.7-3.0, batch 64, float32, 2 threads, medians of
+  9 alternating rounds, ms forward / dW (first layers need no dx):
+
+      layer           OpenBLAS   NHWC im2col   Winograd F(4x4)   planar
+      32x32 3->16     SkylakeX   14.9 / 16.1   12.1 / 10.2        8.1 / 10.0
+                      Haswell    16.6 / 20.4   15.4 / 18.6       12.6 / 15.3
+      32x32 3->32     SkylakeX   16.9 / 20.2   14.4 / 13.6       10.4 / 16.0
+                      Haswell    16.1 / 22.7   16.2 / 21.5       14.3 / 17.7
+      32x32 1->6 5x5  SkylakeX   16.3 / 16.3   -                  6.7 / 7.3
+                      Haswell     6.3 / 7.6    -                  3.2 / 3.7
+
+  A direct loop kernel (an output pixel's K filters as the accumulator, windows read
+  from NHWC x) measured 1.5-2.5x slower than im2col: see winograd.py's note on loops.
 * Locally connected: forward and dW are one small GEMM per output position over the
   batch (parallel over positions, no reduction needed); dx is parallel over chunks of
   images, each scattering into its own images.
