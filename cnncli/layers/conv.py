@@ -461,16 +461,16 @@ class WinogradPlan(ConvPlan):
 
 class PlanarPlan(ConvPlan):
     """What conv.py's planar kernels allocate (see conv2d_forward_planar and
-    conv2d_backward_planar): per thread one band's input planes, its columns and its
-    outputs (or dy) transposed to [K, positions]; backward adds one band's dW product."""
+    conv2d_backward_planar): per thread one band's input planes and its columns; backward
+    adds one band's dW product."""
 
     def __init__(self, heap: Heap, row: Row, threads: int, node: Conv):
         super().__init__(heap, row, threads, node)
-        self.c = self.vin.d
-        wp, self.rb, nr, length = sizes.planar_geometry(
+        c = self.vin.d
+        wp, self.rb, nr, positions = sizes.planar_geometry(
             self.vout.h, self.vout.w, node.size.h, node.size.w, node.dilation.h,
-            node.dilation.w, self.c, heap.itemsize)
-        self.per = self.c * nr * wp + self.kdim * length + self.k * length
+            node.dilation.w, c, heap.itemsize)
+        self.per = c * nr * wp + self.kdim * positions
 
     def im2col(self) -> tuple[int, int] | None:
         return None  # its columns are planar bands, not the NHWC im2col this note counts
@@ -480,7 +480,7 @@ class PlanarPlan(ConvPlan):
             self.keep(x)
         bias = None if self.bias else self.work(0, self.k)  # np.zeros(K) stands in
         y = self.out(self.vout)
-        wcopy = self.work(0, self.wsize)  # _planar_weights: a relaid copy
+        wcopy = self.work(0, self.wsize)  # _gemm_weights: a relaid copy
         tasks = self.heap.batch * -(-self.vout.h // self.rb)
         bands = [self.work(0, self.per) for _ in range(min(self.threads, tasks))]
         del bands, wcopy, bias

@@ -32,19 +32,12 @@ Design (measured on the 2-core target, see bench/bench_conv.py):
   vectorised over groups (tiny per-group GEMMs are all call overhead).
 * First layers (1-3 channels, stride 1; conv_algo.py's ``auto`` picks them): the planar
   kernels. A band's input rows are transposed once into zero-padded planes, so a tap's
-  inputs over the whole band are one contiguous run: the columns are 27 long copies and
-  the GEMMs [K x 27] by [27 x positions]. bench/bench_winograd.py --small, 2026-11-29,
-  the 2-core Xeon VM (AVX-512) at load 2.7-3.0, batch 64, float32, 2 threads, medians of
-  9 alternating rounds, ms forward / dW (first layers need no dx):
-
-      layer           OpenBLAS   NHWC im2col   Winograd F(4x4)   planar
-      32x32 3->16     SkylakeX   14.9 / 16.1   12.1 / 10.2        8.1 / 10.0
-                      Haswell    16.6 / 20.4   15.4 / 18.6       12.6 / 15.3
-      32x32 3->32     SkylakeX   16.9 / 20.2   14.4 / 13.6       10.4 / 16.0
-                      Haswell    16.1 / 22.7   16.2 / 21.5       14.3 / 17.7
-      32x32 1->6 5x5  SkylakeX   16.3 / 16.3   -                  6.7 / 7.3
-                      Haswell     6.3 / 7.6    -                  3.2 / 3.7
-
+  inputs along an output row are one contiguous run: the columns [27 x positions] are
+  built from runs of OW numbers, and the GEMMs take them transposed, writing y's rows
+  and reading dy's as they lie. Measured by bench/bench_winograd.py --small (table in
+  conv_algo.py): 32x32 3->16 forward / dW at 2.1x / 2.0x im2col's speed and 1.75x /
+  1.45x Winograd's with OpenBLAS's SkylakeX kernel, 1.3x / 1.9x and 1.4x / 1.4x with its
+  Haswell kernel; LeNet's 1->6 5x5 at 2.6-3.1x im2col's.
   A direct loop kernel (an output pixel's K filters as the accumulator, windows read
   from NHWC x) measured 1.5-2.5x slower than im2col: see winograd.py's note on loops.
 * Locally connected: forward and dW are one small GEMM per output position over the
@@ -424,23 +417,23 @@ def _conv_bwd_direct_chunk(x, Wd, dy, sh, sw, ph, pw, dh, dw, n0, n1, need_dx, d
 # conv, planar path (first layers: 1-3 input channels, stride 1)
 # ----------------------------------------------------------------------------------
 #
-# A first layer's NHWC im2col copies runs of Fw * C = 9 numbers into rows of 27 (or 25)
-# and hands BLAS a [positions x 27] by [27 x 16] product. Here a band of output rows works
-# on planes instead: the band's input rows, zero-padded, are transposed once into
-# xp[c, r, s] (s: padded column, Wp of them), so the input of tap (p, q, c) for every
-# output position of the band is ONE contiguous run of xp: cols[tap, l] = xp_flat[c, l +
-# off(p, q)] with l = i * Wp + j. Positions with j >= OW are padding columns computed
-# along (Wp - OW of every Wp); yT / dyT, [K, positions], keep them zero (never written)
-# so dW's product ignores them. Forward: yT = Wm @ cols, scattered back to NHWC; dW:
-# dyT @ cols^T; dx: Wm^T @ dyT, added back along the same runs into a padded plane.
+# A first layer's NHWC im2col copies runs of Fw * C = 9 numbers into rows of 27 (or 25).
+# Here a band of output rows first transposes its input rows, zero-padded, into planes
+# xp[c, r, s] (s: padded column, Wp of them), so the inputs of tap (p, q, c) along an
+# output row are one contiguous run of xp: the columns cols[tap, position] are built
+# from runs of OW numbers, and the GEMMs run on them transposed, straight into y's rows
+# (forward: y = cols^T @ W2) or from dy's (dW: cols @ dy), with no transpose of y or dy.
+# (Columns over the padded width, so that a tap is ONE run per band, measured 1.2-1.5x
+# slower: y and dy then need transposing to [K, positions] and back.)
 
 
 @njit(**JIT_OPTIONS)
-def _planar_band(x, n, r0, nr, ph, pw, Wp, xp):
+def _planar_band(x, n, r0, nr, ph, pw, xp):
     """xp[c, a, s] = x[n, r0 + a - ph, s - pw, c] for a < nr (zero outside the image)."""
     H = x.shape[1]
     W = x.shape[2]
     C = x.shape[3]
+    Wp = xp.shape[2]
     zero = x.dtype.type(0)
     for c in range(C):
         for a in range(nr):
@@ -460,116 +453,119 @@ def _planar_band(x, n, r0, nr, ph, pw, Wp, xp):
 
 
 @njit(**JIT_OPTIONS)
-def _planar_cols(xp, Fh, Fw, dh, dw, L, cols):
-    """cols[(p * Fw + q) * C + c, l] = xp_flat[c, l + p * dh * Wp + q * dw] for l < L."""
-    C, nr, Wp = xp.shape
+def _planar_cols(xp, Fh, Fw, dh, dw, rows, OW, cols):
+    """cols[(p * Fw + q) * C + c, i * OW + j] = xp[c, i + p * dh, j + q * dw], i < rows."""
+    C = xp.shape[0]
     for c in range(C):
-        xf = xp[c].reshape(nr * Wp)
         for p in range(Fh):
             for q in range(Fw):
-                off = p * dh * Wp + q * dw
-                src = xf[off:off + L]
                 dst = cols[(p * Fw + q) * C + c]
-                for t in range(L):
-                    dst[t] = src[t]
+                for i in range(rows):
+                    src = xp[c, i + p * dh, q * dw:q * dw + OW]
+                    d = dst[i * OW:(i + 1) * OW]
+                    for t in range(OW):
+                        d[t] = src[t]
+
+
+@njit(**JIT_OPTIONS)
+def _planar_col2im(cols, Fh, Fw, dh, dw, rows, OW, xp):
+    """Adjoint of _planar_cols: xp (zeroed here) = the columns added back to their taps."""
+    C = xp.shape[0]
+    xf = xp.reshape(xp.size)
+    zero = xp.dtype.type(0)
+    for t in range(xf.shape[0]):
+        xf[t] = zero
+    for c in range(C):
+        for p in range(Fh):
+            for q in range(Fw):
+                src = cols[(p * Fw + q) * C + c]
+                for i in range(rows):
+                    d = xp[c, i + p * dh, q * dw:q * dw + OW]
+                    sv = src[i * OW:(i + 1) * OW]
+                    for t in range(OW):
+                        d[t] += sv[t]
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _conv_fwd_planar(x, Wm, b, Fh, Fw, ph, pw, dh, dw, rb, Wp, xp_t, cols_t, yT_t, y):
-    """y[N, OH, OW, K] = conv(x, Wm) + b, stride 1; Wm[K, Fh * Fw * C] columns (p, q, c).
+def _conv_fwd_planar(x, W2, b, Fh, Fw, ph, pw, dh, dw, rb, xp_t, cols_t, y):
+    """y[N, OH, OW, K] = conv(x, W2) + b, stride 1; W2[Fh * Fw * C, K] rows (p, q, c).
     Tasks are bands of rb output rows; one slot per thread with its flat buffers (the `_t`
-    arrays, [T, ...], viewed per band as xp[C, nr, Wp], cols[kdim, L], yT[K, L]). Each
+    arrays, [T, ...], viewed per band as xp[C, nr, Wp] and cols[kdim, rows * OW]). Each
     output is written by one task: any split gives the same bits."""
     N, H, W, C = x.shape
-    K, kdim = Wm.shape
+    kdim, K = W2.shape
     OH = y.shape[1]
     OW = y.shape[2]
+    Wp = OW + (Fw - 1) * dw
     nblk = (OH + rb - 1) // rb
     ntask = N * nblk
     T = xp_t.shape[0]
+    y2 = y.reshape(N * OH * OW, K)
     for t in prange(T):
         for task in range(t * ntask // T, (t + 1) * ntask // T):
             n = task // nblk
             r0 = (task % nblk) * rb
-            r1 = min(OH, r0 + rb)
-            L = (r1 - r0 - 1) * Wp + OW
-            nr = r1 - r0 + (Fh - 1) * dh
+            rows = min(OH, r0 + rb) - r0
+            nr = rows + (Fh - 1) * dh
+            P = rows * OW
             xp = xp_t[t, :C * nr * Wp].reshape(C, nr, Wp)
-            cols = cols_t[t, :kdim * L].reshape(kdim, L)
-            yT = yT_t[t, :K * L].reshape(K, L)
-            _planar_band(x, n, r0, nr, ph, pw, Wp, xp)
-            _planar_cols(xp, Fh, Fw, dh, dw, L, cols)
-            np.dot(Wm, cols, yT)
-            for i in range(r0, r1):
-                for j in range(OW):
-                    yrow = y[n, i, j]
-                    pos = (i - r0) * Wp + j
-                    for k in range(K):
-                        yrow[k] = yT[k, pos] + b[k]
+            cols = cols_t[t, :kdim * P].reshape(kdim, P)
+            _planar_band(x, n, r0, nr, ph, pw, xp)
+            _planar_cols(xp, Fh, Fw, dh, dw, rows, OW, cols)
+            base = (n * OH + r0) * OW
+            out = y2[base:base + P]
+            np.dot(cols.T, W2, out)
+            for r in range(P):
+                orow = out[r]
+                for k in range(K):
+                    orow[k] += b[k]
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _conv_bwd_planar(x, Wm, dy, Fh, Fw, ph, pw, dh, dw, rb, Wp, nchunk, need_dx, dx, dWp,
-                     dbp, xp_t, cols_t, dyT_t, tw_t):
-    """dWp[chunk, K, Fh * Fw * C] and dbp[chunk, K] (zeroed) get per-chunk partial sums;
+def _conv_bwd_planar(x, W2, dy, Fh, Fw, ph, pw, dh, dw, rb, nchunk, need_dx, dx, dWp, dbp,
+                     xp_t, cols_t, tw_t):
+    """dWp[chunk, Fh * Fw * C, K] and dbp[chunk, K] (zeroed) get per-chunk partial sums;
     chunks own whole images, summed in chunk order by the caller (the same bits for any
     thread count up to nchunk). dx (zeroed, when need_dx) gets the input gradient: cols
-    then holds Wm^T @ dyT and xp the band's padded input gradient. Buffers as in
-    _conv_fwd_planar, plus tw_t[T, K, kdim] for one band's dW."""
+    then holds W2 @ dy^T and xp the band's padded input gradient. Buffers as in
+    _conv_fwd_planar, plus tw_t[T, kdim, K] for one band's dW."""
     N, H, W, C = x.shape
-    K, kdim = Wm.shape
+    kdim, K = W2.shape
     OH = dy.shape[1]
     OW = dy.shape[2]
+    Wp = OW + (Fw - 1) * dw
     nblk = (OH + rb - 1) // rb
     T = xp_t.shape[0]
-    zero = x.dtype.type(0)
+    dy2 = dy.reshape(N * OH * OW, K)
     for slot in prange(T):
         tw = tw_t[slot]
+        twf = tw.reshape(kdim * K)
         for ch in range(slot * nchunk // T, (slot + 1) * nchunk // T):
-            dWt = dWp[ch]
+            dWf = dWp[ch].reshape(kdim * K)
             dbt = dbp[ch]
             for n in range(ch * N // nchunk, (ch + 1) * N // nchunk):
                 for blk in range(nblk):
                     r0 = blk * rb
-                    r1 = min(OH, r0 + rb)
-                    L = (r1 - r0 - 1) * Wp + OW
-                    nr = r1 - r0 + (Fh - 1) * dh
+                    rows = min(OH, r0 + rb) - r0
+                    nr = rows + (Fh - 1) * dh
+                    P = rows * OW
                     xp = xp_t[slot, :C * nr * Wp].reshape(C, nr, Wp)
-                    cols = cols_t[slot, :kdim * L].reshape(kdim, L)
-                    dyT = dyT_t[slot, :K * L].reshape(K, L)
-                    for i in range(r0, r1):
-                        for j in range(OW):
-                            drow = dy[n, i, j]
-                            pos = (i - r0) * Wp + j
-                            for k in range(K):
-                                dyT[k, pos] = drow[k]
-                                dbt[k] += drow[k]
-                    for k in range(K):  # padding columns: no output, no gradient
-                        dk = dyT[k]
-                        for i in range(r1 - r0 - 1):
-                            for pos in range(i * Wp + OW, (i + 1) * Wp):
-                                dk[pos] = zero
-                    _planar_band(x, n, r0, nr, ph, pw, Wp, xp)
-                    _planar_cols(xp, Fh, Fw, dh, dw, L, cols)
-                    np.dot(dyT, cols.T, tw)
-                    acc = dWt.reshape(dWt.size)
-                    twf = tw.reshape(tw.size)
-                    for a in range(twf.shape[0]):
-                        acc[a] += twf[a]
+                    cols = cols_t[slot, :kdim * P].reshape(kdim, P)
+                    base = (n * OH + r0) * OW
+                    d = dy2[base:base + P]
+                    for r in range(P):
+                        drow = d[r]
+                        for k in range(K):
+                            dbt[k] += drow[k]
+                    _planar_band(x, n, r0, nr, ph, pw, xp)
+                    _planar_cols(xp, Fh, Fw, dh, dw, rows, OW, cols)
+                    np.dot(cols, d, tw)
+                    for a in range(kdim * K):
+                        dWf[a] += twf[a]
                     if not need_dx:
                         continue
-                    np.dot(Wm.T, dyT, cols)
-                    for c in range(C):
-                        xf = xp[c].reshape(nr * Wp)
-                        for t in range(nr * Wp):
-                            xf[t] = zero
-                        for p in range(Fh):
-                            for q in range(Fw):
-                                off = p * dh * Wp + q * dw
-                                dst = xf[off:off + L]
-                                src = cols[(p * Fw + q) * C + c]
-                                for t in range(L):
-                                    dst[t] += src[t]
+                    np.dot(W2, d.T, cols)
+                    _planar_col2im(cols, Fh, Fw, dh, dw, rows, OW, xp)
                     for a in range(nr):
                         r = r0 + a - ph
                         if r < 0 or r >= H:
@@ -891,12 +887,6 @@ def conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True):
     return (dx if need_dx else None), dwt, db
 
 
-def _planar_weights(w):
-    """OIHW -> Wm[K, Fh * Fw * C], columns ordered (p, q, c) as the planar cols' rows."""
-    K, C, Fh, Fw = w.shape
-    return np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(K, Fh * Fw * C))
-
-
 def conv2d_forward_planar(x, w, b, pad, dilation, out_hw):
     """conv2d_forward for stride 1, groups 1 by the planar kernel (first layers)."""
     ensure_configured()
@@ -912,12 +902,11 @@ def conv2d_forward_planar(x, w, b, pad, dilation, out_hw):
     y = np.empty((N, OH, OW, K), dtype=x.dtype)
     if N == 0 or K == 0:
         return y
-    Wp, rb, nr, L = sizes.planar_geometry(OH, OW, Fh, Fw, dh, dw, C, x.itemsize)
+    Wp, rb, nr, P = sizes.planar_geometry(OH, OW, Fh, Fw, dh, dw, C, x.itemsize)
     T = min(_threads(), N * -(-OH // rb))  # each thread's band, allocated here, not in it
     dt = x.dtype
-    _conv_fwd_planar(x, _planar_weights(w), bb, Fh, Fw, ph, pw, dh, dw, rb, Wp,
-                     np.empty((T, C * nr * Wp), dt), np.empty((T, Fh * Fw * C * L), dt),
-                     np.empty((T, K * L), dt), y)
+    _conv_fwd_planar(x, _gemm_weights(w, 1)[0], bb, Fh, Fw, ph, pw, dh, dw, rb,
+                     np.empty((T, C * nr * Wp), dt), np.empty((T, Fh * Fw * C * P), dt), y)
     return y
 
 
@@ -937,17 +926,16 @@ def conv2d_backward_planar(x, w, dy, pad, dilation, need_dx=True):
     nchunk = _nchunk(N)
     dbp = np.zeros((nchunk, K), dtype=np.float64)
     kdim = Fh * Fw * C
-    dWp = np.zeros((nchunk, K, kdim), dtype=x.dtype)
+    dWp = np.zeros((nchunk, kdim, K), dtype=x.dtype)
     if N and OH and OW and K:
-        Wp, rb, nr, L = sizes.planar_geometry(OH, OW, Fh, Fw, dh, dw, C, x.itemsize)
+        Wp, rb, nr, P = sizes.planar_geometry(OH, OW, Fh, Fw, dh, dw, C, x.itemsize)
         T = min(_threads(), nchunk)  # each thread's band, allocated here, not in it
         dt = x.dtype
-        _conv_bwd_planar(x, _planar_weights(w), dy, Fh, Fw, ph, pw, dh, dw, rb, Wp, nchunk,
+        _conv_bwd_planar(x, _gemm_weights(w, 1)[0], dy, Fh, Fw, ph, pw, dh, dw, rb, nchunk,
                          bool(need_dx), dx, dWp, dbp, np.empty((T, C * nr * Wp), dt),
-                         np.empty((T, kdim * L), dt), np.empty((T, K * L), dt),
-                         np.empty((T, K, kdim), dt))
-    dWm = _sum_chunks(dWp)  # [K, (p, q, c)]
-    dwt = np.ascontiguousarray(dWm.reshape(K, Fh, Fw, C).transpose(0, 3, 1, 2))
+                         np.empty((T, kdim * P), dt), np.empty((T, kdim, K), dt))
+    dW2 = _sum_chunks(dWp)  # [(p, q, c), K]
+    dwt = np.ascontiguousarray(dW2.reshape(Fh, Fw, C, K).transpose(3, 2, 0, 1))
     db = dbp.sum(axis=0).astype(x.dtype)
     return (dx if need_dx else None), dwt, db
 

@@ -33,17 +33,17 @@ conv.py's one backward pass:
     8x8 64->128               2.09x     1.33x   1.13x   1.22x
     8x8 128->128              1.96x     2.26x   1.37x   1.69x
 
-First layers (bench/bench_winograd.py --small, 2026-11-29, same VM, batch 64, float32, 2
-threads, 9 alternating rounds, load 2.7-3.0 on the 2 cores, so every time is ~2-4x an idle
-run's; ms fwd / dW, a first layer needs no dx):
+First layers (bench/bench_winograd.py --small, 2026-11-29, the 2-core Xeon VM (AVX-512),
+batch 64, float32, 2 threads, medians of 9 alternating rounds, load 1.0-1.1; ms forward /
+dW, first layers need no dx; the Haswell run shared the cores with other jobs by its end):
 
-    layer            OpenBLAS      conv.py       Winograd F(4x4)  planar
-    32x32 3->16      SkylakeX      14.9 / 16.1   12.1 / 10.2      8.1 / 10.0
-                     Haswell       16.6 / 20.4   15.4 / 18.6     12.6 / 15.3
-    32x32 3->32      SkylakeX      16.9 / 20.2   14.4 / 13.6     10.4 / 16.0
-                     Haswell       16.1 / 22.7   16.2 / 21.5     14.3 / 17.7
-    32x32 1->6 5x5   SkylakeX      16.3 / 16.3   (not 3x3)        6.7 / 7.3
-                     Haswell        6.3 / 7.6    (not 3x3)        3.2 / 3.7
+    layer            OpenBLAS      im2col (conv.py)  Winograd F(4x4)  planar
+    32x32 3->16      SkylakeX       4.92 / 5.81       4.07 / 4.25     2.32 / 2.93
+                     Haswell       10.30 / 15.05     11.04 / 11.13    7.71 / 7.95
+    32x32 3->32      SkylakeX       5.61 / 6.81       5.40 / 6.17     2.95 / 4.00
+                     Haswell        8.92 / 10.31      7.35 / 10.10    5.90 / 6.49
+    32x32 1->6 5x5   SkylakeX       4.95 / 5.31       (not 3x3)       1.62 / 1.69
+                     Haswell        5.61 / 6.06       (not 3x3)       2.17 / 2.32
 
 so `auto` runs planar on layers of 1-3 input channels, stride 1, groups 1, inside the
 measured range (8x8 to 32x32 outputs, at most 32 filters), whatever their filter size.

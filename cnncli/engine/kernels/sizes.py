@@ -31,10 +31,10 @@ def band_rows(oh: int, ow: int, groups: int, kdim: int, itemsize: int) -> int:
 def planar_geometry(oh: int, ow: int, fh: int, fw: int, dh: int, dw: int, c: int,
                     itemsize: int) -> tuple[int, int, int, int]:
     """(padded plane width Wp, output rows per band rb, input rows per band, positions per
-    band L) of conv.py's planar kernels: a band's cols [Fh*Fw*C x L] fit COL_BLOCK_BYTES."""
+    band) of conv.py's planar kernels: a band's cols [Fh*Fw*C x rb*OW] fit COL_BLOCK_BYTES."""
     wp = ow + (fw - 1) * dw
-    rb = max(1, min(oh, COL_BLOCK_BYTES // max(1, fh * fw * c * wp * itemsize)))
-    return wp, rb, rb + (fh - 1) * dh, (rb - 1) * wp + ow
+    rb = max(1, min(oh, COL_BLOCK_BYTES // max(1, fh * fw * c * ow * itemsize)))
+    return wp, rb, rb + (fh - 1) * dh, rb * ow
 
 
 def chunks(n: int, threads: int) -> int:
