@@ -81,20 +81,20 @@ def test_conv_small_rounded_up_output():
         np.testing.assert_allclose(a, r, 0, TOL)
 
 
-def test_conv_multi_band():
-    # force several row bands per image so band boundaries are exercised
+def test_conv_multi_band(monkeypatch):
+    # force several row bands per image so band boundaries are exercised (the band size
+    # is sizes.band_rows', read from sizes' COL_BLOCK_BYTES)
+    from cnncli.engine.kernels import sizes
+
     rng = np.random.default_rng(2)
     x, w, b = _make(rng, 3, 11, 9, 5, 6, 3, 3, 1)
     s, p, d = (1, 1), (1, 1), (1, 1)
     ohw = (11, 9)
-    old = conv.COL_BLOCK_BYTES
-    try:
-        conv.COL_BLOCK_BYTES = 1  # one output row per band
-        y = conv.conv2d_forward(x, w, b, s, p, d, 1, ohw)
-        dy = rng.standard_normal(y.shape)
-        got = conv.conv2d_backward(x, w, dy, s, p, d, 1)
-    finally:
-        conv.COL_BLOCK_BYTES = old
+    monkeypatch.setattr(sizes, "COL_BLOCK_BYTES", 1)  # one output row per band
+    assert sizes.band_rows(11, 9, 1, 45, 8) == 1
+    y = conv.conv2d_forward(x, w, b, s, p, d, 1, ohw)
+    dy = rng.standard_normal(y.shape)
+    got = conv.conv2d_backward(x, w, dy, s, p, d, 1)
     np.testing.assert_allclose(y, naive.naive_conv2d(x, w, b, s, p, d, 1, ohw), 0, TOL)
     for a, r in zip(got, naive.naive_conv2d_backward(x, w, dy, s, p, d, 1), strict=True):
         np.testing.assert_allclose(a, r, 0, TOL)
