@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_winograd.py [--batch 64] [--threads 2] [--rounds 15]
                                              [--nets cifar_small,cifar_vgg_bn,resnet20]
+    .venv/bin/python bench/bench_winograd.py --small [--rounds 9]
 
 The 3x3 stride-1 "same" layers of the batchnorm CIFAR net and ResNet-20, float32, or with
 --nets every distinct Winograd-eligible layer shape of those specs (first layers too). Each
@@ -12,6 +13,9 @@ speed-up against conv.py (its time / this time). conv.py computes dx and dW in o
 (conv2d_backward); its dW alone is conv2d_backward(need_dx=False) and its dx is shown as
 the difference. Then the float32 error table: max |float32 - float64 direct| /
 max |float64 direct| per layer, tile and pass, conv.py's float32 im2col for comparison.
+--small times conv.py, Winograd F(4x4) and conv.py's planar first-layer kernels on the
+small-channel layers (SMALL_LAYERS), per pass. Run it once as is and once with
+OPENBLAS_CORETYPE=Haswell: the header names the BLAS kernel threadpoolctl saw.
 """
 
 from __future__ import annotations
@@ -32,6 +36,16 @@ LAYERS = [
     ("8x8 128->128", 8, 8, 128, 128, 1),
 ]
 TILES = (4, 2)
+# --small: (name, H, W, C, K, F, pad), stride 1: ResNet-20's stage convs and the first
+# layers of the CIFAR nets and LeNet-5, where one block's GEMMs are too small for BLAS
+SMALL_LAYERS = [
+    ("32x32 3->16", 32, 32, 3, 16, 3, 1),
+    ("32x32 3->32", 32, 32, 3, 32, 3, 1),
+    ("32x32 1->6 5x5", 32, 32, 1, 6, 5, 0),
+    ("32x32 16->16", 32, 32, 16, 16, 3, 1),
+    ("16x16 32->32", 16, 16, 32, 32, 3, 1),
+    ("8x8 64->64", 8, 8, 64, 64, 3, 1),
+]
 
 
 def net_layers(names):
@@ -107,6 +121,63 @@ def time_layer(N, H, W, C, K, P, rounds):
     return med
 
 
+def time_small(N, H, W, C, K, F, P, rounds):
+    """Median seconds of conv.py, Winograd F(4x4) and conv.py's planar kernels (C <= 3),
+    per pass, in alternating rounds. dx is timed on its own for Winograd; conv.py's and
+    the planar kernels' as dx+dW minus dW."""
+    import numpy as np
+
+    from cnncli.engine.kernels import conv
+    from cnncli.engine.kernels import winograd as wg
+
+    x, w, b, dy = _layer_arrays(np.random.default_rng(0), N, H, W, C, K, np.float32)
+    w = np.ascontiguousarray(w[:, :, :1, :1].repeat(F, 2).repeat(F, 3)) if F != 3 else w
+    OH, OW = H + 2 * P - F + 1, W + 2 * P - F + 1
+    dy = np.ascontiguousarray(dy[:, :OH, :OW])
+    geo = ((1, 1), (P, P), (1, 1), 1)
+    fns = {
+        "conv fwd": lambda: conv.conv2d_forward(x, w, b, *geo, (OH, OW)),
+        "conv dx+dW": lambda: conv.conv2d_backward(x, w, dy, *geo, need_dx=True),
+        "conv dW": lambda: conv.conv2d_backward(x, w, dy, *geo, need_dx=False),
+    }
+    if F == 3:
+        fns["F4 fwd"] = lambda: wg.winograd_conv_forward(x, w, b, P, 4)
+        fns["F4 dx"] = lambda: wg.winograd_conv_backward_data(dy, w, P, 4)
+        fns["F4 dW"] = lambda: wg.winograd_conv_backward_weights(x, dy, P, 4)
+    if C <= 3:
+        pd = ((P, P), (1, 1))
+        fns["planar fwd"] = lambda: conv.conv2d_forward_planar(x, w, b, *pd, (OH, OW))
+        fns["planar dx+dW"] = lambda: conv.conv2d_backward_planar(x, w, dy, *pd)
+        fns["planar dW"] = lambda: conv.conv2d_backward_planar(x, w, dy, *pd, need_dx=False)
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {name: median(ts) for name, ts in times.items()}
+    for impl in ("conv", "planar"):
+        if f"{impl} dW" in med:
+            med[f"{impl} dx"] = max(med[f"{impl} dx+dW"] - med[f"{impl} dW"], 1e-9)
+    return med
+
+
+def main_small(a):
+    """--small: per layer and pass, ms and direct-equivalent GFLOP/s of each kernel."""
+    impls = ("conv", "F4", "planar")
+    print(f"{'layer':15s} {'pass':4s} | " + " | ".join(f"{i:>12s}" for i in impls))
+    for name, H, W, C, K, F, P in SMALL_LAYERS:
+        OH, OW = H + 2 * P - F + 1, W + 2 * P - F + 1
+        fl = 2.0 * a.batch * OH * OW * K * C * F * F
+        med = time_small(a.batch, H, W, C, K, F, P, a.rounds)
+        for ps in ("fwd", "dx", "dW"):
+            cells = [f"{med[f'{i} {ps}'] * 1e3:6.2f} {fl / med[f'{i} {ps}'] / 1e9:5.1f}"
+                     if f"{i} {ps}" in med else f"{'-':>12s}" for i in impls]
+            print(f"{name:15s} {ps:4s} | " + " | ".join(cells))
+
+
 def error_layer(N, H, W, C, K, P):
     """Max relative error of float32 results against float64 direct convolution."""
     import numpy as np
@@ -154,6 +225,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=15, help="alternating timing rounds")
     ap.add_argument("--no-errors", action="store_true", help="skip the float32 error table")
     ap.add_argument("--nets", help="comma-separated specs: time their eligible layer shapes")
+    ap.add_argument("--small", action="store_true",
+                    help="the small-channel layers: conv.py, Winograd and the planar "
+                    "first-layer kernels")
     a = ap.parse_args()
     layers = net_layers(a.nets.split(",")) if a.nets else LAYERS
 
@@ -164,6 +238,10 @@ def main():
     print(f"batch {a.batch}, {a.threads} numba threads, BLAS: {_blas_arch()}, "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
           f"load average {load0:.1f} at start")
+    if a.small:
+        main_small(a)
+        print(f"load average {os.getloadavg()[0]:.1f} at the end")
+        return
     results = []
     for name, H, W, C, K, P in layers:
         results.append((name, _flops(a.batch, H + 2 * P - 2, W + 2 * P - 2, C, K),

@@ -18,7 +18,14 @@ from typer.testing import CliRunner
 from cnncli.analysis.memory import estimate
 from cnncli.cli.app import app
 from cnncli.engine.gradcheck import check_network
-from cnncli.engine.kernels.conv_algo import GEMM, WINOGRAD, choose, winograd_eligible
+from cnncli.engine.kernels.conv_algo import (
+    GEMM,
+    PLANAR,
+    WINOGRAD,
+    choose,
+    planar_eligible,
+    winograd_eligible,
+)
 from cnncli.engine.network import Network
 from cnncli.engine.profile import profile_layers
 from cnncli.layers.conv import ConvEngine
@@ -84,6 +91,26 @@ def test_auto_picks_winograd_by_shape_inside_the_measured_range() -> None:
         choose("fast", True, 32, 32, 32)
 
 
+def test_auto_runs_first_layers_planar_inside_the_measured_range() -> None:
+    # 1-3 input channels, stride 1, groups 1: CIFAR's 3->16 / 3->32 and LeNet's 1->6 5x5
+    assert planar_eligible(3, (1, 1), 1) and planar_eligible(1, (1, 1), 1)
+    assert not planar_eligible(4, (1, 1), 1)
+    assert not planar_eligible(3, (2, 2), 1)
+    assert not planar_eligible(3, (1, 1), 3)
+    assert choose("auto", True, 32, 32, 16, planar=True) == PLANAR
+    assert choose("auto", True, 32, 32, 32, planar=True) == PLANAR
+    assert choose("auto", False, 28, 28, 6, planar=True) == PLANAR
+    # outside what was measured: Winograd or GEMM as before
+    assert choose("auto", True, 32, 32, 64, planar=True) == WINOGRAD
+    assert choose("auto", True, 224, 224, 64, planar=True) == GEMM
+    # the forced policies keep their meaning
+    assert choose("winograd", True, 32, 32, 16, planar=True) == WINOGRAD
+    assert choose("winograd", False, 28, 28, 6, planar=True) == GEMM
+    assert choose("gemm", True, 32, 32, 16, planar=True) == GEMM
+    assert (PLANAR.label, WINOGRAD.label, GEMM.label) == (
+        "planar im2col+gemm", "winograd F(4x4,3x3)", "im2col+gemm")
+
+
 def test_the_policy_is_pure_python() -> None:
     code = ("import sys, cnncli.engine.kernels.conv_algo, cnncli.analysis.memory; "
             "print('numpy' in sys.modules)")
@@ -95,10 +122,11 @@ def test_the_policy_is_pure_python() -> None:
 def test_bundled_cifar_nets_run_winograd_on_every_eligible_conv_under_auto() -> None:
     net = Network.from_spec("resnet20", conv_algo="auto")
     algos = conv_algorithms(net)
-    assert algos["conv1"] == "winograd"
+    assert algos["conv1"] == "planar"  # 3 input channels
+    assert algos["res1.conv1"] == "winograd"
     assert algos["res4.conv1"] == "gemm"  # 3x3 stride 2
     assert algos["res4.shortcut.conv1"] == "gemm"  # 1x1
-    assert sum(a == "winograd" for a in algos.values()) == 17
+    assert sum(a == "winograd" for a in algos.values()) == 16
 
 
 # --------------------------------------------------------------------------- the engine
@@ -133,6 +161,39 @@ def test_winograd_net_computes_what_the_gemm_net_computes(dtype: Any, tol: float
         assert rel(g_w[name], g_g[name]) < tol, name
     eval_g, eval_w = gemm.forward(x), wino.forward(x)
     assert rel(eval_w, eval_g) < tol
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-4), (np.float64, 1e-12)])
+def test_auto_net_with_a_planar_first_layer_computes_what_the_gemm_net_computes(
+        dtype: Any, tol: float) -> None:
+    gemm = Network.from_spec(PADS, dtype=dtype, seed=2, conv_algo="gemm")
+    auto = Network.from_spec(PADS, dtype=dtype, seed=2, conv_algo="auto")
+    # conv1: 3 channels -> planar; conv2, conv3: 12 and 8 filters, under Winograd's range
+    assert conv_algorithms(auto) == {"conv1": "planar", "conv2": "gemm", "conv3": "gemm",
+                                     "conv4": "gemm"}
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 14, 14, 3)).astype(dtype)
+    labels = rng.integers(0, 5, size=5)
+    results = []
+    for net in (gemm, auto):
+        scores = net.forward(x, training=True)
+        _, d = net.loss(scores, labels)
+        dx = net.backward(d, input_grad=True)  # the first layer's dx too
+        assert dx is not None
+        results.append((scores, dx, net.grads))
+    for got, ref in zip(results[1][:2], results[0][:2], strict=True):
+        assert np.abs(got - ref).max() <= tol * np.abs(ref).max()
+    for name, ref in results[0][2].items():
+        assert np.abs(results[1][2][name] - ref).max() <= tol * np.abs(ref).max(), name
+
+
+def test_float64_gradient_check_passes_with_a_planar_first_layer() -> None:
+    net = Network.from_spec(PADS, dtype=np.float64, seed=3, conv_algo="auto")
+    assert conv_algorithms(net)["conv1"] == "planar"
+    checks = check_network(net, batch=2, samples=6, seed=1)
+    bad = [(c.layer, c.what, c.max_rel_error) for c in checks if not c.passed]
+    assert not bad
+    assert "conv1" in {c.layer for c in checks}
 
 
 def test_float64_gradient_check_passes_with_winograd() -> None:
@@ -243,6 +304,28 @@ def test_memory_estimate_with_winograd_is_within_1_percent_of_the_measured_peak(
     assert abs(estimated / measured - 1) < 0.01, (estimated, measured)
     # Winograd's workspace is not im2col's: the plan follows the algorithm
     assert estimated != estimate(spec, batch=16, threads=2, conv_algo="gemm").peak
+
+
+@pytest.mark.parametrize("name", ["cifar_small", "lenet5"])
+def test_memory_estimate_with_a_planar_first_layer_is_within_1_percent_of_the_measured_peak(
+        name: str) -> None:
+    from cnncli.engine.measure import measure
+
+    spec = load_spec(catalog.resolve(name))
+    for mode in ("train", "infer"):
+        measured = measure(spec, 16, mode=mode, threads=2, conv_algo="auto")["peak_bytes"]
+        estimated = estimate(spec, batch=16, mode=mode, threads=2, conv_algo="auto").peak
+        assert abs(estimated / measured - 1) < 0.01, (mode, estimated, measured)
+
+
+def test_bench_shows_the_planar_first_layer_and_its_matrices() -> None:
+    spec = load_spec(catalog.resolve("cifar_small"))
+    result = json.loads(json.dumps(profile_layers(spec, None, 2, 1, None, "auto")))
+    conv1 = next(r for r in result["layers"] if r["name"] == "conv1")
+    assert conv1["algorithm"] == "planar"
+    # 32x32 positions, 3x3x3 taps, 32 filters
+    assert conv1["matrices"] == ("planar: X_col [27 x 1024] per image from input planes, "
+                                 "W_row [32 x 27]")
 
 
 def test_memory_command_counts_the_workspace_of_the_chosen_algorithm() -> None:

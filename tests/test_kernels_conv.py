@@ -81,20 +81,20 @@ def test_conv_small_rounded_up_output():
         np.testing.assert_allclose(a, r, 0, TOL)
 
 
-def test_conv_multi_band():
-    # force several row bands per image so band boundaries are exercised
+def test_conv_multi_band(monkeypatch):
+    # force several row bands per image so band boundaries are exercised (the band size
+    # is sizes.band_rows', read from sizes' COL_BLOCK_BYTES)
+    from cnncli.engine.kernels import sizes
+
     rng = np.random.default_rng(2)
     x, w, b = _make(rng, 3, 11, 9, 5, 6, 3, 3, 1)
     s, p, d = (1, 1), (1, 1), (1, 1)
     ohw = (11, 9)
-    old = conv.COL_BLOCK_BYTES
-    try:
-        conv.COL_BLOCK_BYTES = 1  # one output row per band
-        y = conv.conv2d_forward(x, w, b, s, p, d, 1, ohw)
-        dy = rng.standard_normal(y.shape)
-        got = conv.conv2d_backward(x, w, dy, s, p, d, 1)
-    finally:
-        conv.COL_BLOCK_BYTES = old
+    monkeypatch.setattr(sizes, "COL_BLOCK_BYTES", 1)  # one output row per band
+    assert sizes.band_rows(11, 9, 1, 45, 8) == 1
+    y = conv.conv2d_forward(x, w, b, s, p, d, 1, ohw)
+    dy = rng.standard_normal(y.shape)
+    got = conv.conv2d_backward(x, w, dy, s, p, d, 1)
     np.testing.assert_allclose(y, naive.naive_conv2d(x, w, b, s, p, d, 1, ohw), 0, TOL)
     for a, r in zip(got, naive.naive_conv2d_backward(x, w, dy, s, p, d, 1), strict=True):
         np.testing.assert_allclose(a, r, 0, TOL)
@@ -341,3 +341,117 @@ def test_small_config_threads():
         assert config.configure_threads(10**6) == numba.config.NUMBA_NUM_THREADS
     finally:
         config.configure_threads(old)
+
+
+# --- planar kernels (first layers: few channels, stride 1) ---------------------------
+
+# (N, H, W, C, K, Fh, Fw, pad, dilation)
+PLANAR_CASES = [
+    (2, 5, 5, 3, 4, 3, 3, (1, 1), (1, 1)),  # a CIFAR first layer, tiny
+    (2, 8, 8, 1, 6, 5, 5, (0, 0), (1, 1)),  # LeNet's 5x5 on one channel
+    (2, 6, 7, 2, 5, 3, 2, (2, 1), (1, 2)),  # rectangular, pad > needed, dilation
+    (1, 7, 5, 3, 3, 3, 3, (1, 0), (2, 1)),  # no right padding: the window runs out
+    (2, 4, 4, 4, 2, 4, 4, (3, 3), (1, 1)),  # kernel == input, big pad, 4 channels
+]
+
+
+def _planar_case(case, dtype=np.float64):
+    N, H, W, C, K, Fh, Fw, p, d = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    x, w, b = _make(rng, N, H, W, C, K, Fh, Fw, 1, dtype)
+    ohw = (_out(H, Fh, 1, p[0], d[0]), _out(W, Fw, 1, p[1], d[1]))
+    dy = rng.standard_normal((N, *ohw, K)).astype(dtype)
+    return x, w, b, dy, p, d, ohw
+
+
+@pytest.mark.parametrize("case", PLANAR_CASES, ids=lambda c: "x".join(map(str, c[:7])))
+@pytest.mark.parametrize("bias", [True, False])
+def test_planar_small_vs_naive(case, bias):
+    x, w, b, dy, p, d, ohw = _planar_case(case)
+    b = b if bias else None
+    y = conv.conv2d_forward_planar(x, w, b, p, d, ohw)
+    np.testing.assert_allclose(y, naive.naive_conv2d(x, w, b, (1, 1), p, d, 1, ohw), 0, TOL)
+    dx, dw, db = conv.conv2d_backward_planar(x, w, dy, p, d)
+    for a, r in zip((dx, dw, db), naive.naive_conv2d_backward(x, w, dy, (1, 1), p, d, 1),
+                    strict=True):
+        np.testing.assert_allclose(a, r, 0, TOL)
+    dx2, dw2, db2 = conv.conv2d_backward_planar(x, w, dy, p, d, need_dx=False)
+    assert dx2 is None
+    np.testing.assert_array_equal(dw2, dw)
+    np.testing.assert_array_equal(db2, db)
+
+
+def test_planar_small_one_output_row_per_band(monkeypatch):
+    # bands of one output row: each band re-reads its halo rows, dx adds them back
+    from cnncli.engine.kernels import sizes
+
+    monkeypatch.setattr(sizes, "COL_BLOCK_BYTES", 1)
+    assert sizes.planar_geometry(5, 5, 3, 3, 1, 1, 3, 8)[1] == 1
+    x, w, b, dy, p, d, ohw = _planar_case((2, 5, 6, 3, 4, 3, 3, (1, 1), (1, 1)))
+    y = conv.conv2d_forward_planar(x, w, b, p, d, ohw)
+    np.testing.assert_allclose(y, naive.naive_conv2d(x, w, b, (1, 1), p, d, 1, ohw), 0, TOL)
+    got = conv.conv2d_backward_planar(x, w, dy, p, d)
+    for a, r in zip(got, naive.naive_conv2d_backward(x, w, dy, (1, 1), p, d, 1), strict=True):
+        np.testing.assert_allclose(a, r, 0, TOL)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("C,K,F,P", [(3, 16, 3, 1), (3, 32, 3, 1), (1, 6, 5, 0)])
+def test_planar_first_layers_float32_match_torch_and_float64(C, K, F, P):
+    # CIFAR's first layers and LeNet's: float32 within 1e-4 of float64 (relative to the
+    # largest value), and what torch.nn.functional.conv2d computes
+    import torch
+
+    rng = np.random.default_rng(C * K)
+    x, w, b = _make(rng, 9, 32, 32, C, K, F, F, 1)
+    ohw = (32 + 2 * P - F + 1,) * 2
+    dy = rng.standard_normal((9, *ohw, K))
+    geo = ((1, 1), (P, P), (1, 1), 1)
+    ref = (conv.conv2d_forward(x, w, b, *geo, ohw), *conv.conv2d_backward(x, w, dy, *geo))
+    f32 = [a.astype(np.float32) for a in (x, w, b, dy)]
+    got = (conv.conv2d_forward_planar(*f32[:3], (P, P), (1, 1), ohw),
+           *conv.conv2d_backward_planar(f32[0], f32[1], f32[3], (P, P), (1, 1)))
+    for a, r in zip(got, ref, strict=True):
+        assert a.dtype == np.float32
+        assert np.abs(a - r).max() <= 1e-4 * np.abs(r).max()
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+    wt = torch.from_numpy(w).requires_grad_()
+    yt = torch.nn.functional.conv2d(xt, wt, torch.from_numpy(b), padding=P)
+    yt.backward(torch.from_numpy(dy.transpose(0, 3, 1, 2).copy()))
+    y64 = conv.conv2d_forward_planar(x, w, b, (P, P), (1, 1), ohw)
+    dx64, dw64, _ = conv.conv2d_backward_planar(x, w, dy, (P, P), (1, 1))
+    np.testing.assert_allclose(y64, yt.detach().numpy().transpose(0, 2, 3, 1), 1e-10, 1e-10)
+    assert xt.grad is not None and wt.grad is not None
+    np.testing.assert_allclose(dx64, xt.grad.numpy().transpose(0, 2, 3, 1), 1e-10, 1e-10)
+    np.testing.assert_allclose(dw64, wt.grad.numpy(), 1e-10, 1e-9)
+
+
+def test_planar_deterministic_across_runs_and_thread_counts():
+    numba = pytest.importorskip("numba")
+    x, w, b, dy, p, d, ohw = _planar_case((19, 12, 12, 3, 16, 3, 3, (1, 1), (1, 1)),
+                                          np.float32)
+    old = numba.get_num_threads()
+    threads = (1, 2) if numba.config.NUMBA_NUM_THREADS >= 2 else (1, 1)
+    res = []
+    try:
+        for n in (*threads, threads[-1]):
+            numba.set_num_threads(n)
+            res.append((conv.conv2d_forward_planar(x, w, b, p, d, ohw),
+                        *conv.conv2d_backward_planar(x, w, dy, p, d)))
+    finally:
+        numba.set_num_threads(old)
+    for other in res[1:]:
+        for a, r in zip(other, res[0], strict=True):
+            np.testing.assert_array_equal(a, r)
+
+
+def test_planar_small_validation_errors():
+    x = np.zeros((1, 4, 4, 3))
+    with pytest.raises(ValueError, match="groups"):
+        conv.conv2d_forward_planar(x, np.zeros((2, 2, 3, 3)), None, (1, 1), (1, 1), (4, 4))
+    with pytest.raises(TypeError, match="dtype"):
+        conv.conv2d_forward_planar(x, np.zeros((2, 3, 3, 3), np.float32), None, (1, 1),
+                                   (1, 1), (4, 4))
+    with pytest.raises(ValueError, match="dy"):
+        conv.conv2d_backward_planar(x, np.zeros((2, 3, 3, 3)), np.zeros((1, 4, 4, 5)),
+                                    (1, 1), (1, 1))

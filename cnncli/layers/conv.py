@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 from cnncli.analysis.memory import FLOAT64, Buf, Heap, PlanLayer
 from cnncli.analysis.shapes import effective_size
 from cnncli.engine.kernels import sizes
-from cnncli.engine.kernels.conv_algo import GEMM, ConvAlgo, choose, winograd_eligible
+from cnncli.engine.kernels.conv_algo import (
+    GEMM,
+    ConvAlgo,
+    choose,
+    planar_eligible,
+    winograd_eligible,
+)
 from cnncli.engine.kernels.sizes import band_rows, chunks, use_direct
 from cnncli.layers.base import EngineLayer, LayerSpec, ParseContext, Window
 from cnncli.spec.types import Pair, Problem, Volume
@@ -235,16 +241,20 @@ class Conv(_Windowed):
     def algorithm(self, row: Row, policy: str) -> ConvAlgo:
         """What this layer runs under the builder's --conv-algo policy (engine and plan
         alike: cnncli/engine/kernels/conv_algo.py)."""
-        assert row.output is not None
-        eligible = winograd_eligible((self.size.h, self.size.w), (self.stride.h, self.stride.w),
+        assert row.output is not None and row.input is not None
+        stride = (self.stride.h, self.stride.w)
+        eligible = winograd_eligible((self.size.h, self.size.w), stride,
                                      (self.dilation.h, self.dilation.w), self.groups,
                                      (self.pad.h, self.pad.w))
-        return choose(policy, eligible, row.output.h, row.output.w, self.filters)
+        planar = planar_eligible(row.input.d, stride, self.groups)
+        return choose(policy, eligible, row.output.h, row.output.w, self.filters, planar)
 
     def plan(self, heap: Heap, row: Row, threads: int, ctx: Any) -> PlanLayer:
         algo = self.algorithm(row, getattr(ctx, "conv_algo", GEMM.name))
         if algo.winograd:
             return WinogradPlan(heap, row, threads, self, algo.tile)
+        if algo.planar:
+            return PlanarPlan(heap, row, threads, self)
         return ConvPlan(heap, row, threads, self)
 
     def engine(self, row: Row, ctx: Any) -> EngineLayer:
@@ -449,6 +459,56 @@ class WinogradPlan(ConvPlan):
         return dx if dx is not None else self.work(0, 0)
 
 
+class PlanarPlan(ConvPlan):
+    """What conv.py's planar kernels allocate (see conv2d_forward_planar and
+    conv2d_backward_planar): per thread one band's input planes and its columns; backward
+    adds one band's dW product."""
+
+    def __init__(self, heap: Heap, row: Row, threads: int, node: Conv):
+        super().__init__(heap, row, threads, node)
+        c = self.vin.d
+        wp, self.rb, nr, positions = sizes.planar_geometry(
+            self.vout.h, self.vout.w, node.size.h, node.size.w, node.dilation.h,
+            node.dilation.w, c, heap.itemsize)
+        self.per = c * nr * wp + self.kdim * positions
+
+    def im2col(self) -> tuple[int, int] | None:
+        return None  # its columns are planar bands, not the NHWC im2col this note counts
+
+    def forward(self, x: Buf, training: bool) -> Buf:
+        if training:
+            self.keep(x)
+        bias = None if self.bias else self.work(0, self.k)  # np.zeros(K) stands in
+        y = self.out(self.vout)
+        wcopy = self.work(0, self.wsize)  # _gemm_weights: a relaid copy
+        tasks = self.heap.batch * -(-self.vout.h // self.rb)
+        bands = [self.work(0, self.per) for _ in range(min(self.threads, tasks))]
+        del bands, wcopy, bias
+        return y
+
+    def backward(self, dy: Buf) -> Buf:
+        n = self.heap.batch
+        x = self.saved[0]
+        dx = self.grad(self.vin) if self.need_dx else self.work(0, 1)
+        nchunk = chunks(n, self.threads)
+        dbp = self.work(0, nchunk * self.k, FLOAT64)
+        partials = self.work(0, nchunk * self.wsize)
+        wcopy = self.work(0, self.wsize)
+        per = self.per + self.k * self.kdim  # + tw, one band's dW
+        chunk = [self.work(0, per) for _ in range(min(self.threads, nchunk))]
+        del chunk, wcopy
+        summed = self.work(0, self.wsize)  # _sum_chunks: parts[0].copy() += ...
+        dw = self.work(0, self.wsize)  # the transpose back to OIHW
+        del summed, partials
+        db64 = self.work(0, self.k, FLOAT64)
+        db = self.work(0, self.k)
+        del db64, dbp, x
+        _keep_gradients(self, dw, db, self.bias)
+        del dw, db
+        self.drop()
+        return dx
+
+
 class LocalPlan(PlanLayer):
     def __init__(self, heap: Heap, row: Row, threads: int, node: Local):
         super().__init__(heap, row, threads)
@@ -549,8 +609,8 @@ class _WindowedEngine(EngineLayer):
 
 
 class ConvEngine(_WindowedEngine):
-    """im2col + GEMM (kernels/conv.py), or Winograd F(4x4, 3x3) (kernels/winograd.py) where
-    the --conv-algo policy chose it for this layer's shape."""
+    """im2col + GEMM (kernels/conv.py), or Winograd F(4x4, 3x3) (kernels/winograd.py) or
+    conv.py's planar kernels where the --conv-algo policy chose them for this layer's shape."""
 
     def __init__(self, layer: Conv, row: Row, rng: np.random.Generator, dtype: np.dtype,
                  algo: ConvAlgo = GEMM):
@@ -561,9 +621,9 @@ class ConvEngine(_WindowedEngine):
 
     @property
     def algorithm(self) -> str:
-        """gemm, winograd, or direct (grouped convs whose per-group GEMM is tiny)."""
+        """gemm, winograd, planar, or direct (grouped convs whose per-group GEMM is tiny)."""
         k, cg = self.params[self.weight_key].shape[:2]
-        if not self.algo.winograd and use_direct(cg, k // self.groups, self.groups):
+        if self.algo == GEMM and use_direct(cg, k // self.groups, self.groups):
             return "direct"
         return self.algo.name
 
@@ -580,6 +640,9 @@ class ConvEngine(_WindowedEngine):
             return (f"F({m}x{m},3x3): {tiles} tiles/image, {(m + 2) ** 2} GEMMs of "
                     f"[tiles x {cg}] x [{cg} x {k}]")
         g, kdim = self.groups, fh * fw * cg
+        if algorithm == "planar":
+            return (f"planar: X_col [{kdim} x {oh * ow}] per image from input planes, "
+                    f"W_row [{k} x {kdim}]")
         if algorithm == "direct":
             return f"direct: {g} groups of {k // g} filters [{kdim}], no GEMM"
         if g > 1:
@@ -598,6 +661,8 @@ class ConvEngine(_WindowedEngine):
             return wg.winograd_conv_forward(x, w, b, self.pad[0], self.algo.tile, u=u)
         from cnncli.engine.kernels import conv as conv_k
 
+        if self.algo.planar:
+            return conv_k.conv2d_forward_planar(x, w, b, self.pad, self.dilation, self.out_hw)
         return conv_k.conv2d_forward(x, w, b, self.stride, self.pad, self.dilation,
                                      self.groups, self.out_hw)
 
@@ -607,6 +672,9 @@ class ConvEngine(_WindowedEngine):
             return self._winograd_backward(x, w, dy)
         from cnncli.engine.kernels import conv as conv_k
 
+        if self.algo.planar:
+            return conv_k.conv2d_backward_planar(x, w, dy, self.pad, self.dilation,
+                                                 need_dx=self.need_dx)
         return conv_k.conv2d_backward(x, w, dy, self.stride, self.pad, self.dilation,
                                       self.groups, need_dx=self.need_dx)
 

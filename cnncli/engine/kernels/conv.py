@@ -4,6 +4,8 @@ Public wrappers (plain Python: validate, allocate, call the @njit kernels):
 
     conv2d_forward(x, w, b, stride, pad, dilation, groups, out_hw) -> y
     conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True) -> (dx|None, dw, db)
+    conv2d_forward_planar(x, w, b, pad, dilation, out_hw) -> y              (stride 1, groups 1)
+    conv2d_backward_planar(x, w, dy, pad, dilation, need_dx=True) -> (dx|None, dw, db)
     local2d_forward(x, w, b, stride, pad, dilation, out_hw) -> y
     local2d_backward(x, w, dy, stride, pad, dilation, need_dx=True) -> (dx|None, dw, db)
 
@@ -28,6 +30,16 @@ Design (measured on the 2-core target, see bench/bench_conv.py):
   counts up to 8.
 * Depthwise-like groups (C//groups * K//groups <= 8) use a direct loop kernel instead,
   vectorised over groups (tiny per-group GEMMs are all call overhead).
+* First layers (1-3 channels, stride 1; conv_algo.py's ``auto`` picks them): the planar
+  kernels. A band's input rows are transposed once into zero-padded planes, so a tap's
+  inputs along an output row are one contiguous run: the columns [27 x positions] are
+  built from runs of OW numbers, and the GEMMs take them transposed, writing y's rows
+  and reading dy's as they lie. Measured by bench/bench_winograd.py --small (table in
+  conv_algo.py): 32x32 3->16 forward / dW at 2.1x / 2.0x im2col's speed and 1.75x /
+  1.45x Winograd's with OpenBLAS's SkylakeX kernel, 1.3x / 1.9x and 1.4x / 1.4x with its
+  Haswell kernel; LeNet's 1->6 5x5 at 2.6-3.1x im2col's.
+  A direct loop kernel (an output pixel's K filters as the accumulator, windows read
+  from NHWC x) measured 1.5-2.5x slower than im2col: see winograd.py's note on loops.
 * Locally connected: forward and dW are one small GEMM per output position over the
   batch (parallel over positions, no reduction needed); dx is parallel over chunks of
   images, each scattering into its own images.
@@ -40,6 +52,7 @@ import numpy as np
 from numba import njit, prange
 
 from cnncli.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, ensure_configured
+from cnncli.engine.kernels import sizes
 from cnncli.engine.kernels.sizes import (
     COL_BLOCK_BYTES,  # noqa: F401 - tests and benchmarks read it through this module
     MIN_CHUNKS,  # noqa: F401
@@ -51,6 +64,8 @@ from cnncli.engine.kernels.sizes import (
 __all__ = [
     "conv2d_forward",
     "conv2d_backward",
+    "conv2d_forward_planar",
+    "conv2d_backward_planar",
     "local2d_forward",
     "local2d_backward",
 ]
@@ -399,6 +414,169 @@ def _conv_bwd_direct_chunk(x, Wd, dy, sh, sw, ph, pw, dh, dw, n0, n1, need_dx, d
 
 
 # ----------------------------------------------------------------------------------
+# conv, planar path (first layers: 1-3 input channels, stride 1)
+# ----------------------------------------------------------------------------------
+#
+# A first layer's NHWC im2col copies runs of Fw * C = 9 numbers into rows of 27 (or 25).
+# Here a band of output rows first transposes its input rows, zero-padded, into planes
+# xp[c, r, s] (s: padded column, Wp of them), so the inputs of tap (p, q, c) along an
+# output row are one contiguous run of xp: the columns cols[tap, position] are built
+# from runs of OW numbers, and the GEMMs run on them transposed, straight into y's rows
+# (forward: y = cols^T @ W2) or from dy's (dW: cols @ dy), with no transpose of y or dy.
+# (Columns over the padded width, so that a tap is ONE run per band, measured 1.2-1.5x
+# slower: y and dy then need transposing to [K, positions] and back.)
+
+
+@njit(**JIT_OPTIONS)
+def _planar_band(x, n, r0, nr, ph, pw, xp):
+    """xp[c, a, s] = x[n, r0 + a - ph, s - pw, c] for a < nr (zero outside the image)."""
+    H = x.shape[1]
+    W = x.shape[2]
+    C = x.shape[3]
+    Wp = xp.shape[2]
+    zero = x.dtype.type(0)
+    for c in range(C):
+        for a in range(nr):
+            row = xp[c, a]
+            r = r0 + a - ph
+            if r < 0 or r >= H:
+                for t in range(Wp):
+                    row[t] = zero
+                continue
+            xr = x[n, r]
+            for t in range(min(pw, Wp)):
+                row[t] = zero
+            for t in range(min(W, Wp - pw)):
+                row[pw + t] = xr[t, c]
+            for t in range(min(W + pw, Wp), Wp):
+                row[t] = zero
+
+
+@njit(**JIT_OPTIONS)
+def _planar_cols(xp, Fh, Fw, dh, dw, rows, OW, cols):
+    """cols[(p * Fw + q) * C + c, i * OW + j] = xp[c, i + p * dh, j + q * dw], i < rows."""
+    C = xp.shape[0]
+    for c in range(C):
+        for p in range(Fh):
+            for q in range(Fw):
+                dst = cols[(p * Fw + q) * C + c]
+                for i in range(rows):
+                    src = xp[c, i + p * dh, q * dw:q * dw + OW]
+                    d = dst[i * OW:(i + 1) * OW]
+                    for t in range(OW):
+                        d[t] = src[t]
+
+
+@njit(**JIT_OPTIONS)
+def _planar_col2im(cols, Fh, Fw, dh, dw, rows, OW, xp):
+    """Adjoint of _planar_cols: xp (zeroed here) = the columns added back to their taps."""
+    C = xp.shape[0]
+    xf = xp.reshape(xp.size)
+    zero = xp.dtype.type(0)
+    for t in range(xf.shape[0]):
+        xf[t] = zero
+    for c in range(C):
+        for p in range(Fh):
+            for q in range(Fw):
+                src = cols[(p * Fw + q) * C + c]
+                for i in range(rows):
+                    d = xp[c, i + p * dh, q * dw:q * dw + OW]
+                    sv = src[i * OW:(i + 1) * OW]
+                    for t in range(OW):
+                        d[t] += sv[t]
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _conv_fwd_planar(x, W2, b, Fh, Fw, ph, pw, dh, dw, rb, xp_t, cols_t, y):
+    """y[N, OH, OW, K] = conv(x, W2) + b, stride 1; W2[Fh * Fw * C, K] rows (p, q, c).
+    Tasks are bands of rb output rows; one slot per thread with its flat buffers (the `_t`
+    arrays, [T, ...], viewed per band as xp[C, nr, Wp] and cols[kdim, rows * OW]). Each
+    output is written by one task: any split gives the same bits."""
+    N, H, W, C = x.shape
+    kdim, K = W2.shape
+    OH = y.shape[1]
+    OW = y.shape[2]
+    Wp = OW + (Fw - 1) * dw
+    nblk = (OH + rb - 1) // rb
+    ntask = N * nblk
+    T = xp_t.shape[0]
+    y2 = y.reshape(N * OH * OW, K)
+    for t in prange(T):
+        for task in range(t * ntask // T, (t + 1) * ntask // T):
+            n = task // nblk
+            r0 = (task % nblk) * rb
+            rows = min(OH, r0 + rb) - r0
+            nr = rows + (Fh - 1) * dh
+            P = rows * OW
+            xp = xp_t[t, :C * nr * Wp].reshape(C, nr, Wp)
+            cols = cols_t[t, :kdim * P].reshape(kdim, P)
+            _planar_band(x, n, r0, nr, ph, pw, xp)
+            _planar_cols(xp, Fh, Fw, dh, dw, rows, OW, cols)
+            base = (n * OH + r0) * OW
+            out = y2[base:base + P]
+            np.dot(cols.T, W2, out)
+            for r in range(P):
+                orow = out[r]
+                for k in range(K):
+                    orow[k] += b[k]
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _conv_bwd_planar(x, W2, dy, Fh, Fw, ph, pw, dh, dw, rb, nchunk, need_dx, dx, dWp, dbp,
+                     xp_t, cols_t, tw_t):
+    """dWp[chunk, Fh * Fw * C, K] and dbp[chunk, K] (zeroed) get per-chunk partial sums;
+    chunks own whole images, summed in chunk order by the caller (the same bits for any
+    thread count up to nchunk). dx (zeroed, when need_dx) gets the input gradient: cols
+    then holds W2 @ dy^T and xp the band's padded input gradient. Buffers as in
+    _conv_fwd_planar, plus tw_t[T, kdim, K] for one band's dW."""
+    N, H, W, C = x.shape
+    kdim, K = W2.shape
+    OH = dy.shape[1]
+    OW = dy.shape[2]
+    Wp = OW + (Fw - 1) * dw
+    nblk = (OH + rb - 1) // rb
+    T = xp_t.shape[0]
+    dy2 = dy.reshape(N * OH * OW, K)
+    for slot in prange(T):
+        tw = tw_t[slot]
+        twf = tw.reshape(kdim * K)
+        for ch in range(slot * nchunk // T, (slot + 1) * nchunk // T):
+            dWf = dWp[ch].reshape(kdim * K)
+            dbt = dbp[ch]
+            for n in range(ch * N // nchunk, (ch + 1) * N // nchunk):
+                for blk in range(nblk):
+                    r0 = blk * rb
+                    rows = min(OH, r0 + rb) - r0
+                    nr = rows + (Fh - 1) * dh
+                    P = rows * OW
+                    xp = xp_t[slot, :C * nr * Wp].reshape(C, nr, Wp)
+                    cols = cols_t[slot, :kdim * P].reshape(kdim, P)
+                    base = (n * OH + r0) * OW
+                    d = dy2[base:base + P]
+                    for r in range(P):
+                        drow = d[r]
+                        for k in range(K):
+                            dbt[k] += drow[k]
+                    _planar_band(x, n, r0, nr, ph, pw, xp)
+                    _planar_cols(xp, Fh, Fw, dh, dw, rows, OW, cols)
+                    np.dot(cols, d, tw)
+                    for a in range(kdim * K):
+                        dWf[a] += twf[a]
+                    if not need_dx:
+                        continue
+                    np.dot(W2, d.T, cols)
+                    _planar_col2im(cols, Fh, Fw, dh, dw, rows, OW, xp)
+                    for a in range(nr):
+                        r = r0 + a - ph
+                        if r < 0 or r >= H:
+                            continue
+                        for s in range(max(0, pw), min(W + pw, Wp)):
+                            dxrow = dx[n, r, s - pw]
+                            for c in range(C):
+                                dxrow[c] += xp[c, a, s]
+
+
+# ----------------------------------------------------------------------------------
 # locally connected
 # ----------------------------------------------------------------------------------
 
@@ -708,6 +886,58 @@ def conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True):
     db = dbp.sum(axis=0).astype(x.dtype)
     return (dx if need_dx else None), dwt, db
 
+
+def conv2d_forward_planar(x, w, b, pad, dilation, out_hw):
+    """conv2d_forward for stride 1, groups 1 by the planar kernel (first layers)."""
+    ensure_configured()
+    x = _check_x(x)
+    w, _ = _check_conv_w(x, w, 1)
+    _, _, ph, pw, dh, dw = _geometry((1, 1), pad, dilation)
+    OH, OW = _out_hw(out_hw)
+    N = x.shape[0]
+    K, C, Fh, Fw = w.shape
+    bb = _as(b, x.dtype, "b").reshape(-1) if b is not None else np.zeros(K, x.dtype)
+    if bb.shape != (K,):
+        raise ValueError(f"bias must have shape ({K},), got {np.shape(b)}")
+    y = np.empty((N, OH, OW, K), dtype=x.dtype)
+    if N == 0 or K == 0:
+        return y
+    Wp, rb, nr, P = sizes.planar_geometry(OH, OW, Fh, Fw, dh, dw, C, x.itemsize)
+    T = min(_threads(), N * -(-OH // rb))  # each thread's band, allocated here, not in it
+    dt = x.dtype
+    _conv_fwd_planar(x, _gemm_weights(w, 1)[0], bb, Fh, Fw, ph, pw, dh, dw, rb,
+                     np.empty((T, C * nr * Wp), dt), np.empty((T, Fh * Fw * C * P), dt), y)
+    return y
+
+
+def conv2d_backward_planar(x, w, dy, pad, dilation, need_dx=True):
+    """Gradients of conv2d_forward_planar, as conv2d_backward returns them."""
+    ensure_configured()
+    x = _check_x(x)
+    w, _ = _check_conv_w(x, w, 1)
+    _, _, ph, pw, dh, dw = _geometry((1, 1), pad, dilation)
+    dy = _as(dy, x.dtype, "dy")
+    N = x.shape[0]
+    K, C, Fh, Fw = w.shape
+    if dy.ndim != 4 or dy.shape[0] != N or dy.shape[3] != K:
+        raise ValueError(f"dy must have shape (N={N}, OH, OW, K={K}), got {dy.shape}")
+    OH, OW = dy.shape[1], dy.shape[2]
+    dx = np.zeros_like(x) if need_dx else np.zeros((1, 1, 1, 1), x.dtype)
+    nchunk = _nchunk(N)
+    dbp = np.zeros((nchunk, K), dtype=np.float64)
+    kdim = Fh * Fw * C
+    dWp = np.zeros((nchunk, kdim, K), dtype=x.dtype)
+    if N and OH and OW and K:
+        Wp, rb, nr, P = sizes.planar_geometry(OH, OW, Fh, Fw, dh, dw, C, x.itemsize)
+        T = min(_threads(), nchunk)  # each thread's band, allocated here, not in it
+        dt = x.dtype
+        _conv_bwd_planar(x, _gemm_weights(w, 1)[0], dy, Fh, Fw, ph, pw, dh, dw, rb, nchunk,
+                         bool(need_dx), dx, dWp, dbp, np.empty((T, C * nr * Wp), dt),
+                         np.empty((T, kdim * P), dt), np.empty((T, kdim, K), dt))
+    dW2 = _sum_chunks(dWp)  # [(p, q, c), K]
+    dwt = np.ascontiguousarray(dW2.reshape(Fh, Fw, C, K).transpose(3, 2, 0, 1))
+    db = dbp.sum(axis=0).astype(x.dtype)
+    return (dx if need_dx else None), dwt, db
 
 def _sum_chunks(parts):
     """Sum per-chunk partials in chunk order (deterministic)."""

@@ -1,7 +1,8 @@
-"""Which algorithm a conv layer runs: im2col + GEMM (kernels/conv.py) or Winograd minimal
-filtering (kernels/winograd.py). Pure Python: the engine's conv layer and its memory plan
-(cnncli/layers/conv.py) ask the same function with the same shape, so `cnncli memory`
-counts the workspace of the algorithm the engine will run.
+"""Which algorithm a conv layer runs: im2col + GEMM (kernels/conv.py), Winograd minimal
+filtering (kernels/winograd.py) or, for first layers, conv.py's planar kernels. Pure
+Python: the engine's conv layer and its memory plan (cnncli/layers/conv.py) ask the same
+function with the same shape, so `cnncli memory` counts the workspace of the algorithm the
+engine will run.
 
 Policies (`--conv-algo`):
 
@@ -9,7 +10,10 @@ Policies (`--conv-algo`):
 * ``winograd``: every eligible layer with Winograd F(4x4, 3x3): forward, backward-data and
   backward-weights. Eligible: 3x3, stride 1, dilation 1, groups 1, the same zero padding
   0, 1 or 2 on every side (what winograd.py computes). Other layers run GEMM.
-* ``auto``: per layer, by shape, from the measured costs below.
+* ``auto``: per layer, by shape, from the measured costs below: first layers (1-3 input
+  channels, stride 1, groups 1) run the planar kernels (conv.py: the band's input rows
+  transposed to planes, so a tap's inputs are one contiguous run), other eligible layers
+  Winograd F(4x4, 3x3), the rest GEMM. ``gemm`` and ``winograd`` never pick planar.
 
 Measured (bench/bench_winograd.py --nets cifar_small,cifar_vgg_bn,resnet20 and its default
 layers; batch 64, float32, 2 numba threads on the 2-core target, 5-7 alternating rounds,
@@ -29,6 +33,21 @@ conv.py's one backward pass:
     8x8 64->128               2.09x     1.33x   1.13x   1.22x
     8x8 128->128              1.96x     2.26x   1.37x   1.69x
 
+First layers (bench/bench_winograd.py --small, 2026-11-29, the 2-core Xeon VM (AVX-512),
+batch 64, float32, 2 threads, medians of 9 alternating rounds, load 1.0-1.1; ms forward /
+dW, first layers need no dx; the Haswell run shared the cores with other jobs by its end):
+
+    layer            OpenBLAS      im2col (conv.py)  Winograd F(4x4)  planar
+    32x32 3->16      SkylakeX       4.92 / 5.81       4.07 / 4.25     2.32 / 2.93
+                     Haswell       10.30 / 15.05     11.04 / 11.13    7.71 / 7.95
+    32x32 3->32      SkylakeX       5.61 / 6.81       5.40 / 6.17     2.95 / 4.00
+                     Haswell        8.92 / 10.31      7.35 / 10.10    5.90 / 6.49
+    32x32 1->6 5x5   SkylakeX       4.95 / 5.31       (not 3x3)       1.62 / 1.69
+                     Haswell        5.61 / 6.06       (not 3x3)       2.17 / 2.32
+
+so `auto` runs planar on layers of 1-3 input channels, stride 1, groups 1, inside the
+measured range (8x8 to 32x32 outputs, at most 32 filters), whatever their filter size.
+
 Every measured eligible layer ran faster with Winograd, forward and whole backward alike
 (the two cells under 1x are single products within the noise, and the whole layer still
 won), so `auto` picks it inside the measured range: outputs of 8x8 to 32x32 positions
@@ -44,7 +63,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CONV_ALGOS = ("auto", "gemm", "winograd")
+CONV_ALGOS = ("auto", "gemm", "winograd")  # policies (planar: only auto picks it)
 # What train/bench/gradcheck/memory run without --conv-algo (eval: the run's own). Measured
 # by bench/bench_algo.py (whole training steps, batch 64, 2 threads, medians of 3
 # alternating subprocess rounds): auto over gemm 1.52x / 1.37x / 1.45x and 1.12x / 1.70x /
@@ -56,6 +75,9 @@ TILE = 4  # F(4x4, 3x3): the only tile the policies pick (F(2x2) stays in the ke
 # auto: the measured range (see above): output positions per side, and filters
 AUTO_SIDES = (8, 32)
 AUTO_MIN_FILTERS = 16
+# auto: planar for inputs of at most this many channels and at most this many filters
+PLANAR_MAX_CHANNELS = 3
+PLANAR_MAX_FILTERS = 32
 
 
 @dataclass(frozen=True)
@@ -63,7 +85,7 @@ class ConvAlgo:
     """What one conv layer runs: forward, backward-data and backward-weights alike (measured
     Winograd dW was faster wherever its forward and dx were, so they are not split)."""
 
-    name: str = "gemm"  # "gemm" | "winograd"
+    name: str = "gemm"  # "gemm" | "winograd" | "planar"
     tile: int = TILE  # Winograd: m of F(m x m, 3 x 3)
 
     @property
@@ -71,12 +93,19 @@ class ConvAlgo:
         return self.name == "winograd"
 
     @property
+    def planar(self) -> bool:
+        return self.name == "planar"
+
+    @property
     def label(self) -> str:
-        return f"winograd F({self.tile}x{self.tile},3x3)" if self.winograd else "im2col+gemm"
+        if self.winograd:
+            return f"winograd F({self.tile}x{self.tile},3x3)"
+        return "planar im2col+gemm" if self.planar else "im2col+gemm"
 
 
 GEMM = ConvAlgo()
 WINOGRAD = ConvAlgo("winograd")
+PLANAR = ConvAlgo("planar")
 
 
 def winograd_eligible(size: tuple[int, int], stride: tuple[int, int],
@@ -87,16 +116,26 @@ def winograd_eligible(size: tuple[int, int], stride: tuple[int, int],
             and pad[0] == pad[1] and pad[0] in WINOGRAD_PADS)
 
 
-def choose(policy: str, eligible: bool, out_h: int, out_w: int, filters: int) -> ConvAlgo:
+def planar_eligible(channels: int, stride: tuple[int, int], groups: int) -> bool:
+    """A first layer the planar kernels take (conv.py: stride 1, groups 1, any size,
+    padding and dilation) and that auto considers: at most PLANAR_MAX_CHANNELS inputs."""
+    return channels <= PLANAR_MAX_CHANNELS and stride == (1, 1) and groups == 1
+
+
+def choose(policy: str, eligible: bool, out_h: int, out_w: int, filters: int,
+           planar: bool = False) -> ConvAlgo:
     """The algorithm a layer runs under `policy` (one of CONV_ALGOS): `eligible` from
-    winograd_eligible; out_h x out_w: its output positions; filters: K."""
+    winograd_eligible, `planar` from planar_eligible; out_h x out_w: its output
+    positions; filters: K."""
     if policy not in CONV_ALGOS:
         raise ValueError(f"conv algorithm must be one of {', '.join(CONV_ALGOS)}, "
                          f"got {policy!r}")
-    if policy == "gemm" or not eligible:
+    if policy == "gemm":
         return GEMM
     if policy == "winograd":
-        return WINOGRAD
+        return WINOGRAD if eligible else GEMM
     lo, hi = AUTO_SIDES
-    measured = lo <= out_h <= hi and lo <= out_w <= hi and filters >= AUTO_MIN_FILTERS
-    return WINOGRAD if measured else GEMM
+    sides = lo <= out_h <= hi and lo <= out_w <= hi
+    if planar and sides and filters <= PLANAR_MAX_FILTERS:
+        return PLANAR
+    return WINOGRAD if eligible and sides and filters >= AUTO_MIN_FILTERS else GEMM

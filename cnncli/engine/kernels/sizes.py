@@ -28,6 +28,15 @@ def band_rows(oh: int, ow: int, groups: int, kdim: int, itemsize: int) -> int:
     return max(1, min(oh, COL_BLOCK_BYTES // per_row))
 
 
+def planar_geometry(oh: int, ow: int, fh: int, fw: int, dh: int, dw: int, c: int,
+                    itemsize: int) -> tuple[int, int, int, int]:
+    """(padded plane width Wp, output rows per band rb, input rows per band, positions per
+    band) of conv.py's planar kernels: a band's cols [Fh*Fw*C x rb*OW] fit COL_BLOCK_BYTES."""
+    wp = ow + (fw - 1) * dw
+    rb = max(1, min(oh, COL_BLOCK_BYTES // max(1, fh * fw * c * ow * itemsize)))
+    return wp, rb, rb + (fh - 1) * dh, rb * ow
+
+
 def chunks(n: int, threads: int) -> int:
     """Chunks of the batch whose dW partial sums are added at the end."""
     return max(1, min(n, max(threads, MIN_CHUNKS)))

@@ -43,6 +43,15 @@ Design (measured on the 2-core target, see bench/bench_winograd.py):
   alpha^2 GEMMs into their own S, reduce it to a 3x3 partial with one GEMM, and the
   partials are summed in chunk order: bit-identical run to run and across thread counts
   up to MIN_CHUNKS. Forward and dx write disjoint outputs: any split gives the same bits.
+* Small channels (ResNet stage 1, 16 -> 16) keep np.dot: numba loops in its place
+  (vectorised over K, four terms per store, or several tiles per pass, or one scalar
+  accumulator per filter) measured 2-5x slower per product than OpenBLAS's SkylakeX
+  kernel and slower than its Haswell one, forward and dW alike (2026-11-29, the 36
+  products of one block timed alone, C = K = 16..64, 32-64 tiles, one thread). LLVM
+  vectorises a K-loop 8 wide and 4 times interleaved, so K = 16 runs its scalar
+  remainder; a loop of constant length 16 is unrolled to scalar code, since the stores
+  may alias the loads.
+  Only dW at C = 3 won (3x), and first layers run conv.py's planar kernels instead.
 * float32 error grows with the tile (transform entries up to 8 and 1/24): measured against
   float64 direct convolution on CIFAR layer sizes it stays near 1e-5 relative for F(4x4);
   see the bench's error table.
