@@ -32,8 +32,8 @@ from numba.core.registry import CPUDispatcher
 import cnncli.engine.kernels as K
 from cnncli.engine import warmup
 spec = getattr(warmup, sys.argv[1])
-warmup._step(spec, "float32", "gemm")
-warmup._step(spec, "float32", "winograd")
+for policy in warmup.CONV_ALGOS:
+    warmup._step(spec, "float32", policy)
 used, every = [], []
 for info in pkgutil.iter_modules(K.__path__):
     module = importlib.import_module(f"cnncli.engine.kernels.{info.name}")
@@ -62,7 +62,8 @@ def test_warmup_families_reach_every_kernel_and_share_none() -> None:
     assert set(conv["used"]) & set(other["used"]) == set()
     assert set(conv["every"]) <= set(conv["used"]) | set(other["used"]), \
         sorted(set(conv["every"]) - set(conv["used"]) - set(other["used"]))
-    assert "winograd._wino_fwd" in conv["used"] and "norm._bn_stats" in other["used"]
+    assert {"winograd._wino_fwd", "conv._conv_fwd_planar"} <= set(conv["used"])
+    assert "norm._bn_stats" in other["used"]
 
 
 def test_warmup_specs_are_valid_nets() -> None:

@@ -24,9 +24,9 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Any
 
-# The convolutions, every path: the first conv im2col (its dx skipped: a first layer),
-# then GEMM with dx, Winograd-eligible 3x3s, grouped (direct), dilated, strided and
-# locally connected layers.
+# The convolutions, every path, run under each policy: the first conv (3 channels, its dx
+# skipped: a first layer) im2col, Winograd or planar; then GEMM with dx, Winograd-eligible
+# 3x3s, grouped (direct), dilated, strided and locally connected layers.
 CONV_SPEC: dict[str, Any] = {
     "name": "warm-up: convolutions",
     "input": "12x12x3",
@@ -64,7 +64,7 @@ OTHER_SPEC: dict[str, Any] = {
     ],
 }
 
-CONV_ALGOS = ("gemm", "winograd")
+CONV_ALGOS = ("gemm", "winograd", "auto")  # auto: first layers planar
 
 
 class CompileWatch:
