@@ -128,9 +128,8 @@ def _bn_bwd_sums(dy2, z2, m, s, nchunks, y2, relu, zero):
             zi = z2[i]
             if relu:
                 yi = y2[i]
-                for c in range(C):
-                    if not yi[c] > zero:
-                        gi[c] = gi[c] * zero
+                for c in range(C):  # a select, not a branch: the loop vectorises
+                    gi[c] = gi[c] if yi[c] > zero else gi[c] * zero
             for c in range(C):
                 g = np.float64(gi[c])
                 s1[c] += g
