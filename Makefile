@@ -32,9 +32,9 @@ dev: $(VENV)/.dev
 
 demo: install
 	$(BIN)/cnncli check vgg16
-	# 10 classes; 99% validation accuracy after 3 epochs (16 s on 2 cores of an AMD EPYC;
-	# about 45 s with Winograd convs on the 2-core Xeon VM of 2026-11-28, whose host takes
-	# back ~15% of its time)
+	# 10 classes; 99% validation accuracy after 3 epochs (16 s on 2 cores of an AMD EPYC on
+	# 2026-11-22; on the 2-core Xeon VM of 2026-11-29: 64 s compiling this net's kernels in
+	# the first step of the first run on a machine, then about 9 s an epoch)
 	$(BIN)/cnncli train cifar_small --epochs 3 --out runs/demo --overwrite
 
 test: dev

@@ -1,5 +1,5 @@
 """Compiling kernels: lazily, what a run uses; `cnncli warmup` ahead of time, for named nets
-or every kernel (two families that share no kernel, compiled side by side); and a first
+or every kernel (families that share no kernel, compiled side by side); and a first
 training step that says how much of its time was compiling."""
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ import json, sys, importlib, pkgutil
 from numba.core.registry import CPUDispatcher
 import cnncli.engine.kernels as K
 from cnncli.engine import warmup
-spec = getattr(warmup, sys.argv[1])
-for policy in warmup.CONV_ALGOS:
-    warmup._step(spec, "float32", policy)
+warmup._step(getattr(warmup, sys.argv[1]), "float32", sys.argv[2])
 used, every = [], []
 for info in pkgutil.iter_modules(K.__path__):
     module = importlib.import_module(f"cnncli.engine.kernels.{info.name}")
@@ -49,27 +47,33 @@ print(json.dumps({"used": used, "every": every}))
 """
 
 
-def _kernels_after(family: str) -> dict[str, list[str]]:
-    done = subprocess.run([sys.executable, "-c", USED_KERNELS, family], capture_output=True,
+def _kernels_after(family: str, policy: str) -> dict[str, list[str]]:
+    done = subprocess.run([sys.executable, "-c", USED_KERNELS, family, policy],
+                          capture_output=True,
                           text=True, timeout=900, cwd=ROOT, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def test_warmup_families_reach_every_kernel_and_share_none() -> None:
-    # the side-by-side warm-up is only safe if no kernel is compiled by both processes
+    # the side-by-side warm-up is only safe if no kernel is compiled by two processes
     # (both would write its cache index), and only complete if together they reach all
-    conv, other = _kernels_after("CONV_SPEC"), _kernels_after("OTHER_SPEC")
-    assert set(conv["used"]) & set(other["used"]) == set()
-    assert set(conv["every"]) <= set(conv["used"]) | set(other["used"]), \
-        sorted(set(conv["every"]) - set(conv["used"]) - set(other["used"]))
-    assert {"winograd._wino_fwd", "conv._conv_fwd_planar"} <= set(conv["used"])
-    assert "norm._bn_stats" in other["used"]
+    after = {name: _kernels_after(name, policy) for name, policy in warmup.FAMILIES}
+    used = {name: set(kernels["used"]) for name, kernels in after.items()}
+    every = set(after["FAST_SPEC"]["every"])  # the same list in every process
+    names = list(used)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert used[a] & used[b] == set(), (a, b)
+    assert every <= set().union(*used.values()), sorted(every - set().union(*used.values()))
+    assert {"conv._conv_fwd_gemm", "conv._local_fwd"} <= used["GEMM_SPEC"]
+    assert {"winograd._wino_fwd", "conv._conv_fwd_planar"} <= used["FAST_SPEC"]
+    assert "norm._bn_stats" in used["OTHER_SPEC"]
 
 
 def test_warmup_specs_are_valid_nets() -> None:
     from cnncli.analysis.report import analyze
 
-    for spec in (warmup.CONV_SPEC, warmup.OTHER_SPEC):
+    for spec in (warmup.GEMM_SPEC, warmup.FAST_SPEC, warmup.OTHER_SPEC):
         assert analyze(parse_spec(spec)).valid, spec["name"]
 
 
