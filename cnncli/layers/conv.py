@@ -380,16 +380,28 @@ class ConvPlan(PlanLayer):
             per = 2 * g * band * self.kdim + band * kg + self.kdim * kg  # cols, dcols, dyg, tw
             chunk = [self.work(0, per) for _ in range(min(self.threads, nchunk))]
         del chunk
-        summed = self.work(0, self.wsize)  # _sum_chunks: parts[0].copy() += ...
-        dw = self.work(0, self.wsize)  # the transpose back to OIHW
-        del summed, partials, wcopy
+        freed = [partials, wcopy], [dbp, x]
+        del partials, wcopy, dbp, x
+        self._weight_gradients(*freed)
+        return dx
+
+    def _weight_gradients(self, after_dw: list[Buf], after_db: list[Buf]) -> None:
+        """How every conv algorithm's backward ends (kernels/conv.py and winograd.py): the
+        chunks' partial dW summed (a copy of the first, added to) and transposed back to
+        OIHW, then db summed in float64 and cast; the step's gradients replace the last's.
+        The lists hold the caller's last references: `after_dw` are freed once dW exists,
+        `after_db` once db does (emptied here, so the timeline is the kernels')."""
+        summed = self.work(0, self.wsize)
+        dw = self.work(0, self.wsize)
+        del summed
+        after_dw.clear()
         db64 = self.work(0, self.k, FLOAT64)
         db = self.work(0, self.k)
-        del db64, dbp, x
+        del db64
+        after_db.clear()
         _keep_gradients(self, dw, db, self.bias)
         del dw, db
         self.drop()
-        return dx
 
 
 class WinogradPlan(ConvPlan):
@@ -447,15 +459,9 @@ class WinogradPlan(ConvPlan):
         threads, per = sizes.winograd_weights_work(n, oh, ow, c, k, m, self.threads)
         blocks = [self.work(0, per) for _ in range(threads)]
         del blocks
-        summed = self.work(0, 9 * c * k)  # dWp[0].copy() += ...
-        dw = self.work(0, self.wsize)  # the transpose back to OIHW
-        del summed, partials, ggt
-        db64 = self.work(0, self.k, FLOAT64)  # dy summed in float64
-        db = self.work(0, self.k)
-        del db64, x
-        _keep_gradients(self, dw, db, self.bias)
-        del dw, db
-        self.drop()
+        freed = [partials, ggt], [x]
+        del partials, ggt, x
+        self._weight_gradients(*freed)  # dWp[0].copy() += ... is [9, C, K]: wsize numbers
         return dx if dx is not None else self.work(0, 0)
 
 
@@ -497,15 +503,9 @@ class PlanarPlan(ConvPlan):
         per = self.per + self.k * self.kdim  # + tw, one band's dW
         chunk = [self.work(0, per) for _ in range(min(self.threads, nchunk))]
         del chunk, wcopy
-        summed = self.work(0, self.wsize)  # _sum_chunks: parts[0].copy() += ...
-        dw = self.work(0, self.wsize)  # the transpose back to OIHW
-        del summed, partials
-        db64 = self.work(0, self.k, FLOAT64)
-        db = self.work(0, self.k)
-        del db64, dbp, x
-        _keep_gradients(self, dw, db, self.bias)
-        del dw, db
-        self.drop()
+        freed = [partials], [dbp, x]
+        del partials, dbp, x
+        self._weight_gradients(*freed)
         return dx
 
 
