@@ -89,6 +89,20 @@ def _layer_arrays(rng, N, H, W, C, K, dtype):
     return x, w, b, dy
 
 
+def alternate(fns, rounds):
+    """Median seconds of each function: one warm-up call each (JIT, caches), then `rounds`
+    rounds in which every function runs once, in turn."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: median(ts) for name, ts in times.items()}
+
+
 def time_layer(N, H, W, C, K, P, rounds):
     """Median seconds per implementation, timed in alternating rounds."""
     import numpy as np
@@ -108,15 +122,7 @@ def time_layer(N, H, W, C, K, P, rounds):
         fns[f"F{t} fwd"] = lambda t=t: wg.winograd_conv_forward(x, w, b, P, t)
         fns[f"F{t} dx"] = lambda t=t: wg.winograd_conv_backward_data(dy, w, P, t)
         fns[f"F{t} dW"] = lambda t=t: wg.winograd_conv_backward_weights(x, dy, P, t)
-    for fn in fns.values():  # warm-up: JIT, caches
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    med = {name: median(ts) for name, ts in times.items()}
+    med = alternate(fns, rounds)
     med["conv dx"] = max(med["conv dx+dW"] - med["conv dW"], 1e-9)
     return med
 
@@ -149,15 +155,7 @@ def time_small(N, H, W, C, K, F, P, rounds):
         fns["planar fwd"] = lambda: conv.conv2d_forward_planar(x, w, b, *pd, (OH, OW))
         fns["planar dx+dW"] = lambda: conv.conv2d_backward_planar(x, w, dy, *pd)
         fns["planar dW"] = lambda: conv.conv2d_backward_planar(x, w, dy, *pd, need_dx=False)
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    med = {name: median(ts) for name, ts in times.items()}
+    med = alternate(fns, rounds)
     for impl in ("conv", "planar"):
         if f"{impl} dW" in med:
             med[f"{impl} dx"] = max(med[f"{impl} dx+dW"] - med[f"{impl} dW"], 1e-9)
