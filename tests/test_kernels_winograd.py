@@ -142,6 +142,37 @@ def test_backward_small_vs_naive(case, tile):
 
 
 @pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("case", SMALL_CASES, ids=_ids)
+def test_backward_params_small_bias_gradient_vs_naive(case, tile):
+    # db is summed inside the dW kernel from the dy rows it transforms: every output
+    # position once, the ragged last tile row and column included, none twice
+    N, H, W, C, K, pad = case
+    rng = np.random.default_rng(sum(case) + 2)
+    x, w, _ = _make(rng, N, H, W, C, K)
+    dy = rng.standard_normal((N, H + 2 * pad - 2, W + 2 * pad - 2, K))
+    _, rdw, rdb = _naive_backward(x, w, dy, pad)
+    dw, db = wg.winograd_conv_backward_params(x, dy, pad, tile)
+    np.testing.assert_allclose(dw, rdw, 0, TOL)
+    np.testing.assert_allclose(db, rdb, 0, TOL)
+    np.testing.assert_allclose(db, dy.sum(axis=(0, 1, 2)), 0, TOL)
+    dw_only, none = wg.winograd_conv_backward_params(x, dy, pad, tile, need_db=False)
+    assert none is None
+    np.testing.assert_array_equal(dw_only, dw)
+
+
+def test_backward_params_float32_bias_gradient_summed_in_float64():
+    # a float32 running sum over 64 x 32 x 32 positions would drift; the float64 partials
+    # match numpy's float64 sum to float32 rounding
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((64, 32, 32, 16)).astype(np.float32)
+    dy = (rng.standard_normal((64, 32, 32, 16)) + 0.3).astype(np.float32)
+    _, db = wg.winograd_conv_backward_params(x, dy, 1)
+    assert db.dtype == np.float32
+    ref = dy.sum(axis=(0, 1, 2), dtype=np.float64)
+    np.testing.assert_allclose(db, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("tile", TILES)
 def test_gradcheck_small_float64_finite_differences(tile):
     # loss = sum(r * conv(x, w)); central differences at a few entries of x and w
     rng = np.random.default_rng(3)
@@ -273,7 +304,7 @@ def test_deterministic_across_thread_counts():
             numba.set_num_threads(n)
             res.append((wg.winograd_conv_forward(x, w, b, 1),
                         wg.winograd_conv_backward_data(dy, w, 1),
-                        wg.winograd_conv_backward_weights(x, dy, 1)))
+                        *wg.winograd_conv_backward_params(x, dy, 1)))
     finally:
         numba.set_num_threads(old)
     for a, r in zip(res[0], res[1], strict=True):

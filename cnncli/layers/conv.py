@@ -385,19 +385,23 @@ class ConvPlan(PlanLayer):
         self._weight_gradients(*freed)
         return dx
 
-    def _weight_gradients(self, after_dw: list[Buf], after_db: list[Buf]) -> None:
+    def _weight_gradients(self, after_dw: list[Buf], after_db: list[Buf],
+                          db_summed: bool = True) -> None:
         """How every conv algorithm's backward ends (kernels/conv.py and winograd.py): the
         chunks' partial dW summed (a copy of the first, added to) and transposed back to
-        OIHW, then db summed in float64 and cast; the step's gradients replace the last's.
-        The lists hold the caller's last references: `after_dw` are freed once dW exists,
-        `after_db` once db does (emptied here, so the timeline is the kernels')."""
+        OIHW, then db summed in float64 and cast (`db_summed`: Winograd skips it for a
+        bias-free layer); the step's gradients replace the last's. The lists hold the
+        caller's last references: `after_dw` are freed once dW exists, `after_db` once db
+        does (emptied here, so the timeline is the kernels')."""
         summed = self.work(0, self.wsize)
         dw = self.work(0, self.wsize)
         del summed
         after_dw.clear()
-        db64 = self.work(0, self.k, FLOAT64)
-        db = self.work(0, self.k)
-        del db64
+        db = None
+        if db_summed:
+            db64 = self.work(0, self.k, FLOAT64)
+            db = self.work(0, self.k)
+            del db64
         after_db.clear()
         _keep_gradients(self, dw, db, self.bias)
         del dw, db
@@ -456,12 +460,16 @@ class WinogradPlan(ConvPlan):
         oh, ow = self.vout.h, self.vout.w
         nchunk = sizes.winograd_weights_chunks(n, oh, ow, m, self.threads)
         partials = self.work(0, nchunk * 9 * c * k)
+        # the bias gradient's float64 partials, summed in the kernel (a bias-free layer's
+        # stand-in is one number)
+        dbp = self.work(0, nchunk * k if self.bias else 1, FLOAT64)
         threads, per = sizes.winograd_weights_work(n, oh, ow, c, k, m, self.threads)
         blocks = [self.work(0, per) for _ in range(threads)]
         del blocks
-        freed = [partials, ggt], [x]
-        del partials, ggt, x
-        self._weight_gradients(*freed)  # dWp[0].copy() += ... is [9, C, K]: wsize numbers
+        freed = [partials], [dbp, ggt, x]
+        del partials, dbp, ggt, x
+        # dWp[0].copy() += ... is [9, C, K]: wsize numbers
+        self._weight_gradients(*freed, db_summed=self.bias)
         return dx if dx is not None else self.work(0, 0)
 
 
@@ -680,16 +688,14 @@ class ConvEngine(_WindowedEngine):
 
     def _winograd_backward(self, x: np.ndarray, w: np.ndarray,
                            dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        import numpy as np
-
         from cnncli.engine.kernels import winograd as wg
 
         pad, tile = self.pad[0], self.algo.tile
         dx = wg.winograd_conv_backward_data(dy, w, pad, tile) if self.need_dx else None
-        dw = wg.winograd_conv_backward_weights(x, dy, pad, tile)
-        # float64 sums, as conv.py's bias gradient: a float32 running sum over N*OH*OW
-        # positions would lose digits
-        db = dy.sum(axis=(0, 1, 2), dtype=np.float64).astype(dy.dtype)
+        # the bias gradient (float64 sums, as conv.py's) only where there is a bias: summed
+        # apart it cost a bias-free ResNet conv as much as its whole dW
+        dw, db = wg.winograd_conv_backward_params(x, dy, pad, tile,
+                                                   need_db=self.bias_key is not None)
         return dx, dw, db  # type: ignore[return-value]
 
 

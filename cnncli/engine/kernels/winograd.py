@@ -6,6 +6,7 @@ Public wrappers (plain Python: validate, allocate, call the @njit kernels):
     winograd_conv_forward(x, w, b, pad, tile=4, u=None) -> y
     winograd_conv_backward_data(dy, w, pad, tile=4) -> dx
     winograd_conv_backward_weights(x, dy, pad, tile=4) -> dw
+    winograd_conv_backward_params(x, dy, pad, tile=4, need_db=True) -> (dw, db or None)
 
 Shapes as in cnncli.engine.kernels.conv: x[N, H, W, C], y/dy[N, OH, OW, K] with OH = H + 2*pad - 2
 and OW = W + 2*pad - 2, weights OIHW ``w[K, C, 3, 3]``, bias ``b[K]`` or None. Stride 1,
@@ -72,6 +73,7 @@ __all__ = [
     "winograd_conv_forward",
     "winograd_conv_backward_data",
     "winograd_conv_backward_weights",
+    "winograd_conv_backward_params",
 ]
 
 TILES = (2, 4)
@@ -428,6 +430,17 @@ def _grad_cols(src, m, L, Z2, e, do):
 
 
 @njit(**JIT_OPTIONS)
+def _sum_channels(P, K, acc):
+    """acc[k] += every P[a, i * K + k] (float64 sums of float32 or float64 values)."""
+    for a in range(P.shape[0]):
+        row = P[a]
+        for i in range(row.shape[0] // K):
+            so = np.uint64(i * K)
+            for k in range(np.uint64(K)):
+                acc[k] += row[so + k]
+
+
+@njit(**JIT_OPTIONS)
 def _input_tile_row(x2, n, H, r0, m, pad, KS, C, TW, xs, rowt, V2, t0):
     """V2[:, t0 * C:(t0 + TW) * C] = B^T d B of the TW tiles whose input rows start at r0."""
     alpha = m + 2
@@ -526,11 +539,13 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, xs_t, rowt_t, orow_t, yrow_t, y):
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, xs_t, rowt_t, ds_t, zrow_t, S_t,
-                tmp_t, dWp):
+                tmp_t, dWp, need_db, dbp):
     """dWp[chunk, 9, C, K] (p * 3 + q, c, k) = per-chunk partial dW; GGt[9, alpha^2] holds
     G[a, p] * G[b, q]. Chunk q owns blocks [q * nblk // nchunk, (q + 1) * nblk // nchunk).
     Each thread's buffers are the `_t` arrays, [T, ...], allocated by the wrapper (xs_t and
-    ds_t zeroed).
+    ds_t zeroed). With need_db, dbp[chunk, K] (float64, zeroed) gets the chunk's partial
+    bias gradient, summed from the dy rows already in cache for the transform (a separate
+    float64 reduction over dy took as long as the whole dW kernel at 16 channels).
     """
     N, H, W, C = x.shape
     OH = dy.shape[1]
@@ -572,6 +587,8 @@ def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, xs_t, rowt_t, ds_t, zro
                     _input_tile_row(x2, n, H, i0 - pad, m, pad, KS, C, TW, xs, rowt, V2, t0)
                     # output rows past OH (bottom tile row) have zero gradient
                     _phase_rows(dy2, n * OH, OH, i0, 0, m, TW, K, ds)
+                    if need_db:  # every dy value of these rows once; unused slots are 0
+                        _sum_channels(ds, K, dbp[q])
                     _grad_rows(ds, m, zrow)
                     for a in range(alpha):
                         _grad_cols(zrow[a], m, TW * K, Z2, a * alpha, t0 * K)
@@ -702,7 +719,13 @@ def winograd_conv_backward_data(dy, w, pad, tile=4):
 
 
 def winograd_conv_backward_weights(x, dy, pad, tile=4):
-    """dw[K, C, 3, 3] of winograd_conv_forward (the bias gradient is dy.sum((0, 1, 2)))."""
+    """dw[K, C, 3, 3] of winograd_conv_forward."""
+    return winograd_conv_backward_params(x, dy, pad, tile, need_db=False)[0]
+
+
+def winograd_conv_backward_params(x, dy, pad, tile=4, need_db=True):
+    """(dw[K, C, 3, 3], db[K] or None) of winograd_conv_forward: db = dy summed over
+    images and positions, in float64 and cast (as conv.py's), only with need_db."""
     ensure_configured()
     pad, tile = _check_pad_tile(pad, tile)
     x = _check_x(x, "x")
@@ -713,7 +736,8 @@ def winograd_conv_backward_weights(x, dy, pad, tile=4):
         raise ValueError(f"dy must have shape (N={N}, {OH}, {OW}, K), got {dy.shape}")
     K = dy.shape[3]
     if N == 0 or C == 0 or K == 0:
-        return np.zeros((K, C, 3, 3), dtype=x.dtype)
+        db = np.zeros(K, dtype=x.dtype) if need_db else None
+        return np.zeros((K, C, 3, 3), dtype=x.dtype), db
     _, G, _ = transform_matrices(tile)
     GGt = np.ascontiguousarray(np.einsum("ap,bq->pqab", G, G).reshape(9, -1), x.dtype)
     TW = -(-OW // tile)
@@ -721,6 +745,7 @@ def winograd_conv_backward_weights(x, dy, pad, tile=4):
     R = sizes.winograd_rows_per_block(TW, nrow, sizes.WINOGRAD_BLOCK_TILES_DW)
     nchunk = sizes.winograd_weights_chunks(N, OH, OW, tile, _threads())
     dWp = np.empty((nchunk, 9, C, K), dtype=x.dtype)
+    dbp = np.zeros((nchunk, K) if need_db else (1, 1), dtype=np.float64)
     T = min(_threads(), nchunk)  # each thread's blocks, allocated here, not in it
     alpha, KS, dt = tile + 2, TW + 1, x.dtype
     A2 = alpha * alpha
@@ -728,8 +753,11 @@ def winograd_conv_backward_weights(x, dy, pad, tile=4):
                 np.empty((T, A2, R * TW + 1, K), dt), np.zeros((T, alpha, tile * KS * C), dt),
                 np.empty((T, alpha, tile * KS * C), dt), np.zeros((T, tile, tile * TW * K), dt),
                 np.empty((T, alpha, tile * TW * K), dt), np.empty((T, A2, C, K), dt),
-                np.empty((T, C, K), dt), dWp)
+                np.empty((T, C, K), dt), dWp, bool(need_db), dbp)
     dW = dWp[0].copy()
     for q in range(1, nchunk):  # chunk order: deterministic
         dW += dWp[q]
-    return np.ascontiguousarray(dW.reshape(3, 3, C, K).transpose(3, 2, 0, 1))
+    dw = np.ascontiguousarray(dW.reshape(3, 3, C, K).transpose(3, 2, 0, 1))
+    del dW, dWp
+    db = dbp.sum(axis=0).astype(x.dtype) if need_db else None
+    return dw, db
