@@ -277,7 +277,7 @@ def test_bench_shows_which_layers_ran_winograd_and_their_tiles() -> None:
     result = json.loads(json.dumps(profile_layers(spec, None, 2, 1, None, "winograd")))
     assert result["conv_algo"] == "winograd"
     rows = {r["name"]: r for r in result["layers"]}
-    assert rows["conv1"]["algorithm"] == "winograd"
+    assert rows["conv1"]["algorithm"] == "winograd + relu1"  # the ReLU after it, fused
     # 32x32 outputs in 4x4 tiles: 8 x 8 tiles per image; 6x6 = 36 products per tile block
     assert rows["conv1"]["matrices"] == ("F(4x4,3x3): 64 tiles/image, 36 GEMMs of "
                                          "[tiles x 3] x [3 x 32]")
@@ -322,7 +322,7 @@ def test_bench_shows_the_planar_first_layer_and_its_matrices() -> None:
     spec = load_spec(catalog.resolve("cifar_small"))
     result = json.loads(json.dumps(profile_layers(spec, None, 2, 1, None, "auto")))
     conv1 = next(r for r in result["layers"] if r["name"] == "conv1")
-    assert conv1["algorithm"] == "planar"
+    assert conv1["algorithm"] == "planar + relu1"
     # 32x32 positions, 3x3x3 taps, 32 filters
     assert conv1["matrices"] == ("planar: X_col [27 x 1024] per image from input planes, "
                                  "W_row [32 x 27]")

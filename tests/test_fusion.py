@@ -39,13 +39,26 @@ RESNET = {"input": "8x8x3", "rounding": "floor", "layers": [
                      "batchnorm"]}},
     "relu",
     {"pool": {"global": True, "type": "avg"}}, {"fc": 3}]}
-NETS = [pytest.param(VGG_BN, id="vgg_bn"), pytest.param(RESNET, id="resnet")]
+# the notes' pattern, [conv -> relu]*n -> pool, with every conv algorithm: a planar first
+# layer (3 input channels), Winograd and im2col 3x3 convs, a strided conv, a grouped conv
+# small enough for the direct kernel, a conv without bias
+CONV_RELU = {"input": "10x10x3", "rounding": "floor", "layers": [
+    {"conv": {"filters": 6, "size": 3, "pad": 1}}, "relu",
+    {"conv": {"filters": 8, "size": 3, "pad": 1}}, "relu",
+    {"conv": {"filters": 8, "size": 3, "stride": 2, "pad": 1, "bias": False}}, "relu",
+    {"conv": {"filters": 8, "size": 3, "pad": 1, "groups": 8}}, "relu",
+    {"pool": {"size": 2, "stride": 2}},
+    {"conv": {"filters": 4, "size": 1}}, "relu", {"fc": 3}]}
+NETS = [pytest.param(VGG_BN, id="vgg_bn"), pytest.param(RESNET, id="resnet"),
+        pytest.param(CONV_RELU, id="conv_relu")]
+ALGOS = ["gemm", "winograd", "auto"]
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 
 
-def _pair(spec: dict[str, Any], dtype: Any) -> tuple[Network, Network]:
-    return (Network.from_spec(spec, dtype=dtype, seed=3, fuse=True),
-            Network.from_spec(spec, dtype=dtype, seed=3, fuse=False))
+def _pair(spec: dict[str, Any], dtype: Any,
+          conv_algo: str = "gemm") -> tuple[Network, Network]:
+    return (Network.from_spec(spec, dtype=dtype, seed=3, fuse=True, conv_algo=conv_algo),
+            Network.from_spec(spec, dtype=dtype, seed=3, fuse=False, conv_algo=conv_algo))
 
 
 def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
@@ -54,16 +67,18 @@ def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
         assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
 
 
+@pytest.mark.parametrize("conv_algo", ALGOS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("spec", NETS)
-def test_fused_net_is_bit_identical_to_the_layers_apart(spec: dict[str, Any],
-                                                        dtype: Any) -> None:
-    fused, apart = _pair(spec, dtype)
+def test_fused_net_is_bit_identical_to_the_layers_apart(spec: dict[str, Any], dtype: Any,
+                                                        conv_algo: str) -> None:
+    fused, apart = _pair(spec, dtype, conv_algo)
     assert any(layer.fused_into for layer in fused.layers)
     assert not any(layer.fused_into for layer in apart.layers)
     rng = np.random.default_rng(0)
+    v = fused.input
     for _ in range(2):  # twice: the running statistics move twice, gradients are replaced
-        x = rng.standard_normal((4, 8, 8, 3)).astype(dtype)
+        x = rng.standard_normal((4, v.h, v.w, v.d)).astype(dtype)
         y = fused.forward(x, training=True)
         assert np.array_equal(y, apart.forward(x, training=True))
         dy = rng.standard_normal(y.shape).astype(dtype)
@@ -71,8 +86,25 @@ def test_fused_net_is_bit_identical_to_the_layers_apart(spec: dict[str, Any],
         assert dx is not None and np.array_equal(dx, apart.backward(dy, input_grad=True))
         _same(fused.grads, apart.grads)
         _same(fused.buffers, apart.buffers)
-    x = rng.standard_normal((3, 8, 8, 3)).astype(dtype)
+    x = rng.standard_normal((3, v.h, v.w, v.d)).astype(dtype)
     assert np.array_equal(fused.forward(x), apart.forward(x))  # eval: running statistics
+
+
+def test_every_conv_algorithm_absorbs_the_relu_after_it() -> None:
+    """The notes' conv -> relu: each algorithm's kernel clamps what it writes, and the
+    layers that ran say which kernel and which ReLU (bench's algorithm column)."""
+    ran = set()
+    for policy in ("auto", "winograd"):  # auto: planar conv1; winograd: every 3x3 stride 1
+        net = Network.from_spec(CONV_RELU, seed=0, conv_algo=policy)
+        convs = [layer for layer in net.layers if hasattr(layer, "algo")]
+        assert len(convs) == 5 and all(c.fused_with for c in convs)
+        ran |= {c.algorithm for c in convs}
+    assert ran == {"planar", "winograd", "gemm", "direct"}
+    result = profile_layers(parse_spec(CONV_RELU), None, 2, 1, None, "auto")
+    rows = {r["name"]: r for r in result["layers"]}
+    assert rows["conv1"]["algorithm"] == "planar + relu1"
+    assert rows["relu1"]["algorithm"] == "fused into conv1"
+    assert rows["conv4"]["algorithm"] == "direct + relu4"
 
 
 def test_resnet20_and_cifar_vgg_bn_fuse_every_relu_after_batchnorm_or_an_add() -> None:
@@ -89,11 +121,13 @@ def test_resnet20_and_cifar_vgg_bn_fuse_every_relu_after_batchnorm_or_an_add() -
 def test_only_a_relu_that_runs_in_place_after_an_absorbing_layer_is_fused() -> None:
     spec = parse_spec({"input": "4x4x2", "layers": [
         "batchnorm", {"leaky_relu": {}},  # leaky ReLU: batchnorm absorbs only ReLU
-        {"conv": {"filters": 2, "size": 1}}, "relu",  # a conv absorbs nothing
+        {"pool": {"size": 1, "stride": 1}}, "relu",  # a pool absorbs nothing
         {"residual": {"layers": ["relu", "batchnorm"]}},  # reads the block's input: not in place
         "batchnorm", {"lrn": {"size": 3}}, "relu",
-        "batchnorm", "relu"]})
-    assert fused_activations(spec.layers) == {"relu3": "bn3"}
+        "batchnorm", "relu",
+        {"conv": {"filters": 2, "size": 1}}, "relu",
+        {"local": {"filters": 2, "size": 1}}, "relu"]})  # a conv absorbs it, a local layer not
+    assert fused_activations(spec.layers) == {"relu3": "bn3", "relu4": "conv1"}
 
 
 def test_a_producer_that_does_not_fuse_leaves_the_relu_its_own_work() -> None:

@@ -122,7 +122,9 @@ def profile_layers(spec: Spec, volume: Volume | None, batch: int, iterations: in
         if item is not None and hasattr(item, "matrices"):  # a conv: kernel and products
             entry.update(algorithm=item.algorithm, matrices=item.matrices())
         if item is not None and getattr(item, "fused_with", None):
-            entry.update(algorithm=f"+ {item.fused_with}")
+            # a conv keeps its kernel's name in front: "winograd + relu1"
+            ran = f"{entry['algorithm']} " if entry["algorithm"] else ""
+            entry.update(algorithm=f"{ran}+ {item.fused_with}")
         if item is not None and getattr(item, "fused_into", None):
             entry.update(algorithm=f"fused into {item.fused_into}")
         if row.is_block:

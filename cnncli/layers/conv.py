@@ -216,6 +216,7 @@ class Conv(_Windowed):
     key = "conv"
     prefix = "conv"
     draws_filters = True
+    absorbs = frozenset({"relu"})  # clamped as each output band is written, dy masked first
 
     @property
     def depth_groups(self) -> int:
@@ -315,11 +316,12 @@ class Local(_Windowed):
 # relaid weights, the dW partial sums of each chunk.
 
 
-def _keep_gradients(plan: PlanLayer, dw: Buf, db: Buf, bias: bool) -> None:
+def _keep_gradients(plan: PlanLayer, dw: Buf, db: Buf | None, bias: bool) -> None:
     """This step's weight (and bias) gradients become the layer's, freeing last step's; a
-    bias-free layer's db, summed anyway, is not kept."""
+    bias-free layer's db, where it is summed anyway, is not kept."""
     grads = {f"{plan.name}.weight": dw}
     if bias:
+        assert db is not None
         grads[f"{plan.name}.bias"] = db
     plan.new_grads(grads)
 
@@ -626,6 +628,32 @@ class ConvEngine(_WindowedEngine):
         super().__init__(layer, row, rng, dtype, fan_in=math.prod(shape[1:]))
         self.groups = layer.groups
         self.algo = algo
+        self._relu: Any = None  # the absorbed ReLU's engine (ActivationEngine)
+        self._saved_relu_y: np.ndarray | None = None  # the clamped output, for the mask
+
+    def absorb(self, activation: EngineLayer) -> None:
+        """The ReLU after the conv: every algorithm's kernel clamps each output band as it
+        writes it (while it is in cache, instead of a pass of its own over y), and backward
+        applies the mask to dy before the conv's kernels read it."""
+        self._relu = activation
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        y = super().forward(x, training)
+        if self._relu is not None:
+            self._saved_relu_y = y if training else None
+            self._relu.producer_ran(y)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        relu_y, self._saved_relu_y = self._saved_relu_y, None
+        if relu_y is not None:
+            from cnncli.engine.kernels.elementwise import relu_backward
+
+            # over dy, as the ReLU would have (it consumes dy, so dy is its to write); the
+            # output goes before the conv's gradients come, as after the ReLU's backward
+            relu_backward(dy, relu_y)
+            del relu_y
+        return super().backward(dy)
 
     @property
     def algorithm(self) -> str:
@@ -659,6 +687,7 @@ class ConvEngine(_WindowedEngine):
         return f"X_col [{kdim} x {oh * ow}] per image, W_row [{k} x {kdim}]"
 
     def _forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        relu = self._relu is not None
         if self.algo.winograd:
             from cnncli.engine.kernels import winograd as wg
 
@@ -666,13 +695,15 @@ class ConvEngine(_WindowedEngine):
             # it: the flipped filter's transform is not a permutation of U with these
             # interpolation points (2 and -2 have no reciprocals among them)
             u = wg.winograd_filter_transform(w, self.algo.tile)
-            return wg.winograd_conv_forward(x, w, b, self.pad[0], self.algo.tile, u=u)
+            return wg.winograd_conv_forward(x, w, b, self.pad[0], self.algo.tile, u=u,
+                                            relu=relu)
         from cnncli.engine.kernels import conv as conv_k
 
         if self.algo.planar:
-            return conv_k.conv2d_forward_planar(x, w, b, self.pad, self.dilation, self.out_hw)
+            return conv_k.conv2d_forward_planar(x, w, b, self.pad, self.dilation, self.out_hw,
+                                                relu=relu)
         return conv_k.conv2d_forward(x, w, b, self.stride, self.pad, self.dilation,
-                                     self.groups, self.out_hw)
+                                     self.groups, self.out_hw, relu=relu)
 
     def _backward(self, x: np.ndarray, w: np.ndarray,
                   dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

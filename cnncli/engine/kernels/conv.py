@@ -175,15 +175,29 @@ def _col2im_band(dcols, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw, G, Cg, dx
                                 d[t] += sv[t]
 
 
+@njit(**JIT_OPTIONS)
+def _relu_rows(out):
+    """out = max(out, 0) as relu_forward computes it (NaN passes through, -0 becomes 0),
+    over a band the kernel has just written: the ReLU after a conv, while it is in cache."""
+    zero = out.dtype.type(0)
+    for r in range(out.shape[0]):
+        row = out[r]
+        for k in range(row.shape[0]):
+            v = row[k]
+            row[k] = v if v > zero or v != v else zero
+
+
 # ----------------------------------------------------------------------------------
 # conv, GEMM path
 # ----------------------------------------------------------------------------------
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols_t, tmp_t, y):
-    """y[N, OH, OW, K] = conv(x, W2) (+ b); W2[G, Fh*Fw*Cg, Kg] rows ordered (p, q, c).
-    One slot per thread: cols_t[T, G, rb*OW, kdim] and tmp_t[T, rb*OW, Kg] are its band."""
+def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols_t, tmp_t, y,
+                   relu):
+    """y[N, OH, OW, K] = conv(x, W2) (+ b), then max(., 0) with `relu`; W2[G, Fh*Fw*Cg, Kg]
+    rows ordered (p, q, c). One slot per thread: cols_t[T, G, rb*OW, kdim] and
+    tmp_t[T, rb*OW, Kg] are its band."""
     N = x.shape[0]
     G = W2.shape[0]
     Kg = W2.shape[2]
@@ -225,6 +239,8 @@ def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols_
                     orow = out[r]
                     for k in range(K):
                         orow[k] += b[k]
+            if relu:
+                _relu_rows(out)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -302,8 +318,9 @@ def _conv_bwd_gemm_chunk(x, W2, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nblk, G
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _conv_fwd_direct(x, Wd, b, has_bias, sh, sw, ph, pw, dh, dw, acc_t, y):
-    """Wd[Fh, Fw, Cg, Kg, G]; y[n, i, j, g*Kg + t] = sum x[n, ii, jj, g*Cg + c] Wd[p,q,c,t,g].
+def _conv_fwd_direct(x, Wd, b, has_bias, sh, sw, ph, pw, dh, dw, acc_t, y, relu):
+    """Wd[Fh, Fw, Cg, Kg, G]; y[n, i, j, g*Kg + t] = sum x[n, ii, jj, g*Cg + c] Wd[p,q,c,t,g],
+    then max(., 0) with `relu`.
 
     Innermost loops run over the groups through 1-d views (contiguous when Cg == Kg == 1,
     i.e. depthwise), so they vectorise.
@@ -314,6 +331,7 @@ def _conv_fwd_direct(x, Wd, b, has_bias, sh, sw, ph, pw, dh, dw, acc_t, y):
     OW = y.shape[2]
     ntask = N * OH
     T = acc_t.shape[0]  # one accumulator [Kg, G] per thread
+    zero = y.dtype.type(0)
     for t in prange(T):
         acc = acc_t[t]
         for task in range(t * ntask // T, (t + 1) * ntask // T):
@@ -347,7 +365,10 @@ def _conv_fwd_direct(x, Wd, b, has_bias, sh, sw, ph, pw, dh, dw, acc_t, y):
                 for tk in range(Kg):
                     arow = acc[tk]
                     for g in range(G):
-                        yrow[g * Kg + tk] = arow[g]
+                        v = arow[g]
+                        if relu and not (v > zero or v != v):
+                            v = zero
+                        yrow[g * Kg + tk] = v
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -487,8 +508,9 @@ def _planar_col2im(cols, Fh, Fw, dh, dw, rows, OW, xp):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _conv_fwd_planar(x, W2, b, Fh, Fw, ph, pw, dh, dw, rb, xp_t, cols_t, y):
-    """y[N, OH, OW, K] = conv(x, W2) + b, stride 1; W2[Fh * Fw * C, K] rows (p, q, c).
+def _conv_fwd_planar(x, W2, b, Fh, Fw, ph, pw, dh, dw, rb, xp_t, cols_t, y, relu):
+    """y[N, OH, OW, K] = conv(x, W2) + b, stride 1, then max(., 0) with `relu`;
+    W2[Fh * Fw * C, K] rows (p, q, c).
     Tasks are bands of rb output rows; one slot per thread with its flat buffers (the `_t`
     arrays, [T, ...], viewed per band as xp[C, nr, Wp] and cols[kdim, rows * OW]). Each
     output is written by one task: any split gives the same bits."""
@@ -519,6 +541,8 @@ def _conv_fwd_planar(x, W2, b, Fh, Fw, ph, pw, dh, dw, rb, xp_t, cols_t, y):
                 orow = out[r]
                 for k in range(K):
                     orow[k] += b[k]
+            if relu:
+                _relu_rows(out)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -809,8 +833,9 @@ def _out_hw(out_hw):
     return OH, OW
 
 
-def conv2d_forward(x, w, b, stride, pad, dilation, groups, out_hw):
-    """y[N, OH, OW, K] = conv2d(x[N, H, W, C], w[K, C//groups, Fh, Fw]) + b[K]."""
+def conv2d_forward(x, w, b, stride, pad, dilation, groups, out_hw, relu=False):
+    """y[N, OH, OW, K] = conv2d(x[N, H, W, C], w[K, C//groups, Fh, Fw]) + b[K]; with `relu`,
+    max(y, 0) as relu_forward computes it, in the same pass (bit for bit the two apart)."""
     ensure_configured()
     x = _check_x(x)
     w, G = _check_conv_w(x, w, groups)
@@ -829,7 +854,7 @@ def conv2d_forward(x, w, b, stride, pad, dilation, groups, out_hw):
         Wd = _direct_weights(w, G)
         T = min(_threads(), N * OH)  # each thread's accumulator, allocated here, not in it
         acc = np.empty((T, K // G, G), dtype=x.dtype)
-        _conv_fwd_direct(x, Wd, bb, has_bias, sh, sw, ph, pw, dh, dw, acc, y)
+        _conv_fwd_direct(x, Wd, bb, has_bias, sh, sw, ph, pw, dh, dw, acc, y, bool(relu))
     else:
         W2 = _gemm_weights(w, G)
         kdim = W2.shape[1]
@@ -837,7 +862,8 @@ def conv2d_forward(x, w, b, stride, pad, dilation, groups, out_hw):
         T = min(_threads(), N * (-(-OH // rb)))  # each thread's im2col band
         cols = np.empty((T, G, rb * OW, kdim), dtype=x.dtype)
         tmp = np.empty((T, rb * OW, K // G), dtype=x.dtype)
-        _conv_fwd_gemm(x, W2, bb, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols, tmp, y)
+        _conv_fwd_gemm(x, W2, bb, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols, tmp, y,
+                       bool(relu))
     return y
 
 
@@ -887,7 +913,7 @@ def conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True):
     return (dx if need_dx else None), dwt, db
 
 
-def conv2d_forward_planar(x, w, b, pad, dilation, out_hw):
+def conv2d_forward_planar(x, w, b, pad, dilation, out_hw, relu=False):
     """conv2d_forward for stride 1, groups 1 by the planar kernel (first layers)."""
     ensure_configured()
     x = _check_x(x)
@@ -906,7 +932,8 @@ def conv2d_forward_planar(x, w, b, pad, dilation, out_hw):
     T = min(_threads(), N * -(-OH // rb))  # each thread's band, allocated here, not in it
     dt = x.dtype
     _conv_fwd_planar(x, _gemm_weights(w, 1)[0], bb, Fh, Fw, ph, pw, dh, dw, rb,
-                     np.empty((T, C * nr * Wp), dt), np.empty((T, Fh * Fw * C * P), dt), y)
+                     np.empty((T, C * nr * Wp), dt), np.empty((T, Fh * Fw * C * P), dt), y,
+                     bool(relu))
     return y
 
 
