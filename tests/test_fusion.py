@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cnncli.analysis.inplace import fused_activations
+from cnncli.analysis.inplace import fused_activations, fused_in_evaluation
 from cnncli.engine.gradcheck import check_network
 from cnncli.engine.network import Network
 from cnncli.engine.profile import profile_layers
@@ -49,8 +49,16 @@ CONV_RELU = {"input": "10x10x3", "rounding": "floor", "layers": [
     {"conv": {"filters": 8, "size": 3, "pad": 1, "groups": 8}}, "relu",
     {"pool": {"size": 2, "stride": 2}},
     {"conv": {"filters": 4, "size": 1}}, "relu", {"fc": 3}]}
+# conv -> batchnorm after every conv algorithm, with and without the ReLU after: in
+# evaluation each conv applies its batchnorm (and that batchnorm's ReLU) as it writes
+CONV_BN = {"input": "10x10x3", "rounding": "floor", "layers": [
+    {"conv": {"filters": 6, "size": 3, "pad": 1}}, "batchnorm", "relu",
+    {"conv": {"filters": 8, "size": 3, "pad": 1, "bias": False}}, "batchnorm",
+    {"conv": {"filters": 8, "size": 3, "stride": 2, "pad": 1}}, "batchnorm", "relu",
+    {"conv": {"filters": 8, "size": 3, "pad": 1, "groups": 8}}, "batchnorm", "relu",
+    {"pool": {"size": 2, "stride": 2}}, {"fc": 3}]}
 NETS = [pytest.param(VGG_BN, id="vgg_bn"), pytest.param(RESNET, id="resnet"),
-        pytest.param(CONV_RELU, id="conv_relu")]
+        pytest.param(CONV_RELU, id="conv_relu"), pytest.param(CONV_BN, id="conv_bn")]
 ALGOS = ["gemm", "winograd", "auto"]
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 
@@ -105,6 +113,48 @@ def test_every_conv_algorithm_absorbs_the_relu_after_it() -> None:
     assert rows["conv1"]["algorithm"] == "planar + relu1"
     assert rows["relu1"]["algorithm"] == "fused into conv1"
     assert rows["conv4"]["algorithm"] == "direct + relu4"
+
+
+@pytest.mark.parametrize("conv_algo", ["auto", "winograd"])
+def test_in_evaluation_each_conv_applies_the_batchnorm_after_it(conv_algo: str,
+                                                                monkeypatch: Any) -> None:
+    """No pass of batchnorm's own in evaluation: the conv's kernel writes (y - m) * a + b
+    (and the ReLU) with the running statistics, bit for bit what the two layers compute
+    apart; in training nothing changes."""
+    from cnncli.engine.kernels import norm
+
+    fused, apart = _pair(CONV_BN, np.float32, conv_algo)
+    rng = np.random.default_rng(5)
+    for _ in range(3):  # running statistics away from their start (0 and 1)
+        x = rng.standard_normal((8, 10, 10, 3)).astype(np.float32)
+        fused.forward(x, training=True)
+        apart.forward(x, training=True)
+    _same(fused.buffers, apart.buffers)
+    x = rng.standard_normal((5, 10, 10, 3)).astype(np.float32)
+    expected = apart.forward(x)
+
+    def no_pass(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("batchnorm ran a pass of its own in evaluation")
+
+    monkeypatch.setattr(norm, "batchnorm_forward_eval", no_pass)
+    assert np.array_equal(fused.forward(x), expected)
+    algorithms = {layer.algorithm for layer in fused.layers if hasattr(layer, "algo")}
+    assert "direct" in algorithms and len(algorithms) >= 2
+    assert fused_in_evaluation(parse_spec(CONV_BN).layers) == {
+        "bn1": "conv1", "bn2": "conv2", "bn3": "conv3", "bn4": "conv4"}
+
+
+@pytest.mark.parametrize("name", ["cifar_vgg_bn", "resnet20"])
+def test_evaluation_peak_without_batchnorm_outputs_is_what_the_plan_says(name: str) -> None:
+    """The plan counts no output for a batchnorm its conv applies in evaluation, and a
+    measured inference pass agrees within 1%; it is below the plan of the layers apart."""
+    from cnncli.analysis.memory import estimate
+    from cnncli.engine.measure import measure
+
+    spec = load_spec(catalog.resolve(name))
+    measured = measure(spec, 16, mode="infer", threads=2, conv_algo="auto")["peak_bytes"]
+    planned = estimate(spec, batch=16, mode="infer", threads=2, conv_algo="auto").peak
+    assert abs(planned / measured - 1) < 0.01, (planned, measured)
 
 
 def test_resnet20_and_cifar_vgg_bn_fuse_every_relu_after_batchnorm_or_an_add() -> None:

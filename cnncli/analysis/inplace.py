@@ -8,9 +8,13 @@ own output (L2 pooling, LRN) or that may hand its input through unchanged (dropo
 test time): each layer type says so (`output_reusable`).
 
 Which of those the engine fuses into the layer before (`fused_activations`): an in-place
-activation that the producer's type lists in `absorbs` (batchnorm and a residual add
-absorb ReLU). Only in-place ones: the producer's output is then the activation's, so a
+activation that the producer's type lists in `absorbs` (a conv, batchnorm and a residual
+add absorb ReLU). Only in-place ones: the producer's output is then the activation's, so a
 fused pair allocates and keeps exactly what the two layers apart do.
+
+And in evaluation (`fused_in_evaluation`): a batchnorm right after a conv, which the conv's
+kernels apply with the running statistics as they write (`absorbs_in_evaluation`); the
+memory plan counts no output for that batchnorm when nothing is trained.
 """
 
 from __future__ import annotations
@@ -52,6 +56,26 @@ def fused_activations(nodes: tuple[LayerSpec, ...]) -> dict[str, str]:
     found: dict[str, str] = {}
     _fuse(nodes, in_place, found)
     return found
+
+
+def fused_in_evaluation(nodes: tuple[LayerSpec, ...]) -> dict[str, str]:
+    """The layers the engine computes in the layer before them when it evaluates (no
+    training), by name: the producer's name for each. A batchnorm right after a conv in the
+    same sequence, whose output only that batchnorm reads: the conv's kernels apply it (and
+    the ReLU it absorbed) as they write, and the batchnorm allocates nothing."""
+    found: dict[str, str] = {}
+    _fuse_evaluation(nodes, found)
+    return found
+
+
+def _fuse_evaluation(nodes: tuple[LayerSpec, ...], found: dict[str, str]) -> None:
+    before: LayerSpec | None = None
+    for node in unrolled(nodes):
+        for sequence in node.children():
+            _fuse_evaluation(sequence, found)
+        if before is not None and node.key in before.absorbs_in_evaluation:
+            found[node.name] = before.name
+        before = node
 
 
 def _fuse(nodes: tuple[LayerSpec, ...], in_place: set[str], found: dict[str, str]) -> None:

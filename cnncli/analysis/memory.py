@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cnncli.analysis.inplace import in_place_activations
+from cnncli.analysis.inplace import fused_in_evaluation, in_place_activations
 from cnncli.analysis.report import Report, Row, analyze
 from cnncli.errors import InputError
 from cnncli.render.units import binary_bytes
@@ -270,6 +270,8 @@ class PlanBuilder:
         self.conv_algo = conv_algo  # --conv-algo: each conv plans what its engine runs
         self.rows = {r.name: r for r in report.rows}
         self.in_place = in_place_activations(report.spec.layers)  # the engine's own rule
+        # the batchnorms a conv applies in evaluation (the engine's rule too): no output
+        self.fused_eval = fused_in_evaluation(report.spec.layers)
 
     def sequence(self, nodes: tuple[LayerSpec, ...]) -> Any:
         from cnncli.layers.blocks import PlanSequence

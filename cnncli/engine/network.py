@@ -25,7 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from cnncli.analysis.inplace import fused_activations, in_place_activations
+from cnncli.analysis.inplace import (
+    fused_activations,
+    fused_in_evaluation,
+    in_place_activations,
+)
 from cnncli.analysis.report import Report, analyze
 from cnncli.config import ensure_configured
 from cnncli.engine.kernels.conv_algo import CONV_ALGOS
@@ -48,6 +52,7 @@ class _Builder:
         self.rows = {r.name: r for r in report.rows}
         self.in_place = in_place_activations(report.spec.layers)
         self.fused = fused_activations(report.spec.layers) if fuse else {}
+        self.fused_eval = fused_in_evaluation(report.spec.layers) if fuse else {}
         self.rng = rng
         self.dtype = dtype
         self.conv_algo = conv_algo
@@ -62,6 +67,8 @@ class _Builder:
                 producer = items[-1]
                 producer.absorb(item)
                 producer.fused_with, item.fused_into = node.name, producer.output_row
+            if node.name in self.fused_eval:
+                items[-1].absorb_in_evaluation(item)
             items.append(item)
         return Sequence(items)
 

@@ -85,6 +85,9 @@ class LayerSpec:
     # the activations (keys) its engine computes in its own passes when one follows it in
     # place (batchnorm, a residual add: ReLU); the engine's `absorb` does it
     absorbs: ClassVar[frozenset[str]] = frozenset()
+    # layers after it (by key) that its engine computes in evaluation (conv: batchnorm);
+    # analysis/inplace.py decides
+    absorbs_in_evaluation: ClassVar[frozenset[str]] = frozenset()
 
     @property
     def kind(self) -> str:

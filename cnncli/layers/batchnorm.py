@@ -59,7 +59,7 @@ class BatchNorm(LayerSpec):
                        f"{self.name}.running_var": (vol.d,)}
 
     def plan(self, heap: Heap, row: Row, threads: int, ctx: Any) -> PlanLayer:
-        return BatchNormPlan(heap, row, threads)
+        return BatchNormPlan(heap, row, threads, applied_by_conv=row.name in ctx.fused_eval)
 
     def engine(self, row: Row, ctx: Any) -> EngineLayer:
         return BatchNormEngine(self, row, ctx.dtype)
@@ -69,15 +69,23 @@ class BatchNorm(LayerSpec):
 
 
 class BatchNormPlan(PlanLayer):
-    def __init__(self, heap: Heap, row: Row, threads: int):
+    def __init__(self, heap: Heap, row: Row, threads: int, applied_by_conv: bool = False):
         super().__init__(heap, row, threads)
         assert row.output is not None
         self.vol = row.output
         self.c = row.output.d
+        self.applied_by_conv = applied_by_conv  # in evaluation (analysis/inplace.py)
 
     def forward(self, x: Buf, training: bool) -> Buf:
         c = self.c
         vectors = self.work(0, 2 * c, FLOAT64)  # gamma, beta as float64
+        if not training and self.applied_by_conv:
+            # the conv's kernels wrote (x - m) * a + b into x: only the vectors, and the
+            # [3, C] stack the kernels read
+            stats = self.work(0, 5 * c, FLOAT64)
+            post = self.work(0, 3 * c)
+            del stats, vectors, post
+            return x
         if not training:
             stats = self.work(0, 5 * c, FLOAT64)
             y = self.out(self.vol)
@@ -133,6 +141,27 @@ class BatchNormEngine(EngineLayer):
         self._saved: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._saved_relu_y: np.ndarray | None = None  # the clamped output, for the mask
         self._relu: Any = None  # the absorbed activation's engine (ActivationEngine)
+        self._handed: np.ndarray | None = None  # in evaluation, the conv before applied it
+
+    def evaluation_affine(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(m, a, b): this layer in evaluation is (x - m) * a + b per channel, the vectors
+        its own kernel would use; the conv before it applies them as it writes its output
+        (engine/network.py decides), then the ReLU this layer absorbed, if any."""
+        from cnncli.engine.kernels import norm as norm_k
+
+        return norm_k.batchnorm_eval_affine(
+            self.params[f"{self.name}.weight"], self.params[f"{self.name}.bias"],
+            self.buffers[f"{self.name}.running_mean"],
+            self.buffers[f"{self.name}.running_var"], self.eps, dtype)
+
+    @property
+    def relu_absorbed(self) -> bool:
+        return self._relu is not None
+
+    def producer_ran(self, y: np.ndarray) -> None:
+        """The conv before computed this layer's evaluation output, `y` (the array itself is
+        the token, as for an absorbed activation)."""
+        self._handed = y
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         from cnncli.engine.kernels import norm as norm_k
@@ -142,7 +171,10 @@ class BatchNormEngine(EngineLayer):
         rm = self.buffers[f"{self.name}.running_mean"]
         rv = self.buffers[f"{self.name}.running_var"]
         relu = self._relu is not None
-        if not training:
+        handed, self._handed = self._handed, None
+        if not training and x is handed:  # the conv before wrote (x - m) * a + b (and ReLU)
+            y = x
+        elif not training:
             y = norm_k.batchnorm_forward_eval(x, gamma, beta, rm, rv, self.eps, relu=relu)
         else:
             y, mean, inv_std, _ = norm_k.batchnorm_forward_train(x, gamma, beta, self.eps,

@@ -217,6 +217,8 @@ class Conv(_Windowed):
     prefix = "conv"
     draws_filters = True
     absorbs = frozenset({"relu"})  # clamped as each output band is written, dy masked first
+    # in evaluation, the batchnorm after it too: applied to each band as it is written
+    absorbs_in_evaluation = frozenset({"batchnorm"})
 
     @property
     def depth_groups(self) -> int:
@@ -630,6 +632,15 @@ class ConvEngine(_WindowedEngine):
         self.algo = algo
         self._relu: Any = None  # the absorbed ReLU's engine (ActivationEngine)
         self._saved_relu_y: np.ndarray | None = None  # the clamped output, for the mask
+        self._norm: Any = None  # the batchnorm after it (BatchNormEngine), in evaluation
+        self._affine: tuple[np.ndarray, ...] | None = None  # its (m, a, b), this forward
+
+    def absorb_in_evaluation(self, norm: EngineLayer) -> None:
+        """The batchnorm after the conv, in evaluation: (y - m) * a + b with its running
+        statistics, then the ReLU it absorbed, applied by the conv's kernel to each output
+        band as it is written; the batchnorm then hands the array on. One pass over the
+        activation instead of two, and no second array; the same numbers, bit for bit."""
+        self._norm = norm
 
     def absorb(self, activation: EngineLayer) -> None:
         """The ReLU after the conv: every algorithm's kernel clamps each output band as it
@@ -638,7 +649,14 @@ class ConvEngine(_WindowedEngine):
         self._relu = activation
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        y = super().forward(x, training)
+        norm = None if training else self._norm
+        self._affine = None if norm is None else norm.evaluation_affine(x.dtype)
+        try:
+            y = super().forward(x, training)
+        finally:
+            self._affine = None
+        if norm is not None:
+            norm.producer_ran(y)
         if self._relu is not None:
             self._saved_relu_y = y if training else None
             self._relu.producer_ran(y)
@@ -687,7 +705,9 @@ class ConvEngine(_WindowedEngine):
         return f"X_col [{kdim} x {oh * ow}] per image, W_row [{k} x {kdim}]"
 
     def _forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-        relu = self._relu is not None
+        affine = self._affine
+        # the ReLU after it, or (in evaluation, with `affine`) the one its batchnorm absorbed
+        relu = self._relu is not None or (affine is not None and self._norm.relu_absorbed)
         if self.algo.winograd:
             from cnncli.engine.kernels import winograd as wg
 
@@ -696,14 +716,14 @@ class ConvEngine(_WindowedEngine):
             # interpolation points (2 and -2 have no reciprocals among them)
             u = wg.winograd_filter_transform(w, self.algo.tile)
             return wg.winograd_conv_forward(x, w, b, self.pad[0], self.algo.tile, u=u,
-                                            relu=relu)
+                                            relu=relu, affine=affine)
         from cnncli.engine.kernels import conv as conv_k
 
         if self.algo.planar:
             return conv_k.conv2d_forward_planar(x, w, b, self.pad, self.dilation, self.out_hw,
-                                                relu=relu)
+                                                relu=relu, affine=affine)
         return conv_k.conv2d_forward(x, w, b, self.stride, self.pad, self.dilation,
-                                     self.groups, self.out_hw, relu=relu)
+                                     self.groups, self.out_hw, relu=relu, affine=affine)
 
     def _backward(self, x: np.ndarray, w: np.ndarray,
                   dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

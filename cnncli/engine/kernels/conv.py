@@ -175,16 +175,31 @@ def _col2im_band(dcols, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw, G, Cg, dx
                                 d[t] += sv[t]
 
 
+# What a conv kernel applies to each band of output it has just written, while it is in
+# cache (`post_mode`, bits): 2, the batchnorm after it in evaluation, (y - post[0]) *
+# post[1] + post[2] per channel as norm.py's _bn_apply computes it; then 1, max(y, 0) as
+# relu_forward computes it (NaN passes through, -0 becomes 0). The same operations in the
+# same order as the layers apart, so the results are theirs, bit for bit.
+POST_RELU = 1
+POST_AFFINE = 2
+
+
 @njit(**JIT_OPTIONS)
-def _relu_rows(out):
-    """out = max(out, 0) as relu_forward computes it (NaN passes through, -0 becomes 0),
-    over a band the kernel has just written: the ReLU after a conv, while it is in cache."""
+def _post_rows(out, post_mode, post):
+    """out[r, k] after the conv: the layers it absorbed (see POST_RELU, POST_AFFINE)."""
     zero = out.dtype.type(0)
+    pm = post[0]
+    pa = post[1]
+    pb = post[2]
     for r in range(out.shape[0]):
         row = out[r]
-        for k in range(row.shape[0]):
-            v = row[k]
-            row[k] = v if v > zero or v != v else zero
+        if post_mode & 2:
+            for k in range(row.shape[0]):
+                row[k] = (row[k] - pm[k]) * pa[k] + pb[k]
+        if post_mode & 1:
+            for k in range(row.shape[0]):
+                v = row[k]
+                row[k] = v if v > zero or v != v else zero
 
 
 # ----------------------------------------------------------------------------------
@@ -194,10 +209,10 @@ def _relu_rows(out):
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols_t, tmp_t, y,
-                   relu):
-    """y[N, OH, OW, K] = conv(x, W2) (+ b), then max(., 0) with `relu`; W2[G, Fh*Fw*Cg, Kg]
-    rows ordered (p, q, c). One slot per thread: cols_t[T, G, rb*OW, kdim] and
-    tmp_t[T, rb*OW, Kg] are its band."""
+                   post_mode, post):
+    """y[N, OH, OW, K] = conv(x, W2) (+ b), then what it absorbed (`_post_rows`);
+    W2[G, Fh*Fw*Cg, Kg] rows ordered (p, q, c). One slot per thread:
+    cols_t[T, G, rb*OW, kdim] and tmp_t[T, rb*OW, Kg] are its band."""
     N = x.shape[0]
     G = W2.shape[0]
     Kg = W2.shape[2]
@@ -239,8 +254,8 @@ def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols_
                     orow = out[r]
                     for k in range(K):
                         orow[k] += b[k]
-            if relu:
-                _relu_rows(out)
+            if post_mode:
+                _post_rows(out, post_mode, post)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -318,9 +333,9 @@ def _conv_bwd_gemm_chunk(x, W2, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nblk, G
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _conv_fwd_direct(x, Wd, b, has_bias, sh, sw, ph, pw, dh, dw, acc_t, y, relu):
+def _conv_fwd_direct(x, Wd, b, has_bias, sh, sw, ph, pw, dh, dw, acc_t, y, post_mode, post):
     """Wd[Fh, Fw, Cg, Kg, G]; y[n, i, j, g*Kg + t] = sum x[n, ii, jj, g*Cg + c] Wd[p,q,c,t,g],
-    then max(., 0) with `relu`.
+    then what it absorbed (as `_post_rows`).
 
     Innermost loops run over the groups through 1-d views (contiguous when Cg == Kg == 1,
     i.e. depthwise), so they vectorise.
@@ -365,10 +380,13 @@ def _conv_fwd_direct(x, Wd, b, has_bias, sh, sw, ph, pw, dh, dw, acc_t, y, relu)
                 for tk in range(Kg):
                     arow = acc[tk]
                     for g in range(G):
+                        kk = g * Kg + tk
                         v = arow[g]
-                        if relu and not (v > zero or v != v):
+                        if post_mode & 2:
+                            v = (v - post[0, kk]) * post[1, kk] + post[2, kk]
+                        if post_mode & 1 and not (v > zero or v != v):
                             v = zero
-                        yrow[g * Kg + tk] = v
+                        yrow[kk] = v
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -508,8 +526,8 @@ def _planar_col2im(cols, Fh, Fw, dh, dw, rows, OW, xp):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _conv_fwd_planar(x, W2, b, Fh, Fw, ph, pw, dh, dw, rb, xp_t, cols_t, y, relu):
-    """y[N, OH, OW, K] = conv(x, W2) + b, stride 1, then max(., 0) with `relu`;
+def _conv_fwd_planar(x, W2, b, Fh, Fw, ph, pw, dh, dw, rb, xp_t, cols_t, y, post_mode, post):
+    """y[N, OH, OW, K] = conv(x, W2) + b, stride 1, then what it absorbed (`_post_rows`);
     W2[Fh * Fw * C, K] rows (p, q, c).
     Tasks are bands of rb output rows; one slot per thread with its flat buffers (the `_t`
     arrays, [T, ...], viewed per band as xp[C, nr, Wp] and cols[kdim, rows * OW]). Each
@@ -541,8 +559,8 @@ def _conv_fwd_planar(x, W2, b, Fh, Fw, ph, pw, dh, dw, rb, xp_t, cols_t, y, relu
                 orow = out[r]
                 for k in range(K):
                     orow[k] += b[k]
-            if relu:
-                _relu_rows(out)
+            if post_mode:
+                _post_rows(out, post_mode, post)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -833,9 +851,22 @@ def _out_hw(out_hw):
     return OH, OW
 
 
-def conv2d_forward(x, w, b, stride, pad, dilation, groups, out_hw, relu=False):
-    """y[N, OH, OW, K] = conv2d(x[N, H, W, C], w[K, C//groups, Fh, Fw]) + b[K]; with `relu`,
-    max(y, 0) as relu_forward computes it, in the same pass (bit for bit the two apart)."""
+def post_ops(K, dtype, relu=False, affine=None):
+    """(post_mode, post[3, K]) for the forward kernels: `affine` = (m, a, b), each [K] in
+    the activations' dtype, is batchnorm in evaluation, y = (y - m) * a + b; then `relu`."""
+    mode = (POST_AFFINE if affine is not None else 0) | (POST_RELU if relu else 0)
+    if affine is None:
+        return mode, np.zeros((3, K), dtype)
+    post = np.stack([_as(v, dtype, "affine").reshape(-1) for v in affine])
+    if post.shape != (3, K):
+        raise ValueError(f"affine must be three vectors of {K} numbers, got {post.shape}")
+    return mode, post
+
+
+def conv2d_forward(x, w, b, stride, pad, dilation, groups, out_hw, relu=False, affine=None):
+    """y[N, OH, OW, K] = conv2d(x[N, H, W, C], w[K, C//groups, Fh, Fw]) + b[K]; then, in the
+    same pass, with `affine` = (m, a, b) the batchnorm after it in evaluation,
+    (y - m) * a + b, and with `relu` max(y, 0): bit for bit the layers apart."""
     ensure_configured()
     x = _check_x(x)
     w, G = _check_conv_w(x, w, groups)
@@ -854,7 +885,8 @@ def conv2d_forward(x, w, b, stride, pad, dilation, groups, out_hw, relu=False):
         Wd = _direct_weights(w, G)
         T = min(_threads(), N * OH)  # each thread's accumulator, allocated here, not in it
         acc = np.empty((T, K // G, G), dtype=x.dtype)
-        _conv_fwd_direct(x, Wd, bb, has_bias, sh, sw, ph, pw, dh, dw, acc, y, bool(relu))
+        _conv_fwd_direct(x, Wd, bb, has_bias, sh, sw, ph, pw, dh, dw, acc, y,
+                         *post_ops(K, x.dtype, relu, affine))
     else:
         W2 = _gemm_weights(w, G)
         kdim = W2.shape[1]
@@ -863,7 +895,7 @@ def conv2d_forward(x, w, b, stride, pad, dilation, groups, out_hw, relu=False):
         cols = np.empty((T, G, rb * OW, kdim), dtype=x.dtype)
         tmp = np.empty((T, rb * OW, K // G), dtype=x.dtype)
         _conv_fwd_gemm(x, W2, bb, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols, tmp, y,
-                       bool(relu))
+                       *post_ops(K, x.dtype, relu, affine))
     return y
 
 
@@ -913,7 +945,7 @@ def conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True):
     return (dx if need_dx else None), dwt, db
 
 
-def conv2d_forward_planar(x, w, b, pad, dilation, out_hw, relu=False):
+def conv2d_forward_planar(x, w, b, pad, dilation, out_hw, relu=False, affine=None):
     """conv2d_forward for stride 1, groups 1 by the planar kernel (first layers)."""
     ensure_configured()
     x = _check_x(x)
@@ -933,7 +965,7 @@ def conv2d_forward_planar(x, w, b, pad, dilation, out_hw, relu=False):
     dt = x.dtype
     _conv_fwd_planar(x, _gemm_weights(w, 1)[0], bb, Fh, Fw, ph, pw, dh, dw, rb,
                      np.empty((T, C * nr * Wp), dt), np.empty((T, Fh * Fw * C * P), dt), y,
-                     bool(relu))
+                     *post_ops(K, dt, relu, affine))
     return y
 
 

@@ -24,6 +24,7 @@ from cnncli.config import PARALLEL_JIT_OPTIONS
 __all__ = [
     "batchnorm_forward_train",
     "batchnorm_forward_eval",
+    "batchnorm_eval_affine",
     "batchnorm_backward",
     "batchnorm_backward_sums",
     "batchnorm_backward_dx",
@@ -195,21 +196,32 @@ def batchnorm_forward_train(x, gamma, beta, eps, keep_xhat=False, relu=False):
     return y, mean, inv_std, xhat
 
 
+def batchnorm_eval_affine(gamma, beta, running_mean, running_var, eps, dtype):
+    """(m, a, b), each [C] in ``dtype``: inference-mode batch norm is ``(x - m) * a + b``
+    with a = gamma / sqrt(running_var + eps) computed in float64. A conv that applies the
+    batchnorm after it as it writes its output (conv.py's `affine`) gets these same
+    vectors, so its results are this function's, bit for bit."""
+    C = np.shape(gamma)[0] if np.ndim(gamma) == 1 else -1
+    g = _channel_vec(gamma, C, np.float64, "gamma")
+    b = _channel_vec(beta, C, np.float64, "beta")
+    rm = _channel_vec(running_mean, C, np.float64, "running_mean")
+    rv = _channel_vec(running_var, C, np.float64, "running_var")
+    a = g / np.sqrt(rv + float(eps))
+    dt = np.dtype(dtype)
+    return rm.astype(dt), a.astype(dt), b.astype(dt)
+
+
 def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, relu=False):
     """Inference-mode batch norm with running statistics:
     ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta``, then
     ``max(y, 0)`` with ``relu``."""
     x = _as_act(x)
     C = x.shape[-1]
-    g = _channel_vec(gamma, C, np.float64, "gamma")
-    b = _channel_vec(beta, C, np.float64, "beta")
-    rm = _channel_vec(running_mean, C, np.float64, "running_mean")
-    rv = _channel_vec(running_var, C, np.float64, "running_var")
+    _channel_vec(gamma, C, np.float64, "gamma")
     dt = x.dtype
-    a = g / np.sqrt(rv + float(eps))
+    m, a, b = batchnorm_eval_affine(gamma, beta, running_mean, running_var, eps, dt)
     y = np.empty_like(x)
-    _bn_apply(_rows(x), rm.astype(dt), a.astype(dt), b.astype(dt), _rows(y), bool(relu),
-              dt.type(0))
+    _bn_apply(_rows(x), m, a, b, _rows(y), bool(relu), dt.type(0))
     return y
 
 

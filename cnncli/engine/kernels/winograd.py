@@ -3,7 +3,7 @@
 Public wrappers (plain Python: validate, allocate, call the @njit kernels):
 
     winograd_filter_transform(w, tile=4) -> u
-    winograd_conv_forward(x, w, b, pad, tile=4, u=None, relu=False) -> y
+    winograd_conv_forward(x, w, b, pad, tile=4, u=None, relu=False, affine=None) -> y
     winograd_conv_backward_data(dy, w, pad, tile=4) -> dx
     winograd_conv_backward_weights(x, dy, pad, tile=4) -> dw
     winograd_conv_backward_params(x, dy, pad, tile=4, need_db=True) -> (dw, db or None)
@@ -66,7 +66,7 @@ from numba import njit, prange
 
 from cnncli.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, ensure_configured
 from cnncli.engine.kernels import sizes  # block sizes, shared with the memory plans
-from cnncli.engine.kernels.conv import _as, _check_x
+from cnncli.engine.kernels.conv import _as, _check_x, _post_rows, post_ops
 
 __all__ = [
     "winograd_filter_transform",
@@ -342,10 +342,8 @@ def _out_rows(src, m, bias, dst):
 
 
 @njit(**JIT_OPTIONS)
-def _dephase_rows(src, m, TW, K, OW, dst, r0, nrows, relu):
-    """dst[r0 + i, j * K + k] = src[i] (phase layout, TW slots) at column j < OW, i < nrows;
-    with `relu`, max(., 0) as relu_forward computes it (the ReLU after the conv)."""
-    zero = src.dtype.type(0)
+def _dephase_rows(src, m, TW, K, OW, dst, r0, nrows):
+    """dst[r0 + i, j * K + k] = src[i] (phase layout, TW slots) at column j < OW, i < nrows."""
     for i in range(nrows):
         s = src[i]
         d = dst[r0 + i]
@@ -354,13 +352,8 @@ def _dephase_rows(src, m, TW, K, OW, dst, r0, nrows, relu):
         for j in range(OW):
             so = np.uint64((ph * TW + t) * K)
             do = np.uint64(j * K)
-            if relu:
-                for k in range(np.uint64(K)):
-                    v = s[so + k]
-                    d[do + k] = v if v > zero or v != v else zero
-            else:
-                for k in range(np.uint64(K)):
-                    d[do + k] = s[so + k]
+            for k in range(np.uint64(K)):
+                d[do + k] = s[so + k]
             ph += 1
             if ph == m:
                 ph = 0
@@ -494,10 +487,11 @@ def _filter_transform(wt, G, u):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, xs_t, rowt_t, orow_t, yrow_t, y, relu):
+def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, xs_t, rowt_t, orow_t, yrow_t, y, post_mode,
+              post):
     """y[N, OH, OW, K] = Winograd F(m x m, 3 x 3) conv of x with U[alpha^2, C, K] + bias
-    (bias: one tile row of output columns in phase layout, m * TW * K), clamped at 0 with
-    `relu`.
+    (bias: one tile row of output columns in phase layout, m * TW * K), then what the conv
+    absorbed, on each output row as it is written (conv.py's `_post_rows`).
 
     Blocks are R consecutive tile rows (over all images); each thread runs a range of
     blocks with its buffers in cache: the `_t` arrays, [T, ...], allocated by the wrapper
@@ -542,8 +536,12 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, xs_t, rowt_t, orow_t, yrow_t, y, 
                 for a in range(alpha):
                     _out_cols(M2, a * alpha, t0 * K, m, TW * K, orow[a])
                 _out_rows(orow, m, bias, yrow)
-                _dephase_rows(yrow, m, TW, K, OW, y2, (g // TH) * OH + i0, min(m, OH - i0),
-                              relu)
+                r0 = (g // TH) * OH + i0
+                nr = min(m, OH - i0)
+                _dephase_rows(yrow, m, TW, K, OW, y2, r0, nr)
+                if post_mode:
+                    for r in range(r0, r0 + nr):
+                        _post_rows(y[r // OH, r % OH], post_mode, post)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -656,7 +654,7 @@ def winograd_filter_transform(w, tile=4):
     return u
 
 
-def _forward(x, u, b, pad, tile, out_hw, relu=False):
+def _forward(x, u, b, pad, tile, out_hw, relu=False, affine=None):
     """The forward kernel on validated arrays; b[K] or None."""
     N = x.shape[0]
     K = u.shape[2]
@@ -675,7 +673,7 @@ def _forward(x, u, b, pad, tile, out_hw, relu=False):
               np.empty((T, alpha * alpha, R * TW + 1, K), dt),
               np.zeros((T, alpha, tile * KS * C), dt), np.empty((T, alpha, tile * KS * C), dt),
               np.empty((T, alpha, tile * TW * K), dt), np.empty((T, tile, tile * TW * K), dt),
-              y, bool(relu))
+              y, *post_ops(K, dt, relu, affine))
     return y
 
 
@@ -686,9 +684,10 @@ def _out_size(H, W, pad, name):
     return OH, OW
 
 
-def winograd_conv_forward(x, w, b, pad, tile=4, u=None, relu=False):
-    """y[N, OH, OW, K] = conv2d(x[N, H, W, C], w[K, C, 3, 3]) + b[K], stride 1; with
-    `relu`, max(y, 0) as relu_forward computes it, as each output row is written.
+def winograd_conv_forward(x, w, b, pad, tile=4, u=None, relu=False, affine=None):
+    """y[N, OH, OW, K] = conv2d(x[N, H, W, C], w[K, C, 3, 3]) + b[K], stride 1; then, as
+    each output row is written, the batchnorm after it in evaluation (`affine`) and the
+    ReLU (`relu`), as conv.conv2d_forward applies them.
 
     ``u``: winograd_filter_transform(w, tile), if the caller keeps it between calls.
     """
@@ -709,7 +708,7 @@ def winograd_conv_forward(x, w, b, pad, tile=4, u=None, relu=False):
         b = _as(b, x.dtype, "b").reshape(-1)
         if b.shape != (K,):
             raise ValueError(f"b must have shape ({K},), got {b.shape}")
-    return _forward(x, u, b, pad, tile, (OH, OW), relu)
+    return _forward(x, u, b, pad, tile, (OH, OW), relu, affine)
 
 
 def winograd_conv_backward_data(dy, w, pad, tile=4):
