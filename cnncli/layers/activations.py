@@ -348,6 +348,16 @@ class PReLUPlan(PlanLayer):
 # ----------------------------------------------------------------------------- engine
 
 
+def absorbed_relu_backward(dy: np.ndarray, relu_y: np.ndarray | None) -> None:
+    """The backward of a ReLU its producer absorbed (a conv, a residual add; batchnorm
+    masks in its own sums pass): dy * (relu_y > 0) written over dy, as the ReLU would have
+    (the ReLU consumes dy, so dy is its to write). Nothing when no ReLU was absorbed."""
+    if relu_y is not None:
+        from cnncli.engine.kernels.elementwise import relu_backward
+
+        relu_backward(dy, relu_y)
+
+
 class ActivationEngine(EngineLayer):
     """In place when the layer before allows it (analysis/inplace.py decides).
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnncli.analysis.memory import Buf, Heap, PlanLayer, run_planned
 from cnncli.analysis.shapes import Field
+from cnncli.layers.activations import absorbed_relu_backward
 from cnncli.layers.base import EngineLayer, LayerSpec, ParseContext
 from cnncli.spec.reader import Scope
 from cnncli.spec.types import MAX_LAYERS, Problem, Volume
@@ -384,13 +385,8 @@ class ResidualBlock:
         import numpy as np
 
         relu_y, self._saved_relu_y = self._saved_relu_y, None
-        if relu_y is not None:
-            from cnncli.engine.kernels.elementwise import relu_backward
-
-            # over dy, as the ReLU would have (it consumes dy: this dy is the block's to
-            # write); then the output goes, as after the ReLU's backward
-            relu_backward(dy, relu_y)
-            del relu_y
+        absorbed_relu_backward(dy, relu_y)
+        del relu_y  # the output goes, as after the ReLU's backward
         # the shortcut reads dy after the body: a body that writes over dy gets a copy
         dx = self.body.backward(dy.copy() if self.body.consumes_dy() else dy)
         short = self.shortcut.backward(dy) if self.shortcut.items else dy

@@ -24,6 +24,7 @@ from cnncli.engine.kernels.conv_algo import (
     winograd_eligible,
 )
 from cnncli.engine.kernels.sizes import band_rows, chunks, use_direct
+from cnncli.layers.activations import absorbed_relu_backward
 from cnncli.layers.base import EngineLayer, LayerSpec, ParseContext, Window
 from cnncli.spec.types import Pair, Problem, Volume
 
@@ -664,13 +665,8 @@ class ConvEngine(_WindowedEngine):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         relu_y, self._saved_relu_y = self._saved_relu_y, None
-        if relu_y is not None:
-            from cnncli.engine.kernels.elementwise import relu_backward
-
-            # over dy, as the ReLU would have (it consumes dy, so dy is its to write); the
-            # output goes before the conv's gradients come, as after the ReLU's backward
-            relu_backward(dy, relu_y)
-            del relu_y
+        absorbed_relu_backward(dy, relu_y)
+        del relu_y  # before the conv's gradients come, as after the ReLU's backward
         return super().backward(dy)
 
     @property
