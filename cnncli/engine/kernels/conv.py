@@ -855,8 +855,8 @@ def post_ops(K, dtype, relu=False, affine=None):
     """(post_mode, post[3, K]) for the forward kernels: `affine` = (m, a, b), each [K] in
     the activations' dtype, is batchnorm in evaluation, y = (y - m) * a + b; then `relu`."""
     mode = (POST_AFFINE if affine is not None else 0) | (POST_RELU if relu else 0)
-    if affine is None:
-        return mode, np.zeros((3, K), dtype)
+    if affine is None:  # the kernels read post only under POST_AFFINE: a stand-in
+        return mode, np.zeros((3, 1), dtype)
     post = np.stack([_as(v, dtype, "affine").reshape(-1) for v in affine])
     if post.shape != (3, K):
         raise ValueError(f"affine must be three vectors of {K} numbers, got {post.shape}")

@@ -196,12 +196,13 @@ def batchnorm_forward_train(x, gamma, beta, eps, keep_xhat=False, relu=False):
     return y, mean, inv_std, xhat
 
 
-def batchnorm_eval_affine(gamma, beta, running_mean, running_var, eps, dtype):
+def batchnorm_eval_affine(gamma, beta, running_mean, running_var, eps, dtype, channels=None):
     """(m, a, b), each [C] in ``dtype``: inference-mode batch norm is ``(x - m) * a + b``
     with a = gamma / sqrt(running_var + eps) computed in float64. A conv that applies the
     batchnorm after it as it writes its output (conv.py's `affine`) gets these same
-    vectors, so its results are this function's, bit for bit."""
-    C = np.shape(gamma)[0] if np.ndim(gamma) == 1 else -1
+    vectors, so its results are this function's, bit for bit. ``channels``: the C every
+    vector must have (default: gamma's length)."""
+    C = np.shape(gamma)[-1] if channels is None else channels
     g = _channel_vec(gamma, C, np.float64, "gamma")
     b = _channel_vec(beta, C, np.float64, "beta")
     rm = _channel_vec(running_mean, C, np.float64, "running_mean")
@@ -216,10 +217,9 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, relu=
     ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta``, then
     ``max(y, 0)`` with ``relu``."""
     x = _as_act(x)
-    C = x.shape[-1]
-    _channel_vec(gamma, C, np.float64, "gamma")
     dt = x.dtype
-    m, a, b = batchnorm_eval_affine(gamma, beta, running_mean, running_var, eps, dt)
+    m, a, b = batchnorm_eval_affine(gamma, beta, running_mean, running_var, eps, dt,
+                                    channels=x.shape[-1])
     y = np.empty_like(x)
     _bn_apply(_rows(x), m, a, b, _rows(y), bool(relu), dt.type(0))
     return y
