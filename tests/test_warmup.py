@@ -163,3 +163,158 @@ def test_training_step_reports_its_compile_time(tmp_path: Path, monkeypatch: Any
     done = [e for e in trainer.run() if isinstance(e, BatchDone)]
     assert calls and done[0].compile_seconds > 0
     assert all(e.compile_seconds == 0.0 for e in done[1:])
+
+
+# ----------------------------------------------------------------------------------
+# compiling ahead: a dry run finds what a run will compile, processes compile it
+# ----------------------------------------------------------------------------------
+
+SMALL_NET = {"name": "ahead", "input": "6x6x2",
+             "layers": ["relu", {"pool": {"size": 2, "stride": 2}}, {"fc": 3}]}
+
+# In a fresh interpreter and an empty numba cache (NUMBA_CACHE_DIR): compile SMALL_NET's
+# kernels ahead, then run its steps and count what still compiled; then the same in a
+# second interpreter, which must find everything cached.
+AHEAD = """
+import json, sys
+from cnncli.engine import warmup
+
+def main():
+    spec = json.loads(sys.argv[1])
+    said = []
+    ahead = warmup.compile_ahead([(spec, "float32", "auto")],
+                                 announce=lambda k, p: said.append([k, p]))
+    with warmup.CompileWatch() as watch:
+        warmup._step(spec, "float32", "auto")
+    print(json.dumps({"kernels": ahead.kernels, "processes": ahead.processes,
+                      "said": said, "compiled_after": watch.kernels}))
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def _ahead(cache: Path, threads: str = "2") -> dict[str, Any]:
+    import os
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), NUMBA_NUM_THREADS=threads)
+    done = subprocess.run([sys.executable, "-c", AHEAD, json.dumps(SMALL_NET)], env=env,
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_compile_ahead_compiles_everything_a_run_needs_then_nothing(tmp_path: Path) -> None:
+    first = _ahead(tmp_path)
+    # relu forward and backward, max-pooling forward and backward (fc is numpy's BLAS)
+    assert first["kernels"] >= 4
+    assert first["processes"] == 2  # NUMBA_NUM_THREADS=2: one process per core
+    assert first["said"] == [[first["kernels"], 2]]
+    assert first["compiled_after"] == 0  # the dry run saw every kernel the step calls
+    again = _ahead(tmp_path)
+    assert again == {"kernels": 0, "processes": 0, "said": [], "compiled_after": 0}
+
+
+def test_compile_ahead_on_one_core_compiles_in_this_process(tmp_path: Path) -> None:
+    first = _ahead(tmp_path, threads="1")
+    assert first["processes"] == 1 and first["kernels"] >= 4
+    assert first["compiled_after"] == 0
+
+
+def _recorded(spec: dict[str, Any], policy: str = "auto") -> dict[str, Any]:
+    calls: dict[Any, set[Any]] = {}
+    with warmup._recording(calls):
+        warmup._step(spec, "float32", policy)
+    return {d.py_func.__name__: sigs for d, sigs in calls.items()}
+
+
+def test_dry_run_records_the_kernels_of_the_notes_small_net() -> None:
+    from cnncli.cli.options import open_spec
+
+    recorded = _recorded(open_spec("cifar_small"))
+    # conv1: planar (3 channels); conv2, conv3: Winograd with the ReLU absorbed; pools
+    assert {"_conv_fwd_planar", "_conv_bwd_planar", "_wino_fwd", "_wino_bwd_w",
+            "_filter_transform", "_max_fwd", "_max_bwd"} <= set(recorded)
+    assert "_relu_fwd" not in recorded  # every ReLU is absorbed by its conv
+    # one signature per kernel and dtype: float32 arrays throughout
+    from numba import types
+
+    for sig in recorded["_wino_fwd"]:
+        assert sig[0] == types.Array(types.float32, 4, "C")
+
+
+def test_dry_run_runs_no_kernel_and_puts_every_kernel_back() -> None:
+    from numba.core.registry import CPUDispatcher
+
+    from cnncli.engine.kernels import elementwise, pool
+
+    x = np.full((1, 4, 4, 1), -1.0, np.float32)
+
+    def run() -> None:
+        elementwise.relu_forward(x, out=x)  # would clamp x if the kernel ran
+        raise RuntimeError("a dry run that trips ends early; what it saw still counts")
+
+    calls: dict[Any, set[Any]] = {}
+    with warmup._recording(calls):
+        try:
+            run()
+        except RuntimeError:
+            pass
+    assert (x == -1.0).all()
+    assert [d.py_func.__name__ for d in calls] == ["_relu_fwd"]
+    assert isinstance(elementwise._relu_fwd, CPUDispatcher)
+    assert isinstance(pool._max_fwd, CPUDispatcher)
+
+
+def test_queue_hands_out_the_dearest_kernels_first() -> None:
+    conv, wino, elem = ("cnncli.engine.kernels.conv", "cnncli.engine.kernels.winograd",
+                        "cnncli.engine.kernels.elementwise")
+    kernels: dict[Any, list[Any]] = {
+        (wino, "_filter_transform"): ["f64"], (wino, "_wino_fwd"): ["f32"],
+        (conv, "_conv_fwd_planar"): ["f32", "f64"], (elem, "_relu_bwd"): ["f32"]}
+    # parallel kernels weigh PARALLEL_COST a signature (their parfor passes), serial ones 1
+    assert warmup._cost((conv, "_conv_fwd_planar"), ["f32", "f64"]) == 2 * warmup.PARALLEL_COST
+    assert warmup._cost((wino, "_filter_transform"), ["f64"]) == 1
+    order = warmup._queue(kernels)
+    assert sorted(order) == sorted(kernels)
+    assert order[0] == (conv, "_conv_fwd_planar") and order[-1] == (wino, "_filter_transform")
+
+
+def test_cached_is_false_for_what_no_cache_holds() -> None:
+    from numba import types
+
+    from cnncli.engine.kernels import elementwise
+
+    never = (types.Array(types.int8, 3, "F"),)  # a signature no run compiles
+    assert not warmup._cached(elementwise._relu_fwd, never)
+    assert not warmup._cached(object(), never)  # anything unexpected: "unsure", not cached
+
+
+def test_train_says_it_compiles_ahead_and_how_long_it_took() -> None:
+    display, err = _display()
+    display.compiling("CIFAR-10 small", 8, 2)
+    display.compiled(warmup.AheadOfRun(kernels=8, processes=2, seconds=39.4))
+    said = err.export_text()
+    assert "compiling the 8 kernels CIFAR-10 small uses, in 2 processes" in said
+    assert "compiled in 39.4 s" in said
+    display, err = _display()
+    display.compiled(warmup.AheadOfRun(kernels=0, processes=0, seconds=0.02))  # all cached
+    assert err.export_text() == ""
+
+
+def test_every_kernel_python_calls_returns_nothing() -> None:
+    # a dry run's stand-in returns None; a kernel whose caller used a returned value would
+    # end the dry run there, and what came after it would compile one process at a time
+    import ast
+    import inspect
+
+    calls: dict[Any, set[Any]] = {}
+    with warmup._recording(calls):
+        for name, policy in warmup.FAMILIES:
+            warmup._step(getattr(warmup, name), "float32", policy)  # none may raise
+    assert len(calls) > 20
+    for dispatcher in calls:
+        tree = ast.parse(inspect.getsource(dispatcher.py_func))
+        returns = [node for node in ast.walk(tree)
+                   if isinstance(node, ast.Return) and node.value is not None]
+        assert not returns, dispatcher.py_func.__name__

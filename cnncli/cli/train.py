@@ -198,6 +198,14 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
             f" {net.output.d} classes; {config.optimizer} lr {config.lr:g}, batch "
             f"{config.batch}, {config.epochs} epochs, {threads} thread(s)"
             f"{comm.summary(config.batch)}; run in {run.path}")
+    if comm.size == 1:
+        # a first run on this machine: the net's kernels compile side by side before the
+        # first step (ranks of a distributed run compile as they go, each what it calls)
+        from cnncli.engine.warmup import compile_ahead
+
+        ahead = compile_ahead([(net_spec, str(net.dtype), net.conv_algo)],
+                              announce=partial(display.compiling, net_spec.name))
+        display.compiled(ahead)
     with comm.abort_on_error():  # distributed: a rank failing alone takes the job down
         stopped = display.show(trainer, _sigint_stops(trainer, display))
     if stopped.reason == "diverged":

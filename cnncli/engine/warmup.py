@@ -9,19 +9,29 @@ time:
   throwaway copy at batch 2: its weights, optimizer and random draws are not the run's).
 * ``CompileWatch``: how long a stretch of a run spent compiling, so that `cnncli train` can
   say why its first step was slow.
-* ``warm_up_all(dtypes)``: every kernel, for a machine image or before timing anything.
-  The kernels split into three families that share no kernel (convolutions by GEMM; planar
-  and Winograd convolutions; the other layers), and ``config.compile_workers()`` processes
-  compile them side by side:
-  compilation is single-threaded, and two processes never compile the same kernel, so
-  they never write the same cache entry.
+* ``warm_up_all(dtypes)``: every kernel, for a machine image or before timing anything:
+  the steps of three small nets that between them call every kernel (convolutions by
+  GEMM; planar and Winograd convolutions; the other layers).
+* ``compile_ahead(steps)``: what those steps will compile, found by a dry run in which no
+  kernel runs (``uncached_kernels``), then compiled by ``config.compile_workers()``
+  processes side by side; the steps then load it from the cache. Compiling is
+  single-threaded and numba holds a lock while it does, so threads would take turns and
+  processes do not; each kernel is compiled by one process, so no two write one cache
+  index. `cnncli train` does this before its first step (on a machine that has not
+  compiled the net's kernels yet: cifar_small's 8 kernels, 68 s in one process on the
+  2-core VM, take 39-43 s in two), and `cnncli warmup` for its nets and families.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
 
@@ -75,8 +85,8 @@ OTHER_SPEC: dict[str, Any] = {
     ],
 }
 
-# The families `warm_up_all` compiles side by side, with the policy each runs under: no two
-# share a kernel (tests/test_warmup.py checks), so no two processes write one cache entry.
+# The families `warm_up_all` runs, with the policy each runs under. They share no kernel
+# (tests/test_warmup.py checks), so each family's step shows what its specs reach.
 FAMILIES: tuple[tuple[str, str], ...] = (
     ("GEMM_SPEC", "gemm"), ("FAST_SPEC", "auto"), ("OTHER_SPEC", "gemm"))
 
@@ -141,32 +151,191 @@ def _step(spec: Any, dtype: str, conv_algo: str, batch: int = 2) -> None:
         net.forward(x, training=False)
 
 
-def _family(name: str, conv_algo: str, dtypes: Sequence[str]) -> float:
-    """Compile one family's kernels (FAMILIES) in this process; return its seconds."""
+# ----------------------------------------------------------------------------------
+# which kernels a run will compile, and compiling them side by side
+# ----------------------------------------------------------------------------------
+
+# A kernel as a process names it: the module and the name of an @njit function that
+# plain Python calls (the serial helpers called from inside kernels compile into them).
+Kernel = tuple[str, str]
+Signature = tuple[Any, ...]  # numba types, one per argument, as a call would infer them
+
+# What one kernel costs to compile, relative to a serial one: a parallel kernel's parfor
+# passes and gufunc took 4-18 s each on the 2-core VM (2026-11-29: cifar_small's Winograd
+# forward 18 s, its planar forward 12 s, max-pooling 3.9 s), a serial one ~1 s.
+PARALLEL_COST = 8
+
+
+@dataclass(frozen=True)
+class AheadOfRun:
+    """What ``compile_ahead`` did: kernel signatures compiled (0: every one was in the
+    cache), the processes that compiled them, and the wall seconds, dry run included."""
+
+    kernels: int
+    processes: int
+    seconds: float
+
+
+class _Recorder:
+    """Stands in for a kernel during a dry run: notes the signature a call would compile
+    (numba's own inference of each argument's type) and runs nothing."""
+
+    def __init__(self, dispatcher: Any, calls: dict[Any, set[Signature]]):
+        self.dispatcher = dispatcher
+        self.calls = calls
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs:  # the wrappers pass kernels positional arguments only
+            raise TypeError("a kernel called with keyword arguments")
+        sig = tuple(self.dispatcher.typeof_pyval(a) for a in args)
+        self.calls.setdefault(self.dispatcher, set()).add(sig)
+
+
+def _kernel_modules() -> list[Any]:
+    import cnncli.engine.kernels as kernels
+
+    return [importlib.import_module(f"{kernels.__name__}.{info.name}")
+            for info in pkgutil.iter_modules(kernels.__path__)]
+
+
+@contextmanager
+def _recording(calls: dict[Any, set[Signature]]) -> Iterator[None]:
+    """Every module of cnncli that holds a kernel holds a _Recorder instead until the
+    block ends. The kernel modules are imported first, so no call can reach a kernel
+    that was not swapped: none runs (its outputs stay as allocated, so nothing computed
+    from them is used) and none compiles."""
+    from numba.core.registry import CPUDispatcher
+
+    _kernel_modules()
+    swapped: list[tuple[Any, str, Any]] = []
+    try:
+        for name, module in list(sys.modules.items()):
+            if module is None or not (name == "cnncli" or name.startswith("cnncli.")):
+                continue
+            for attr, value in list(vars(module).items()):
+                if isinstance(value, CPUDispatcher):
+                    swapped.append((module, attr, value))
+                    setattr(module, attr, _Recorder(value, calls))
+        yield
+    finally:
+        for module, attr, value in swapped:
+            setattr(module, attr, value)
+
+
+def _cached(dispatcher: Any, sig: Signature) -> bool:
+    """Whether numba's on-disk cache holds `dispatcher` compiled for `sig`: the index
+    lookup its own load does (numba.core.caching.Cache._load_overload), without loading
+    the machine code. Unsure (another numba, no cache) counts as not cached."""
+    try:
+        cache = dispatcher._cache
+        key = cache._index_key(sig, dispatcher.targetctx.codegen())
+        return key in cache._cache_file._load_index()
+    except Exception:  # noqa: BLE001 - a private interface: any change means "unsure"
+        return False
+
+
+def uncached_kernels(run: Callable[[], None]) -> dict[Kernel, list[Signature]]:
+    """The kernels (and signatures) that `run` would compile, found without compiling or
+    running any: `run` goes through its Python with every kernel swapped for a recorder,
+    then each signature is looked up in numba's cache. `run` must only touch throwaway
+    state (a throwaway net): the arrays kernels would have written hold nothing. Python
+    that trips over that (an index from a kernel's output) ends the dry run early; what
+    it missed compiles when the real run calls it, as it would have anyway."""
+    calls: dict[Any, set[Signature]] = {}
+    with _recording(calls):
+        try:
+            run()
+        except Exception:  # noqa: BLE001 - see the docstring: a dry run is best effort
+            pass
+    missing: dict[Kernel, list[Signature]] = {}
+    for dispatcher, sigs in calls.items():
+        todo = sorted((sig for sig in sigs if not _cached(dispatcher, sig)), key=str)
+        if todo:
+            func = dispatcher.py_func
+            missing[(func.__module__, func.__name__)] = todo
+    return missing
+
+
+def _cost(kernel: Kernel, sigs: Sequence[Signature]) -> int:
+    dispatcher = getattr(importlib.import_module(kernel[0]), kernel[1])
+    return len(sigs) * (PARALLEL_COST if dispatcher.targetoptions.get("parallel") else 1)
+
+
+def _queue(kernels: dict[Kernel, list[Signature]]) -> list[Kernel]:
+    """The order kernels are handed to the compiling processes: dearest first, so that
+    the cheap ones fill in at the end (longest processing time first), each process
+    taking the next kernel when it is done with one."""
+    return sorted(kernels, key=lambda k: (-_cost(k, kernels[k]), k))
+
+
+def _compile(kernel: Kernel, sigs: Sequence[Signature]) -> float:
+    """Compile `kernel` for `sigs` in this process (numba saves each to its cache); the
+    seconds. A kernel's signatures are compiled together: the process that compiles a
+    kernel is the only one that writes its cache index."""
     from cnncli.config import configure_threads
 
     started = time.perf_counter()
-    configure_threads(1)  # compiling is single-threaded; the steps are tiny
-    for dtype in dtypes:
-        _step(globals()[name], dtype, conv_algo)
+    configure_threads(1)  # compiling runs nothing
+    dispatcher = getattr(importlib.import_module(kernel[0]), kernel[1])
+    for sig in sigs:
+        dispatcher.compile(sig)
     return time.perf_counter() - started
 
 
-def warm_up_all(dtypes: Sequence[str] = ("float32", "float64")) -> float:
-    """Compile every kernel in `dtypes`; return the wall seconds."""
+def compile_kernels(kernels: dict[Kernel, list[Signature]]) -> int:
+    """Compile `kernels` (``uncached_kernels``' answer) into numba's cache, in up to one
+    process per core; return how many processes did."""
+    from cnncli.config import compile_workers
+
+    if not kernels:
+        return 0
+    order = _queue(kernels)
+    workers = compile_workers(len(order))
+    if workers == 1:
+        for kernel in order:
+            _compile(kernel, kernels[kernel])
+        return 1
+    # spawn, not fork: a forked child would inherit this process's numba thread pool
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        for future in [pool.submit(_compile, kernel, kernels[kernel]) for kernel in order]:
+            future.result()
+    return workers
+def compile_ahead(steps: Sequence[tuple[Any, str, str]],
+                  announce: Callable[[int, int], None] | None = None) -> AheadOfRun:
+    """Compile, side by side, what the throwaway `steps` (spec, dtype, conv policy: one
+    training step and one evaluation pass each) would compile and the cache lacks.
+    `announce(kernels, processes)` is called before compiling starts, and only when
+    something will compile: on a warm machine this costs a dry run of milliseconds."""
     from cnncli.config import compile_workers
 
     started = time.perf_counter()
-    jobs = [(name, policy, tuple(dtypes)) for name, policy in FAMILIES]
-    workers = compile_workers(len(jobs))
-    if workers == 1:
-        for job in jobs:
-            _family(*job)
-    else:
-        # spawn, not fork: a forked child would inherit this process's numba thread pool
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            for future in [pool.submit(_family, *job) for job in jobs]:
-                future.result()
+
+    def dry_run() -> None:
+        for spec, dtype, conv_algo in steps:
+            _step(spec, dtype, conv_algo)
+
+    missing = uncached_kernels(dry_run)
+    count = sum(len(sigs) for sigs in missing.values())
+    processes = 0
+    if missing:
+        if announce is not None:
+            announce(count, min(len(missing), compile_workers(len(missing))))
+        processes = compile_kernels(missing)
+    return AheadOfRun(count, processes, time.perf_counter() - started)
+
+
+def warm_up_all(dtypes: Sequence[str] = ("float32", "float64")) -> float:
+    """Compile every kernel in `dtypes`; return the wall seconds. The families' kernels
+    are compiled side by side (``compile_ahead``), then each family runs its steps here,
+    loading them (and compiling whatever a dry run could not see)."""
+    from cnncli.config import ensure_configured
+
+    started = time.perf_counter()
+    ensure_configured()
+    steps = [(globals()[name], dtype, policy) for name, policy in FAMILIES for dtype in dtypes]
+    compile_ahead(steps)
+    for step in steps:
+        _step(*step)
     return time.perf_counter() - started
 
 
@@ -177,6 +346,8 @@ def warm_up_nets(specs: Sequence[Any], dtype: str = "float32",
 
     started = time.perf_counter()
     ensure_configured()
-    for spec in specs:
-        _step(spec, dtype, conv_algo)
+    steps = [(spec, dtype, conv_algo) for spec in specs]
+    compile_ahead(steps)
+    for step in steps:
+        _step(*step)
     return time.perf_counter() - started

@@ -62,9 +62,11 @@ def _channel_vec(v, C, dtype, name):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _bn_stats(x2, nchunks):
+def _bn_stats(x2, nchunks, mean, var):
     # Shifted one-pass sums in float64 (shift = first row): stable for data whose
-    # mean is far from zero, and one read of x instead of two.
+    # mean is far from zero, and one read of x instead of two. Into mean and var
+    # (float64, [C]): kernels return nothing (a dry run can then stand in for any of them,
+    # cnncli/engine/warmup.py).
     M, C = x2.shape
     K = np.empty(C, dtype=np.float64)
     for c in range(C):
@@ -81,8 +83,6 @@ def _bn_stats(x2, nchunks):
                 d = np.float64(xi[c]) - K[c]
                 s1[c] += d
                 s2[c] += d * d
-    mean = np.empty(C, dtype=np.float64)
-    var = np.empty(C, dtype=np.float64)
     for c in range(C):
         t1 = 0.0
         t2 = 0.0
@@ -92,7 +92,6 @@ def _bn_stats(x2, nchunks):
         d = t1 / M
         mean[c] = K[c] + d
         var[c] = max(t2 / M - d * d, 0.0)
-    return mean, var
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -113,8 +112,9 @@ def _bn_apply(x2, m, a, b, y2, relu, zero):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _bn_bwd_sums(dy2, z2, m, s, nchunks, y2, relu, zero):
-    # sum(dy) and sum(dy * xhat) with xhat = (z - m) * s, float64 partials. With relu,
+def _bn_bwd_sums(dy2, z2, m, s, nchunks, y2, relu, zero, dbeta, dgamma):
+    # dbeta = sum(dy), dgamma = sum(dy * xhat) with xhat = (z - m) * s (both float64 [C],
+    # zeroed by the caller), from float64 partials. With relu,
     # dy is first written over by dy * (y > 0) (relu_backward's arithmetic), row by row
     # while the row is in cache, and the sums read that
     M, C = dy2.shape
@@ -135,13 +135,10 @@ def _bn_bwd_sums(dy2, z2, m, s, nchunks, y2, relu, zero):
                 g = np.float64(gi[c])
                 s1[c] += g
                 s2[c] += g * ((np.float64(zi[c]) - m[c]) * s[c])
-    dbeta = np.zeros(C, dtype=np.float64)
-    dgamma = np.zeros(C, dtype=np.float64)
     for c in range(C):
         for k in range(nchunks):
             dbeta[c] += part[k, 0, c]
             dgamma[c] += part[k, 1, c]
-    return dbeta, dgamma
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -181,7 +178,9 @@ def batchnorm_forward_train(x, gamma, beta, eps, keep_xhat=False, relu=False):
     g = _channel_vec(gamma, C, np.float64, "gamma")
     b = _channel_vec(beta, C, np.float64, "beta")
     nchunks = min(_BN_CHUNKS, x2.shape[0])
-    mean, var = _bn_stats(x2, nchunks)
+    mean = np.empty(C, dtype=np.float64)
+    var = np.empty(C, dtype=np.float64)
+    _bn_stats(x2, nchunks, mean, var)
     inv_std = 1.0 / np.sqrt(var + float(eps))
     dt = x.dtype
     y = np.empty_like(x)
@@ -277,7 +276,9 @@ def batchnorm_backward_sums(dy, x_or_xhat, mean, inv_std, relu_y=None):
     else:
         y2 = dy2  # not read
     nchunks = min(_BN_CHUNKS, M)
-    dbeta, dgamma = _bn_bwd_sums(dy2, z2, m, s, nchunks, y2, relu, dy.dtype.type(0))
+    dbeta = np.zeros(dy2.shape[1], dtype=np.float64)
+    dgamma = np.zeros(dy2.shape[1], dtype=np.float64)
+    _bn_bwd_sums(dy2, z2, m, s, nchunks, y2, relu, dy.dtype.type(0), dbeta, dgamma)
     return dy, z, m, s, s_true, dbeta, dgamma
 
 
