@@ -290,16 +290,48 @@ def test_cached_is_false_for_what_no_cache_holds() -> None:
     assert not warmup._cached(object(), never)  # anything unexpected: "unsure", not cached
 
 
-def test_train_says_it_compiles_ahead_and_how_long_it_took() -> None:
-    display, err = _display()
-    display.compiling("CIFAR-10 small", 8, 2)
-    display.compiled(warmup.AheadOfRun(kernels=8, processes=2, seconds=39.4))
-    said = err.export_text()
-    assert "compiling the 8 kernels CIFAR-10 small uses, in 2 processes" in said
-    assert "compiled in 39.4 s" in said
-    display, err = _display()
-    display.compiled(warmup.AheadOfRun(kernels=0, processes=0, seconds=0.02))  # all cached
-    assert err.export_text() == ""
+def test_commands_say_they_compile_ahead_and_how_long_it_took(monkeypatch: Any) -> None:
+    # a machine without the kernels, as compile_ahead would find it: bench says why it
+    # waits before it waits, and eval asks for no training kernels
+    asked: list[bool] = []
+
+    def cold(steps: Any, training: bool = True, announce: Any = None) -> warmup.AheadOfRun:
+        asked.append(training)
+        announce(8, 2)
+        return warmup.AheadOfRun(kernels=8, processes=2, seconds=39.4)
+
+    monkeypatch.setattr(warmup, "compile_ahead", cold)
+    result = runner.invoke(app, ["bench", "lenet5", "--batch", "2", "--iterations", "1"])
+    assert result.exit_code == 0, result.output
+    assert "compiling the 8 kernels LeNet-5 uses, in 2 processes" in result.stderr
+    assert "compiled in 39.4 s" in result.stderr
+    assert asked == [True]
+
+
+def test_eval_compiles_ahead_only_what_evaluating_runs(tmp_path: Path, monkeypatch: Any) -> None:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("name: tiny\ninput: 12x12x1\nlayers:\n  - conv: {filters: 4, size: 3}\n"
+                    "  - relu\n  - fc: 3\n", encoding="utf-8")
+    run = tmp_path / "run"
+    trained = runner.invoke(app, ["train", str(spec), "--epochs", "1", "--train-size", "64",
+                                  "--out", str(run), "--quiet"])
+    assert trained.exit_code == 0, trained.output
+    asked: list[bool] = []
+
+    def cold(steps: Any, training: bool = True, announce: Any = None) -> warmup.AheadOfRun:
+        asked.append(training)
+        return warmup.AheadOfRun(kernels=0, processes=0, seconds=0.01)
+
+    monkeypatch.setattr(warmup, "compile_ahead", cold)
+    result = runner.invoke(app, ["eval", str(spec), "--weights", str(run / "last.npz")])
+    assert result.exit_code == 0, result.output
+    assert asked == [False]
+
+
+def test_a_warm_machine_hears_nothing_about_compiling() -> None:
+    result = runner.invoke(app, ["bench", "lenet5", "--batch", "2", "--iterations", "1"])
+    assert result.exit_code == 0, result.output
+    assert "compil" not in result.stderr
 
 
 def test_every_kernel_python_calls_returns_nothing() -> None:

@@ -30,6 +30,28 @@ if TYPE_CHECKING:
     from cnncli.render.tables import Laid
 
 
+def compile_first(spec: Spec, dtype: str, conv_algo: str, training: bool = True,
+                  quiet: bool = False) -> None:
+    """Before a command's first pass on a machine that has not compiled what it will run:
+    compile that side by side now (cnncli.engine.warmup.compile_ahead) and say so on
+    stderr, instead of a first pass that sits for a minute compiling one kernel at a time.
+    A machine that has them pays a dry run of milliseconds and hears nothing."""
+    from rich.markup import escape
+
+    from cnncli.engine.warmup import compile_ahead
+
+    def announce(kernels: int, processes: int) -> None:
+        if not quiet:
+            err.print(escape(
+                f"compiling the {kernels} kernel{'s' if kernels != 1 else ''} {spec.name} "
+                f"uses, in {processes} process{'es' if processes != 1 else ''} (once per "
+                "machine: numba caches them on disk)"), soft_wrap=True)
+
+    ahead = compile_ahead([(spec, dtype, conv_algo)], training=training, announce=announce)
+    if ahead.kernels and not quiet:
+        err.print(f"compiled in {ahead.seconds:.1f} s")
+
+
 def smallest_valid_input(spec: Spec, start: int = 16) -> Volume:
     """The smallest square input (same depth) at which every layer is whole: gradient
     checks run in float64, and small volumes keep them to seconds."""
@@ -161,6 +183,7 @@ def bench(
     from cnncli.engine.profile import profile_layers
 
     net_spec = open_spec(spec)
+    compile_first(net_spec, "float32", conv_algo.value)  # not inside the warm-up pass
     result = profile_layers(net_spec, input_override(input), batch, iterations, threads,
                             conv_algo.value)
     if fmt is TableOrJson.json:

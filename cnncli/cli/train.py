@@ -201,11 +201,9 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
     if comm.size == 1:
         # a first run on this machine: the net's kernels compile side by side before the
         # first step (ranks of a distributed run compile as they go, each what it calls)
-        from cnncli.engine.warmup import compile_ahead
+        from cnncli.cli.engine import compile_first
 
-        ahead = compile_ahead([(net_spec, str(net.dtype), net.conv_algo)],
-                              announce=partial(display.compiling, net_spec.name))
-        display.compiled(ahead)
+        compile_first(net_spec, str(net.dtype), net.conv_algo, quiet=quiet)
     with comm.abort_on_error():  # distributed: a rank failing alone takes the job down
         stopped = display.show(trainer, _sigint_stops(trainer, display))
     if stopped.reason == "diverged":
@@ -299,6 +297,9 @@ def _evaluate(spec_arg: str, net_spec: Any, weights: Path, data: str | None, bat
         conv_algo = options.get("conv_algo", CONV_ALGO_BEFORE)
     net = Network(net_spec, dtype=ckpt.meta.get("dtype", "float32"), conv_algo=conv_algo)
     net.load_state_dict(ckpt.weights)
+    from cnncli.cli.engine import compile_first
+
+    compile_first(net_spec, str(net.dtype), conv_algo, training=False)
     k = num_classes_of(net)
     if data is None:
         ds = builtin_dataset(net, EVAL_SIZE, seed=1)

@@ -134,9 +134,9 @@ class CompileWatch:
         event.unregister("numba:compile", self._listener)
 
 
-def _step(spec: Any, dtype: str, conv_algo: str, batch: int = 2) -> None:
-    """One training step and one evaluation pass of a throwaway net: every kernel they call
-    compiles (or loads from the cache)."""
+def _step(spec: Any, dtype: str, conv_algo: str, batch: int = 2, training: bool = True) -> None:
+    """One training step (unless not `training`) and one evaluation pass of a throwaway
+    net: every kernel they call compiles (or loads from the cache)."""
     import numpy as np
 
     from cnncli.engine.network import Network
@@ -146,8 +146,9 @@ def _step(spec: Any, dtype: str, conv_algo: str, batch: int = 2) -> None:
     x = np.zeros((batch, v.h, v.w, v.d), net.dtype)
     labels = np.zeros(batch, np.int64)
     with np.errstate(all="ignore"):  # zeros through a net: nothing to learn, nothing to warn
-        _, dscores = net.loss(net.forward(x, training=True), labels)
-        net.backward(dscores)
+        if training:
+            _, dscores = net.loss(net.forward(x, training=True), labels)
+            net.backward(dscores)
         net.forward(x, training=False)
 
 
@@ -300,10 +301,11 @@ def compile_kernels(kernels: dict[Kernel, list[Signature]]) -> int:
         for future in [pool.submit(_compile, kernel, kernels[kernel]) for kernel in order]:
             future.result()
     return workers
-def compile_ahead(steps: Sequence[tuple[Any, str, str]],
+def compile_ahead(steps: Sequence[tuple[Any, str, str]], training: bool = True,
                   announce: Callable[[int, int], None] | None = None) -> AheadOfRun:
     """Compile, side by side, what the throwaway `steps` (spec, dtype, conv policy: one
-    training step and one evaluation pass each) would compile and the cache lacks.
+    training step unless not `training`, and one evaluation pass each) would compile and
+    the cache lacks.
     `announce(kernels, processes)` is called before compiling starts, and only when
     something will compile: on a warm machine this costs a dry run of milliseconds."""
     from cnncli.config import compile_workers
@@ -312,7 +314,7 @@ def compile_ahead(steps: Sequence[tuple[Any, str, str]],
 
     def dry_run() -> None:
         for spec, dtype, conv_algo in steps:
-            _step(spec, dtype, conv_algo)
+            _step(spec, dtype, conv_algo, training=training)
 
     missing = uncached_kernels(dry_run)
     count = sum(len(sigs) for sigs in missing.values())

@@ -67,19 +67,6 @@ class TrainDisplay:
         assert stopped is not None
         return stopped
 
-    def compiling(self, net: str, kernels: int, processes: int) -> None:
-        """Before kernels compile ahead of a first run: why the wait, and how long it is."""
-        if self.quiet:
-            return
-        self.note(f"compiling the {kernels} kernel{'s' if kernels != 1 else ''} {net} uses, "
-                  f"in {processes} process{'es' if processes != 1 else ''} (once per "
-                  "machine: numba caches them on disk)")
-
-    def compiled(self, ahead: Any) -> None:
-        if self.quiet or not ahead.kernels:
-            return
-        self.note(f"compiled in {ahead.seconds:.1f} s")
-
     def _compiled(self, e: Any) -> None:
         """Say once why a step was slow when it compiled kernels (a first run on a machine:
         they are cached on disk afterwards)."""
