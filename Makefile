@@ -33,8 +33,8 @@ dev: $(VENV)/.dev
 demo: install
 	$(BIN)/cnncli check vgg16
 	# 10 classes; 99% validation accuracy after 3 epochs (16 s on 2 cores of an AMD EPYC on
-	# 2026-11-22; on the 2-core Xeon VM of 2026-11-29: 64 s compiling this net's kernels in
-	# the first step of the first run on a machine, then about 9 s an epoch)
+	# 2026-11-22; on the 2-core Xeon VM of 2026-11-29: 41 s compiling this net's kernels in
+	# two processes before the first run's first step on a machine, then about 10 s an epoch)
 	$(BIN)/cnncli train cifar_small --epochs 3 --out runs/demo --overwrite
 
 test: dev
