@@ -105,26 +105,36 @@ def _max_fwd(x, kh, kw, sh, sw, ph, pw, y, switches):
             for h in range(hs, he):
                 for w in range(ws, we):
                     xi = x[n, h, w]
-                    idx = h * W + w
+                    idx = np.int32(h * W + w)
                     for c in range(C):
                         v = xi[c]
+                        cur = yo[c]
                         # strict '>' keeps the first maximum in scan order;
-                        # NaN wins like in PyTorch (the last NaN is kept).
-                        if v > yo[c] or np.isnan(v):
-                            yo[c] = v
-                            so[c] = idx
+                        # NaN wins like in PyTorch (the last NaN is kept). Selects and
+                        # stores every time, not a branch: the loop vectorises (10-25%
+                        # faster at batch 64, 2026-11-29)
+                        take = v > cur or v != v
+                        yo[c] = v if take else cur
+                        so[c] = idx if take else so[c]
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _max_bwd(dy, switches, nblk, dx):
-    # dx: [N, H*W, C], zero-initialised. Tasks own disjoint (image, channel
-    # block) pairs, so the scatter has no races and a fixed order.
+    # dx: [N, H*W, C], written whole. Tasks own disjoint (image, channel block) pairs,
+    # so the scatter has no races and a fixed order. Each task zeroes its own part first
+    # and scatters into it while it is in cache (np.zeros of the whole dx beforehand, one
+    # thread and one more pass over memory, made the backward 1.5x slower)
     N, OH, OW, C = dy.shape
+    zero = dx.dtype.type(0)
     for t in prange(N * nblk):
         n = t // nblk
         b = t - n * nblk
         c0 = (b * C) // nblk
         c1 = ((b + 1) * C) // nblk
+        dn = dx[n]
+        for i in range(dn.shape[0]):
+            for c in range(c0, c1):
+                dn[i, c] = zero
         for oh in range(OH):
             for ow in range(OW):
                 g = dy[n, oh, ow]
@@ -132,7 +142,7 @@ def _max_bwd(dy, switches, nblk, dx):
                 for c in range(c0, c1):
                     i = s[c]
                     if i >= 0:
-                        dx[n, i, c] += g[c]
+                        dn[i, c] += g[c]
 
 
 def max_pool_forward(x, size, stride, pad, out_hw):
@@ -168,8 +178,10 @@ def max_pool_backward(dy, switches, in_hw):
         raise TypeError(f"switches must be int32 or int64, got {switches.dtype}")
     H, W = _pair(in_hw, "in_hw", 0)
     N, _, _, C = dy.shape
-    dx = np.zeros((N, H * W, C), dtype=dy.dtype)
-    if dy.size and dx.size:
+    dx = np.empty((N, H * W, C), dtype=dy.dtype)
+    if dx.size and not dy.size:  # no window: no gradient reaches the input
+        dx[...] = 0
+    elif dx.size:
         # enough (image, channel-block) tasks to keep every thread busy at batch 1
         nblk = max(1, min(C, -(-2 * get_num_threads() // N)))
         _max_bwd(dy, switches, nblk, dx)
