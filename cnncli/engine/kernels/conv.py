@@ -291,8 +291,18 @@ def _conv_bwd_gemm(x, W2, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, need_d
 @njit(**JIT_OPTIONS)
 def _conv_bwd_gemm_chunk(x, W2, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nblk, G, kdim, Kg,
                          Cg, OH, OW, K, n0, n1, need_dx, dx, dWt, dbt, cols, dcols, dyg, tw):
-    """One chunk of images [n0, n1) of _conv_bwd_gemm: its partial sums dWt, dbt."""
+    """One chunk of images [n0, n1) of _conv_bwd_gemm: its partial sums dWt, dbt, and
+    (need_dx) the chunk's images of dx, zeroed here first: the scatter then lands in
+    cache, and no one-thread np.zeros pass over all of dx comes before (1 ms of the 4.7 ms
+    backward of resnet20's 1x1 stride-2 shortcut, batch 64)."""
+    zero = dx.dtype.type(0)
     for n in range(n0, n1):
+        if need_dx:
+            dxn = dx[n]
+            for h in range(dxn.shape[0]):
+                for w in range(dxn.shape[1]):
+                    for c in range(dxn.shape[2]):
+                        dxn[h, w, c] = zero
         for blk in range(nblk):
             r0 = blk * rb
             r1 = min(OH, r0 + rb)
@@ -912,7 +922,11 @@ def conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True):
     if dy.ndim != 4 or dy.shape[0] != N or dy.shape[3] != K:
         raise ValueError(f"dy must have shape (N={N}, OH, OW, K={K}), got {dy.shape}")
     OH, OW = dy.shape[1], dy.shape[2]
-    dx = np.zeros_like(x) if need_dx else np.zeros((1, 1, 1, 1), x.dtype)
+    gemm = not (N == 0 or OH == 0 or OW == 0 or _use_direct(Cg, Kg, G))
+    if not need_dx:
+        dx = np.zeros((1, 1, 1, 1), x.dtype)
+    else:  # the GEMM kernel zeroes each image of dx itself, just before it scatters into it
+        dx = np.empty_like(x) if gemm else np.zeros_like(x)
     nchunk = _nchunk(N)
     dbp = np.zeros((nchunk, K), dtype=np.float64)
     if N == 0 or OH == 0 or OW == 0:
