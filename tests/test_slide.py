@@ -698,3 +698,28 @@ def test_an_output_that_is_a_symlink_fifo_or_descriptor_is_written_through_not_r
         r = invoke("convert", "cifar_tiny", "--fc-to-conv", "-o", f"/dev/fd/{fh.fileno()}")
         assert r.exit_code == 0, r.output
     assert opened.stat().st_ino == inode and "fc1" in opened.read_text()
+
+
+def test_slide_compiles_ahead_what_its_nets_evaluate(files: dict[str, Path],
+                                                      monkeypatch: Any) -> None:
+    # a machine without the kernels: the converted net (and, verifying, the original)
+    # are compiled before the first image, evaluation only
+    from cnncli.engine import warmup
+
+    asked: list[tuple[list[str], bool]] = []
+
+    def cold(steps: Any, training: bool = True, announce: Any = None) -> warmup.AheadOfRun:
+        asked.append(([spec.name for spec, _, _ in steps], training))
+        # the dry run the real compile_ahead makes must reach the converted net's kernels
+        calls: dict[Any, set[Any]] = {}
+        with warmup._recording(calls):
+            for spec, dtype, policy in steps:
+                warmup._step(spec, dtype, policy, training=training)
+        assert "_conv_fwd_gemm" in {d.py_func.__name__ for d in calls}
+        return warmup.AheadOfRun(kernels=0, processes=0, seconds=0.0)
+
+    monkeypatch.setattr(warmup, "compile_ahead", cold)
+    r = invoke("slide", "lenet5", str(files["lenet"]), "--weights", str(files["lenet_w"]),
+               "--verify", "--stride", "2")
+    assert r.exit_code == 0, r.output
+    assert len(asked) == 1 and asked[0][1] is False and len(asked[0][0]) == 2

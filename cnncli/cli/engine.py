@@ -4,6 +4,7 @@ only inside them)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -31,10 +32,11 @@ if TYPE_CHECKING:
 
 
 def compile_first(spec: Spec, dtype: str, conv_algo: str, training: bool = True,
-                  quiet: bool = False) -> None:
+                  quiet: bool = False, also: Sequence[Spec] = ()) -> None:
     """Before a command's first pass on a machine that has not compiled what it will run:
     compile that side by side now (cnncli.engine.warmup.compile_ahead) and say so on
     stderr, instead of a first pass that sits for a minute compiling one kernel at a time.
+    `also`: other nets the command runs (slide's original net beside its converted one).
     A machine that has them pays a dry run of milliseconds and hears nothing."""
     from rich.markup import escape
 
@@ -47,7 +49,8 @@ def compile_first(spec: Spec, dtype: str, conv_algo: str, training: bool = True,
                 f"uses, in {processes} process{'es' if processes != 1 else ''} (once per "
                 "machine: numba caches them on disk)"), soft_wrap=True)
 
-    ahead = compile_ahead([(spec, dtype, conv_algo)], training=training, announce=announce)
+    ahead = compile_ahead([(net, dtype, conv_algo) for net in (spec, *also)],
+                          training=training, announce=announce)
     if ahead.kernels and not quiet:
         err.print(f"compiled in {ahead.seconds:.1f} s")
 

@@ -191,6 +191,11 @@ def slide(
                  f"{'s' if len(pads) > 1 else ''}: {shown}): each one-pass score also sees "
                  "pixels around its window, where the lone crop saw zeros, so it is not the "
                  "crop's score (--verify measures the difference)")
+    from cnncli.cli.engine import compile_first
+
+    # the sliding nets run the engine's default policy (GEMM), evaluation only
+    compile_first(sn.converted, "float32", "gemm", training=False,
+                  also=(net,) if verify else ())
     results: list[dict[str, Any]] = []
     maps: dict[str, Any] = {}
     failed_verify = False
