@@ -86,10 +86,11 @@ def available_threads() -> int:
 
 
 def compile_workers(jobs: int) -> int:
-    """Processes that compile kernels side by side in `cnncli warmup`: one per core, at most
-    one per job. numba compiles on one thread and holds a lock while it does, so threads
-    would take turns; processes do not, and each runs its tiny steps on one numba thread."""
-    return max(1, min(jobs, available_threads()))
+    """Processes that compile kernels side by side (cnncli.engine.warmup): one per thread
+    the run was given (`--threads`; all cores when it was not configured), at most one per
+    job. numba compiles on one thread and holds a lock while it does, so threads would take
+    turns; processes do not, and a run told to use one core compiles in one process."""
+    return max(1, min(jobs, _configured or available_threads()))
 
 
 def check_threads(n: int | None, option: str = "--threads") -> str | None:

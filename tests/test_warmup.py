@@ -350,3 +350,17 @@ def test_every_kernel_python_calls_returns_nothing() -> None:
         returns = [node for node in ast.walk(tree)
                    if isinstance(node, ast.Return) and node.value is not None]
         assert not returns, dispatcher.py_func.__name__
+
+
+def test_compiling_processes_follow_the_threads_the_run_was_given() -> None:
+    from cnncli import config
+
+    before = config._configured
+    try:
+        config.configure_threads(1)  # `--threads 1`: one process compiles
+        assert config.compile_workers(5) == 1
+        config.configure_threads(2)
+        assert config.compile_workers(5) == min(2, config.available_threads())
+        assert config.compile_workers(1) == 1  # never more processes than kernels
+    finally:
+        config.configure_threads(before)
