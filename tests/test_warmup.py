@@ -364,3 +364,17 @@ def test_compiling_processes_follow_the_threads_the_run_was_given() -> None:
         assert config.compile_workers(1) == 1  # never more processes than kernels
     finally:
         config.configure_threads(before)
+
+
+def test_a_narrowed_dry_run_records_what_the_full_net_calls() -> None:
+    # FC layers run numpy: capping their width (AlexNet's 4096-wide fc6, fc7) leaves every
+    # kernel and signature as they were and keeps a dry run of VGG16 to a second
+    from cnncli.cli.options import open_spec
+
+    spec = open_spec("alexnet")
+    narrow = warmup._narrow(spec)
+    widths = [layer.units for layer in narrow.layers if hasattr(layer, "units")]
+    assert widths == [8, 8, 8]  # fc6, fc7 and the 1000-way fc8
+    full, cut = _recorded(spec), _recorded(narrow)
+    assert full == cut and "_conv_fwd_gemm" in full
+    assert warmup._narrow(SMALL_NET) is SMALL_NET  # warm-up's own dict specs stay as they are
