@@ -328,6 +328,18 @@ def test_eval_compiles_ahead_only_what_evaluating_runs(tmp_path: Path, monkeypat
     assert asked == [False]
 
 
+def test_a_command_whose_compiling_ahead_gave_up_says_so(monkeypatch: Any) -> None:
+    def gave_up(steps: Any, training: bool = True, announce: Any = None) -> warmup.AheadOfRun:
+        announce(8, 2)
+        return warmup.AheadOfRun(kernels=8, processes=0, seconds=1.0)
+
+    monkeypatch.setattr(warmup, "compile_ahead", gave_up)
+    result = runner.invoke(app, ["bench", "lenet5", "--batch", "2", "--iterations", "1"])
+    assert result.exit_code == 0, result.output
+    assert "could not compile them ahead; each compiles when the run first calls it" in \
+        result.stderr
+
+
 def test_a_warm_machine_hears_nothing_about_compiling() -> None:
     result = runner.invoke(app, ["bench", "lenet5", "--batch", "2", "--iterations", "1"])
     assert result.exit_code == 0, result.output
@@ -378,3 +390,21 @@ def test_a_narrowed_dry_run_records_what_the_full_net_calls() -> None:
     full, cut = _recorded(spec), _recorded(narrow)
     assert full == cut and "_conv_fwd_gemm" in full
     assert warmup._narrow(SMALL_NET) is SMALL_NET  # warm-up's own dict specs stay as they are
+
+
+def test_compiling_ahead_gives_up_quietly_and_leaves_it_to_the_run(monkeypatch: Any) -> None:
+    # a kernel no process can compile (here: a module that does not exist) must not stop
+    # the command: the run compiles as it goes and reports real errors itself
+    from cnncli import config
+
+    bogus = {("cnncli.engine.kernels.no_such_module", "_kernel"): [("f32",)]}
+    before = config._configured
+    try:
+        config.configure_threads(1)
+        assert warmup.compile_kernels(bogus) == 0  # in this process
+        config.configure_threads(2)
+        if config.compile_workers(2) == 2:
+            two = {**bogus, ("cnncli.engine.kernels.no_such_other", "_k"): [("f32",)]}
+            assert warmup.compile_kernels(two) == 0  # in spawned processes
+    finally:
+        config.configure_threads(before)

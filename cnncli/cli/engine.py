@@ -52,7 +52,8 @@ def compile_first(spec: Spec, dtype: str, conv_algo: str, training: bool = True,
     ahead = compile_ahead([(net, dtype, conv_algo) for net in (spec, *also)],
                           training=training, announce=announce)
     if ahead.kernels and not quiet:
-        err.print(f"compiled in {ahead.seconds:.1f} s")
+        err.print(f"compiled in {ahead.seconds:.1f} s" if ahead.processes else
+                  "could not compile them ahead; each compiles when the run first calls it")
 
 
 def smallest_valid_input(spec: Spec, start: int = 16) -> Volume:

@@ -285,21 +285,28 @@ def _compile(kernel: Kernel, sigs: Sequence[Signature]) -> float:
 
 def compile_kernels(kernels: dict[Kernel, list[Signature]]) -> int:
     """Compile `kernels` (``uncached_kernels``' answer) into numba's cache, in up to one
-    process per core; return how many processes did."""
+    process per thread; return how many processes did (0: it gave up).
+
+    Compiling ahead only saves time, so a failure here (no processes to be had, a kernel
+    that does not compile) gives up quietly: the run then compiles each kernel when it
+    first calls it, where a real error is raised and reported as it always was."""
     from cnncli.config import compile_workers
 
     if not kernels:
         return 0
-    order = _queue(kernels)
-    workers = compile_workers(len(order))
-    if workers == 1:
-        for kernel in order:
-            _compile(kernel, kernels[kernel])
-        return 1
-    # spawn, not fork: a forked child would inherit this process's numba thread pool
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        for future in [pool.submit(_compile, kernel, kernels[kernel]) for kernel in order]:
-            future.result()
+    workers = compile_workers(len(kernels))
+    try:
+        order = _queue(kernels)
+        if workers == 1:
+            for kernel in order:
+                _compile(kernel, kernels[kernel])
+            return 1
+        # spawn, not fork: a forked child would inherit this process's numba thread pool
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            for future in [pool.submit(_compile, kernel, kernels[kernel]) for kernel in order]:
+                future.result()
+    except Exception:  # noqa: BLE001 - see the docstring; Ctrl-C still stops it
+        return 0
     return workers
 # A dry run's fully connected layers are at most this wide. They run numpy, not kernels, so
 # their width changes no kernel a run calls; at full width a dry run of VGG16 spent 9 s and
