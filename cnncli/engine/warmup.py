@@ -356,30 +356,26 @@ def compile_ahead(steps: Sequence[tuple[Any, str, str]], training: bool = True,
     return AheadOfRun(count, processes, time.perf_counter() - started)
 
 
-def warm_up_all(dtypes: Sequence[str] = ("float32", "float64")) -> float:
-    """Compile every kernel in `dtypes`; return the wall seconds. The families' kernels
-    are compiled side by side (``compile_ahead``), then each family runs its steps here,
-    loading them (and compiling whatever a dry run could not see)."""
+def _warm(steps: Sequence[tuple[Any, str, str]]) -> float:
+    """Compile what `steps` need side by side (``compile_ahead``), then run them here,
+    loading it (and compiling whatever a dry run could not see); the wall seconds."""
     from cnncli.config import ensure_configured
 
     started = time.perf_counter()
     ensure_configured()
-    steps = [(globals()[name], dtype, policy) for name, policy in FAMILIES for dtype in dtypes]
     compile_ahead(steps)
     for step in steps:
         _step(*step)
     return time.perf_counter() - started
+
+
+def warm_up_all(dtypes: Sequence[str] = ("float32", "float64")) -> float:
+    """Compile every kernel in `dtypes` (the families' steps); return the wall seconds."""
+    return _warm([(globals()[name], dtype, policy)
+                  for name, policy in FAMILIES for dtype in dtypes])
 
 
 def warm_up_nets(specs: Sequence[Any], dtype: str = "float32",
                  conv_algo: str = "auto") -> float:
     """Compile what training and evaluating each of `specs` needs; return the seconds."""
-    from cnncli.config import ensure_configured
-
-    started = time.perf_counter()
-    ensure_configured()
-    steps = [(spec, dtype, conv_algo) for spec in specs]
-    compile_ahead(steps)
-    for step in steps:
-        _step(*step)
-    return time.perf_counter() - started
+    return _warm([(spec, dtype, conv_algo) for spec in specs])
