@@ -340,3 +340,28 @@ def test_memory_command_counts_the_workspace_of_the_chosen_algorithm() -> None:
     wino = estimate(spec, threads=2, conv_algo="winograd")
     assert conv1_workspace("winograd") == wino.layers[0].workspace_bytes
     assert conv1_workspace("winograd") != conv1_workspace("gemm")
+
+
+@pytest.mark.parametrize("policy", ["auto", "gemm", "winograd"])
+@pytest.mark.parametrize("name", ["resnet20", "alexnet", "googlenet"])
+def test_memory_names_the_algorithm_each_conv_runs_as_the_engine_does(name: str,
+                                                                      policy: str) -> None:
+    """The plan and the engine ask the same question: `cnncli memory` names, per conv, the
+    algorithm whose workspace it counts, in `cnncli bench`'s words; other layers name none."""
+    spec = load_spec(catalog.resolve(name))
+    report = estimate(spec, threads=2, conv_algo=policy)
+    named = {lm.name: lm.algorithm for lm in report.layers}
+    assert conv_algorithms(Network.from_spec(name, conv_algo=policy)) == {
+        n: a for n, a in named.items() if a is not None}
+    assert all(lm.algorithm is None for lm in report.layers if lm.kind != "conv")
+
+
+def test_memory_table_and_json_show_the_algorithm() -> None:
+    result = runner.invoke(app, ["memory", "resnet20", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    layers = {r["name"]: r["algorithm"] for r in json.loads(result.stdout)["layers"]}
+    assert (layers["conv1"], layers["res1.conv1"], layers["res4.conv1"], layers["bn1"]) == (
+        "planar", "winograd", "gemm", None)
+    result = runner.invoke(app, ["memory", "resnet20"], env={"COLUMNS": "220"})
+    row = next(line for line in result.stdout.splitlines() if "res1.conv1" in line)
+    assert row.split()[:3] == ["res1.conv1", "conv", "winograd"]

@@ -187,6 +187,9 @@ class PlanLayer:
     each layer type) its outputs, what it keeps for backward, its workspace, its gradients."""
 
     in_place = False  # an activation that overwrites its input allocates no output
+    # What runs, where a layer type has a choice that decides its workspace (a conv: the
+    # algorithm `cnncli bench` names, gemm, direct, winograd or planar); None elsewhere
+    algorithm: str | None = None
 
     def __init__(self, heap: Heap, row: Row, threads: int):
         self.heap, self.row, self.name, self.threads = heap, row, row.name, threads
@@ -315,6 +318,7 @@ class LayerMemory:
     parameter_bytes: int  # parameters + gradients + optimizer state
     workspace_bytes: int  # this layer's peak workspace (forward or backward)
     depth: int = 0
+    algorithm: str | None = None  # PlanLayer.algorithm: what the workspace is for
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -487,7 +491,8 @@ def estimate(spec: Spec, batch: int = 64, dtype: str = "float32", optimizer: str
             kept_bytes_per_image=sum(b.per_image_bytes for b in bufs),
             kept_bytes=sum(b.nbytes for b in bufs),
             parameters=n_params, parameter_bytes=n_params * size * slots,
-            workspace_bytes=heap.layer_work.get(row.name, 0), depth=row.depth))
+            workspace_bytes=heap.layer_work.get(row.name, 0), depth=row.depth,
+            algorithm=layer.algorithm if layer is not None else None))
     result = MemoryReport(
         name=spec.name, input=str(report.input), mode=mode, batch=batch, dtype=dtype,
         bytes_per_number=size, optimizer=optimizer if training else None, threads=threads,

@@ -18,6 +18,8 @@ from cnncli.analysis.shapes import effective_size
 from cnncli.engine.kernels import sizes
 from cnncli.engine.kernels.conv_algo import (
     GEMM,
+    PLANAR,
+    WINOGRAD,
     ConvAlgo,
     choose,
     planar_eligible,
@@ -341,6 +343,7 @@ class ConvPlan(PlanLayer):
         self.wsize = math.prod(row.params[f"{self.name}.weight"])
         self.bias = node.bias
         self.direct = use_direct(self.cg, node.filters // node.groups, node.groups)
+        self.algorithm = "direct" if self.direct else GEMM.name  # as ConvEngine names it
 
     def im2col(self) -> tuple[int, int] | None:
         if self.direct:
@@ -424,6 +427,7 @@ class WinogradPlan(ConvPlan):
         self.m = tile
         self.c = self.vin.d
         self.a2 = (tile + 2) ** 2
+        self.algorithm = WINOGRAD.name
 
     def im2col(self) -> tuple[int, int] | None:
         return None  # no im2col bands: the memory report's im2col note skips this layer
@@ -485,6 +489,7 @@ class PlanarPlan(ConvPlan):
 
     def __init__(self, heap: Heap, row: Row, threads: int, node: Conv):
         super().__init__(heap, row, threads, node)
+        self.algorithm = PLANAR.name
         c = self.vin.d
         wp, self.rb, nr, positions = sizes.planar_geometry(
             self.vout.h, self.vout.w, node.size.h, node.size.w, node.dilation.h,

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 # What a narrow terminal gives up first, per table: the bytes are the point of each.
 ITEMS_LEAVE_OUT = ("numbers", "per_image")
 RULES_LEAVE_OUT = ("exact_is",)
-LAYERS_LEAVE_OUT = ("kind", "parameters", "kept", "kept_per_image", "output", "workspace",
-                    "parameter_bytes")
+LAYERS_LEAVE_OUT = ("kind", "algorithm", "parameters", "kept", "kept_per_image", "output",
+                    "workspace", "parameter_bytes")
 
 
 def memory_layouts(r: MemoryReport, width: int) -> dict[str, Laid]:
@@ -51,7 +51,8 @@ def memory_layouts(r: MemoryReport, width: int) -> dict[str, Laid]:
             Column("exact", "exact", right=True),
             Column("exact_is", "exact is", wraps=True)), rules, RULES_LEAVE_OUT)
     layers: list[TableRow] = [
-        (["  " * lm.depth + lm.name, lm.kind, lm.output, ", ".join(lm.kept),
+        (["  " * lm.depth + lm.name, lm.kind, lm.algorithm or "", lm.output,
+          ", ".join(lm.kept),
           size(lm.kept_bytes_per_image) if lm.kept_bytes else "",
           size(lm.kept_bytes) if lm.kept_bytes else "",
           f"{lm.parameters:,}" if lm.parameters else "",
@@ -61,7 +62,8 @@ def memory_layouts(r: MemoryReport, width: int) -> dict[str, Laid]:
         "per layer (kept: what the layer allocates that backward reads; parameters: with "
         "gradients and optimizer state)", (
             Column("name", "layer"), Column("kind", "type"),
-            Column("output", "output", right=True), Column("kept", "kept", wraps=True),
+            Column("algorithm", "algorithm"), Column("output", "output", right=True),
+            Column("kept", "kept", wraps=True),
             Column("kept_per_image", "kept/image", right=True),
             Column("kept_bytes", f"kept, batch {r.batch}", right=True),
             Column("parameters", "parameters", right=True),
