@@ -43,6 +43,7 @@ def cpu_times() -> tuple[int, int]:
 
 
 def timed(call, calls: int) -> list[float]:
+    """ms per call of `calls` calls, after one untimed call (compiling, first touches)."""
     call()
     out = []
     for _ in range(calls):

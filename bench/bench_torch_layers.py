@@ -13,20 +13,16 @@ Medians of `--calls` calls, in ms.
 from __future__ import annotations
 
 import argparse
-import time
 from statistics import median
+
+from bench_threads import timed as per_call
 
 STAGES = [(32, 16), (16, 32), (8, 64)]  # (H = W, channels)
 
 
 def timed(call, calls: int) -> float:
-    call()
-    out = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        call()
-        out.append((time.perf_counter() - t) * 1e3)
-    return median(out)
+    """Median ms of `calls` calls after one untimed call (bench_threads.py's stopwatch)."""
+    return median(per_call(call, calls))
 
 
 def stage(h: int, c: int, batch: int, calls: int) -> list[str]:
