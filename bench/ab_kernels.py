@@ -27,6 +27,7 @@ where the absolute times do not.
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import tempfile
@@ -52,7 +53,7 @@ def load_old(module: str, rev: str, where: Path) -> Any:
     source = subprocess.run(
         ["git", "show", f"{rev}:cnncli/engine/kernels/{module}.py"], cwd=ROOT,
         capture_output=True, text=True, check=True).stdout
-    name = f"_ab_{module}_{rev.replace('/', '_').replace('~', '_').replace('^', '_')}"
+    name = f"_ab_{module}_{re.sub(r'[^0-9A-Za-z]', '_', rev)}"  # v1.0, main~2: a module name
     path = where / f"{name}.py"
     if not path.exists() or path.read_text() != source:  # rewritten: numba's cache goes stale
         path.write_text(source)
@@ -182,13 +183,20 @@ def difference(a: Any, b: Any) -> float:
     return worst
 
 
+def turns(names: list[str], i: int) -> list[str]:
+    """Round i's order: reversed every other round, so neither side always goes first
+    (the first call of a round can find the caches cold or warm for it)."""
+    return names if i % 2 == 0 else names[::-1]
+
+
 def alternate(sides: dict[str, Side], calls: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """Each side called `calls` times in turn (after one untimed call each); their times in
     ms and their first outputs."""
     times: dict[str, list[float]] = {name: [] for name in sides}
     outs = {name: call(*prepare()) for name, (prepare, call) in sides.items()}
-    for _ in range(calls):
-        for name, (prepare, call) in sides.items():
+    for i in range(calls):
+        for name in turns(list(sides), i):
+            prepare, call = sides[name]
             args = prepare()
             t = time.perf_counter()
             call(*args)
@@ -240,7 +248,7 @@ def step_rows(old: Any, new: Any, net: str, steps: int, conv_algo: str) -> list[
     times: dict[str, list[float]] = {"old": [], "new": []}
     try:
         for i in range(steps + 2):  # two untimed rounds: compiling, first allocations
-            for side in ("old", "new"):
+            for side in turns(["old", "new"], i):
                 use(side)
                 t = time.perf_counter()
                 step()

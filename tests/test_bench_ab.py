@@ -45,9 +45,18 @@ def test_small_alternate_takes_turns_with_fresh_arguments(ab):
         return (lambda: (buf.copy(),)), call
 
     times, outs = ab.alternate({"old": side("old"), "new": side("new")}, 3)
-    assert order == ["old", "new"] * 4  # one untimed call each, then three turns
+    # one untimed call each, then three rounds, every other one in reverse
+    assert order == ["old", "new", "old", "new", "new", "old", "old", "new"]
     assert [len(t) for t in times.values()] == [3, 3]
     assert np.array_equal(outs["old"], [1, 1]) and np.array_equal(outs["new"], [1, 1])
+
+
+def test_small_an_old_file_gets_a_module_name_from_any_revision(ab, tmp_path, monkeypatch):
+    monkeypatch.setattr(ab.subprocess, "run", lambda *a, **k: type("R", (), {"stdout": "X = 1\n"}))
+    monkeypatch.setattr(ab, "import_module", lambda name: name)
+    assert ab.load_old("norm", "v1.0-rc~2^", tmp_path) == "_ab_norm_v1_0_rc_2_"
+    assert (tmp_path / "_ab_norm_v1_0_rc_2_.py").read_text() == "X = 1\n"
+    sys.path.remove(str(tmp_path))
 
 
 def test_the_old_file_loads_under_its_own_name(ab, tmp_path):
