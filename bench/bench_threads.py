@@ -5,11 +5,12 @@
 A parallel region is only as fast as its slowest thread. On a VM whose host takes a core
 back for milliseconds at a time, a region of 1 ms on two threads can take several, while
 one thread is never kept waiting by another. This times the same work on 1 and on 2
-threads, each measurement in its own subprocess, the thread counts taking turns round after
-round, and reads the host's steal time from /proc/stat while each runs:
+threads, each measurement in its own subprocess, the thread counts taking turns (the order
+reversed every other round, so neither always runs first), and reads the host's steal
+time from /proc/stat while each runs:
 
-* numba: a `prange` over 64 rows of fixed arithmetic (work per call 0.16, 1.3 and 13 ms
-  on one thread here);
+* numba: a `prange` over 64 rows of fixed arithmetic (work per call about 0.16, 1.6 and
+  15 ms on one thread here);
 * PyTorch: ReLU and a 3x3 16->16 convolution (channels_last, batch 64, 32x32), forward
   under `no_grad`: ResNet-20's first stage.
 
@@ -115,7 +116,7 @@ def main() -> None:
     steal: dict[int, list[float]] = {1: [], 2: []}
     for r in range(a.rounds):
         for impl in impls:
-            for threads in (1, 2):
+            for threads in (1, 2) if r % 2 == 0 else (2, 1):
                 out = subprocess.run(
                     [sys.executable, __file__, "--impl", impl, "--threads", str(threads),
                      "--calls", str(a.calls)], capture_output=True, text=True, check=True,
