@@ -45,7 +45,7 @@ test: dev
 	# kernel bodies once more as plain Python, on the smallest cases
 	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -q -k small tests/test_kernels_conv.py \
 	  tests/test_kernels_pool.py tests/test_kernels_norm.py tests/test_kernels_winograd.py \
-	  tests/test_kernels_elementwise.py
+	  tests/test_kernels_elementwise.py tests/test_kernels_microkernel.py
 
 lint: dev
 	$(BIN)/ruff check cnncli tests bench

@@ -160,6 +160,36 @@ def test_backward_params_small_bias_gradient_vs_naive(case, tile):
     np.testing.assert_array_equal(dw_only, dw)
 
 
+# float32 runs its tile products through microkernel.py (float64 through np.dot): the
+# blocks of 16 and 32 filters, a remainder of columns, and tile counts that leave rows
+F32_SMALL_CASES = [
+    (2, 9, 7, 3, 16, 1),  # 16 filters: the 16-wide block; 2 x 3 x 2 = 12 tiles per block
+    (1, 6, 10, 5, 32, 1),  # 32 filters: the 32-wide block on AVX-512
+    (2, 5, 6, 4, 21, 0),  # 21 filters: one 16-wide block and 5 columns in the plain loop
+    (1, 3, 3, 2, 3, 0),  # one output pixel, 3 filters: the plain loop only
+]
+
+
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("case", F32_SMALL_CASES, ids=_ids)
+def test_float32_small_own_gemm_forward_dx_dw_vs_naive(case, tile):
+    N, H, W, C, K, pad = case
+    rng = np.random.default_rng(sum(case) + 3)
+    x, w, b = _make(rng, N, H, W, C, K, np.float32)
+    dy = rng.standard_normal((N, H + 2 * pad - 2, W + 2 * pad - 2, K)).astype(np.float32)
+    x64, w64, b64, dy64 = (a.astype(np.float64) for a in (x, w, b, dy))
+    ref = _naive(x64, w64, b64, pad)
+    rdx, rdw, rdb = _naive_backward(x64, w64, dy64, pad)
+    y = wg.winograd_conv_forward(x, w, b, pad, tile)
+    dx = wg.winograd_conv_backward_data(dy, w, pad, tile)
+    dw, db = wg.winograd_conv_backward_params(x, dy, pad, tile)
+    assert y.dtype == dx.dtype == dw.dtype == db.dtype == np.float32
+    assert _rel_err(y, ref) < F32_REL
+    assert _rel_err(dx, rdx) < F32_REL
+    assert _rel_err(dw, rdw) < F32_REL
+    assert _rel_err(db, rdb) < F32_REL
+
+
 def test_backward_params_float32_bias_gradient_summed_in_float64():
     # a float32 running sum over 64 x 32 x 32 positions would drift; the float64 partials
     # match numpy's float64 sum to float32 rounding

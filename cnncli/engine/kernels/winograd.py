@@ -29,9 +29,10 @@ Design (measured on the 2-core target, see bench/bench_winograd.py):
 
 * Fused: ``prange`` over ranges of blocks; a block is a few consecutive tile rows
   (about sizes.WINOGRAD_BLOCK_TILES tiles, across images when images are small). Per
-  block: input transform into V[e, tile, c] (in cache), alpha^2 ``np.dot`` calls on
-  single-threaded BLAS, output transform straight into y. Whole-batch V and M arrays through memory
-  measured 0.4-1.0x of direct convolution: the transforms decide, not the GEMMs.
+  block: input transform into V[e, tile, c] (in cache), alpha^2 tile products
+  ([tiles x C] by [C x K]; see below), output transform straight into y. Whole-batch
+  V and M arrays through memory measured 0.4-1.0x of direct convolution: the
+  transforms decide, not the GEMMs.
 * Each transform is separable: B^T (or A^T) down the rows of a whole tile row at once,
   then along the columns, both as long vectorised loops over a tile row copied into
   "phase layout" (see the comment above the transforms). Hand-simplified formulas, no
@@ -44,15 +45,18 @@ Design (measured on the 2-core target, see bench/bench_winograd.py):
   alpha^2 GEMMs into their own S, reduce it to a 3x3 partial with one GEMM, and the
   partials are summed in chunk order: bit-identical run to run and across thread counts
   up to MIN_CHUNKS. Forward and dx write disjoint outputs: any split gives the same bits.
-* Small channels (ResNet stage 1, 16 -> 16) keep np.dot: numba loops in its place
-  (vectorised over K, four terms per store, or several tiles per pass, or one scalar
-  accumulator per filter) measured 2-5x slower per product than OpenBLAS's SkylakeX
-  kernel and slower than its Haswell one, forward and dW alike (2026-11-29, the 36
-  products of one block timed alone, C = K = 16..64, 32-64 tiles, one thread). LLVM
-  vectorises a K-loop 8 wide and 4 times interleaved, so K = 16 runs its scalar
-  remainder; a loop of constant length 16 is unrolled to scalar code, since the stores
-  may alias the loads.
-  Only dW at C = 3 won (3x), and first layers run conv.py's planar kernels instead.
+* The tile products: float32 runs them through microkernel.py's `gemm_into` (the
+  engine's own register-blocked kernel, LLVM vector IR), float64 (gradcheck) through
+  np.dot. Plain numba loops in np.dot's place (vectorised over K, four terms per store,
+  several tiles per pass, one scalar accumulator per filter) had measured 2-5x slower
+  per product than OpenBLAS's SkylakeX kernel; microkernel.py says why. Against np.dot,
+  bench/ab_kernels.py --module winograd, one thread, batch 64 (2026-11-29): with
+  OpenBLAS's own kernel 0.93-1.11x per call (16 -> 16 and 32 -> 32 faster, 8x8 64 -> 64
+  slower) and a resnet20 training step (2 threads) 0.99-1.00x; with
+  OPENBLAS_CORETYPE=Haswell 1.25-1.81x per call and the step 1.19-1.27x, so the layers
+  no longer depend on the kernel OpenBLAS picks. dW adds each block's products into the
+  chunk's sums in the kernel (np.dot needs the `tmp` buffer and an add pass; float64
+  still does).
 * float32 error grows with the tile (transform entries up to 8 and 1/24): measured against
   float64 direct convolution on CIFAR layer sizes it stays near 1e-5 relative for F(4x4);
   see the bench's error table.
@@ -67,6 +71,7 @@ from numba import njit, prange
 from cnncli.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, ensure_configured
 from cnncli.engine.kernels import sizes  # block sizes, shared with the memory plans
 from cnncli.engine.kernels.conv import _as, _check_x, _post_rows, post_ops
+from cnncli.engine.kernels.microkernel import gemm_into
 
 __all__ = [
     "winograd_filter_transform",
@@ -488,7 +493,7 @@ def _filter_transform(wt, G, u):
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, xs_t, rowt_t, orow_t, yrow_t, y, post_mode,
-              post):
+              post, own_gemm):
     """y[N, OH, OW, K] = Winograd F(m x m, 3 x 3) conv of x with U[alpha^2, C, K] + bias
     (bias: one tile row of output columns in phase layout, m * TW * K), then what the conv
     absorbed, on each output row as it is written (conv.py's `_post_rows`).
@@ -529,7 +534,10 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, xs_t, rowt_t, orow_t, yrow_t, y, 
                 _input_tile_row(x2, g // TH, H, r0, m, pad, KS, C, TW, xs, rowt, V2,
                                 (g - g0) * TW)
             for e in range(A2):
-                np.dot(V[e, :nt], U[e], M[e, :nt])
+                if own_gemm:  # float32: microkernel.py, whatever OpenBLAS's kernel
+                    gemm_into(V[e, :nt], U[e], M[e, :nt], False)
+                else:
+                    np.dot(V[e, :nt], U[e], M[e, :nt])
             for g in range(g0, g1):
                 i0 = (g % TH) * m
                 t0 = (g - g0) * TW
@@ -546,7 +554,7 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, xs_t, rowt_t, orow_t, yrow_t, y, 
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, xs_t, rowt_t, ds_t, zrow_t, S_t,
-                tmp_t, dWp, need_db, dbp):
+                tmp_t, dWp, need_db, dbp, own_gemm):
     """dWp[chunk, 9, C, K] (p * 3 + q, c, k) = per-chunk partial dW; GGt[9, alpha^2] holds
     G[a, p] * G[b, q]. Chunk q owns blocks [q * nblk // nchunk, (q + 1) * nblk // nchunk).
     Each thread's buffers are the `_t` arrays, [T, ...], allocated by the wrapper (xs_t and
@@ -599,6 +607,10 @@ def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, xs_t, rowt_t, ds_t, zro
                     _grad_rows(ds, m, zrow)
                     for a in range(alpha):
                         _grad_cols(zrow[a], m, TW * K, Z2, a * alpha, t0 * K)
+                if own_gemm:  # float32: microkernel.py adds into S itself
+                    for e in range(A2):
+                        gemm_into(V[e, :nt].T, Z[e, :nt], S[e], blk != b0)
+                    continue
                 for e in range(A2):
                     if blk == b0:  # the chunk's first block starts its sums
                         np.dot(V[e, :nt].T, Z[e, :nt], S[e])
@@ -673,7 +685,7 @@ def _forward(x, u, b, pad, tile, out_hw, relu=False, affine=None):
               np.empty((T, alpha * alpha, R * TW + 1, K), dt),
               np.zeros((T, alpha, tile * KS * C), dt), np.empty((T, alpha, tile * KS * C), dt),
               np.empty((T, alpha, tile * TW * K), dt), np.empty((T, tile, tile * TW * K), dt),
-              y, *post_ops(K, dt, relu, affine))
+              y, *post_ops(K, dt, relu, affine), dt == np.float32)
     return y
 
 
@@ -762,7 +774,7 @@ def winograd_conv_backward_params(x, dy, pad, tile=4, need_db=True):
                 np.empty((T, A2, R * TW + 1, K), dt), np.zeros((T, alpha, tile * KS * C), dt),
                 np.empty((T, alpha, tile * KS * C), dt), np.zeros((T, tile, tile * TW * K), dt),
                 np.empty((T, alpha, tile * TW * K), dt), np.empty((T, A2, C, K), dt),
-                np.empty((T, C, K), dt), dWp, bool(need_db), dbp)
+                np.empty((T, C, K), dt), dWp, bool(need_db), dbp, dt == np.float32)
     dW = dWp[0].copy()
     for q in range(1, nchunk):  # chunk order: deterministic
         dW += dWp[q]
