@@ -26,6 +26,9 @@ PARALLEL_JIT_OPTIONS: dict[str, Any] = dict(JIT_OPTIONS, parallel=True)
 # EPYC's AVX-512 as SkylakeX and single-thread sgemm goes 113 -> 215 GFLOP/s (conv layers
 # ~1.7x faster). We leave that choice to whoever sets the environment.
 
+# OpenBLAS cores (threadpoolctl's "architecture") whose sgemm kernels use AVX-512
+_AVX512_BLAS_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+
 _configured: int | None = None
 _blas_limiter: Any = None  # keeps the threadpoolctl limiter (and its saved state) alive
 
@@ -38,6 +41,38 @@ def _load_blas_libraries() -> None:
         import scipy.linalg.cython_blas  # noqa: F401
     except ImportError:  # pragma: no cover - numba then has no np.dot anyway
         pass
+
+
+def jit_has_avx512() -> bool:
+    """Whether numba compiles for a CPU with AVX-512F: its target (NUMBA_CPU_FEATURES if
+    set, else the host's). kernels/microkernel.py sizes its register blocks by it."""
+    import numba
+    from llvmlite import binding
+
+    features = numba.config.CPU_FEATURES  # type: ignore[attr-defined]
+    if features is None:
+        features = binding.get_host_cpu_features().flatten()
+    return "+avx512f" in str(features).split(",")
+
+
+_blas_narrower: bool | None = None
+
+
+def blas_narrower_than_jit() -> bool:
+    """Whether an OpenBLAS loaded here runs an older core than numba compiles for: the
+    target has AVX-512 and OpenBLAS runs an AVX2-or-older kernel (OPENBLAS_CORETYPE=
+    Haswell, as this workplace sets it for old OpenBLAS builds, or an OpenBLAS too old to
+    know the CPU). Then the engine's own micro-kernel (kernels/microkernel.py) beats it
+    at the im2col GEMMs that fit in cache (kernels/sizes.py decides which). Asked once."""
+    global _blas_narrower
+    if _blas_narrower is None:
+        from threadpoolctl import threadpool_info
+
+        _load_blas_libraries()
+        cores = {str(lib.get("architecture", "")).lower() for lib in threadpool_info()
+                 if lib.get("internal_api") == "openblas"}
+        _blas_narrower = jit_has_avx512() and bool(cores - _AVX512_BLAS_CORES)
+    return _blas_narrower
 
 
 # glibc's mallopt parameters (malloc.h)

@@ -455,3 +455,85 @@ def test_planar_small_validation_errors():
     with pytest.raises(ValueError, match="dy"):
         conv.conv2d_backward_planar(x, np.zeros((2, 3, 3, 3)), np.zeros((1, 4, 4, 5)),
                                     (1, 1), (1, 1))
+
+
+# --- the own GEMM (microkernel.py) where OpenBLAS runs an older core ---------------------
+
+F32_REL = 2e-5  # float32 against float64, relative to the largest |value|
+
+
+def _rel(a, ref):
+    return float(np.abs(a.astype(np.float64) - ref).max() / np.abs(ref).max())
+
+
+@pytest.mark.parametrize("case", [c for c in SMALL_CASES if c[3] // c[10] * c[4] // c[10] > 8]
+                         + [(2, 9, 9, 16, 32, 3, 3, (2, 2), (1, 1), (1, 1), 1),  # resnet20's
+                            (2, 8, 8, 16, 32, 1, 1, (2, 2), (0, 0), (1, 1), 1)],  # s2, 1x1
+                         ids=lambda c: "x".join(map(str, c[:7])))
+def test_gemm_small_float32_on_own_kernel_vs_float64(case, monkeypatch):
+    # OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU sends the GEMMs to microkernel.py; tests
+    # do not touch the environment, so the decision is forced here, both ways
+    N, H, W, C, K, Fh, Fw, s, p, d, g = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    x, w, b = _make(rng, N, H, W, C, K, Fh, Fw, g, np.float32)
+    x64, w64, b64 = (a.astype(np.float64) for a in (x, w, b))
+    ohw = (_out(H, Fh, s[0], p[0], d[0]), _out(W, Fw, s[1], p[1], d[1]))
+    dy = rng.standard_normal((N, *ohw, K)).astype(np.float32)
+    ref_y = naive.naive_conv2d(x64, w64, b64, s, p, d, g, ohw)
+    ref = naive.naive_conv2d_backward(x64, w64, dy.astype(np.float64), s, p, d, g)
+    got = {}
+    for narrower in (True, False):
+        monkeypatch.setattr(conv, "blas_narrower_than_jit", lambda v=narrower: v)
+        assert conv._own_gemm(Fh * Fw * C // g, K // g, x) is narrower
+        y = conv.conv2d_forward(x, w, b, s, p, d, g, ohw)
+        grads = conv.conv2d_backward(x, w, dy, s, p, d, g)
+        assert _rel(y, ref_y) < F32_REL
+        for a, r in zip(grads, ref, strict=True):
+            assert a.dtype == np.float32 and _rel(a, r) < F32_REL
+        got[narrower] = (y, *grads)
+    np.testing.assert_array_equal(got[True][1], got[False][1])  # dx: np.dot either way
+
+
+@pytest.mark.parametrize("case", PLANAR_CASES[:3], ids=lambda c: "x".join(map(str, c[:7])))
+def test_planar_small_float32_on_own_kernel_vs_float64(case, monkeypatch):
+    x, w, b, dy, p, d, ohw = _planar_case(case, np.float32)
+    x64, w64, b64, dy64 = (a.astype(np.float64) for a in (x, w, b, dy))
+    monkeypatch.setattr(conv, "blas_narrower_than_jit", lambda: True)
+    y = conv.conv2d_forward_planar(x, w, b, p, d, ohw)
+    assert _rel(y, naive.naive_conv2d(x64, w64, b64, (1, 1), p, d, 1, ohw)) < F32_REL
+    got = conv.conv2d_backward_planar(x, w, dy, p, d)
+    for a, r in zip(got, naive.naive_conv2d_backward(x64, w64, dy64, (1, 1), p, d, 1),
+                    strict=True):
+        assert _rel(a, r) < F32_REL
+
+
+def test_own_gemm_rule_float32_small_filter_matrices_and_an_older_blas_only():
+    from cnncli.engine.kernels import sizes
+
+    assert sizes.own_gemm(144, 32, 4, True)  # resnet20's stride-2 conv
+    assert sizes.own_gemm(288, 64, 4, True)
+    assert not sizes.own_gemm(2304, 256, 4, True)  # VGG's 3x3 256 -> 256: OpenBLAS packs
+    assert not sizes.own_gemm(144, 32, 8, True)  # float64 (gradcheck) stays on OpenBLAS
+    assert not sizes.own_gemm(144, 32, 4, False)  # OpenBLAS's own AVX-512 kernel
+
+
+@pytest.mark.parametrize("avx512,cores,narrower", [
+    (True, ["Haswell"], True),  # OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU
+    (True, ["SkylakeX", "SkylakeX"], False),  # numpy's and scipy's OpenBLAS, own kernel
+    (True, ["SkylakeX", "Haswell"], True),  # either copy on the older core
+    (False, ["Haswell"], False),  # an AVX2 CPU: OpenBLAS's Haswell kernel is its best
+    (True, [], False),  # no OpenBLAS (another BLAS): nothing known to be narrower
+])
+def test_blas_narrower_than_jit_reads_openblas_cores(avx512, cores, narrower, monkeypatch):
+    import threadpoolctl
+
+    from cnncli import config
+
+    libs = [{"internal_api": "openblas", "architecture": c} for c in cores]
+    libs.append({"internal_api": "openmp", "architecture": None})
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: libs)
+    monkeypatch.setattr(config, "jit_has_avx512", lambda: avx512)
+    monkeypatch.setattr(config, "_blas_narrower", None)
+    assert config.blas_narrower_than_jit() is narrower
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: 1 / 0)
+    assert config.blas_narrower_than_jit() is narrower  # asked once per process

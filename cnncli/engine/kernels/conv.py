@@ -40,6 +40,11 @@ Design (measured on the 2-core target, see bench/bench_conv.py):
   Haswell kernel; LeNet's 1->6 5x5 at 2.6-3.1x im2col's.
   A direct loop kernel (an output pixel's K filters as the accumulator, windows read
   from NHWC x) measured 1.5-2.5x slower than im2col: see winograd.py's note on loops.
+* Which GEMM: forward and dW GEMMs run on microkernel.py's `gemm_into` instead of
+  np.dot where OpenBLAS runs an older core than numba compiles for (OPENBLAS_CORETYPE=
+  Haswell on an AVX-512 CPU) and a group's filter matrix fits in L2 (sizes.own_gemm has
+  the measurements); dW then adds into the chunk's partial sums directly. dx
+  (dy @ W2^T, read across W2's rows) stays on np.dot.
 * Locally connected: forward and dW are one small GEMM per output position over the
   batch (parallel over positions, no reduction needed); dx is parallel over chunks of
   images, each scattering into its own images.
@@ -51,8 +56,14 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from cnncli.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, ensure_configured
+from cnncli.config import (
+    JIT_OPTIONS,
+    PARALLEL_JIT_OPTIONS,
+    blas_narrower_than_jit,
+    ensure_configured,
+)
 from cnncli.engine.kernels import sizes
+from cnncli.engine.kernels.microkernel import gemm_into
 from cnncli.engine.kernels.sizes import (
     COL_BLOCK_BYTES,  # noqa: F401 - tests and benchmarks read it through this module
     MIN_CHUNKS,  # noqa: F401
@@ -209,7 +220,7 @@ def _post_rows(out, post_mode, post):
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols_t, tmp_t, y,
-                   post_mode, post):
+                   post_mode, post, own_gemm):
     """y[N, OH, OW, K] = conv(x, W2) (+ b), then what it absorbed (`_post_rows`);
     W2[G, Fh*Fw*Cg, Kg] rows ordered (p, q, c). One slot per thread:
     cols_t[T, G, rb*OW, kdim] and tmp_t[T, rb*OW, Kg] are its band."""
@@ -237,12 +248,17 @@ def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols_
             base = (n * OH + r0) * OW
             _im2col_band(x, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw, G, Cg, cols)
             out = y2[base:base + rows]
-            if G == 1:
+            if G == 1 and own_gemm:  # microkernel.py (sizes.own_gemm decides)
+                gemm_into(cols[0, :rows], W2[0], out, False)
+            elif G == 1:
                 np.dot(cols[0, :rows], W2[0], out)
             else:
                 for g in range(G):
                     tg = tmp[:rows]
-                    np.dot(cols[g, :rows], W2[g], tg)
+                    if own_gemm:
+                        gemm_into(cols[g, :rows], W2[g], tg, False)
+                    else:
+                        np.dot(cols[g, :rows], W2[g], tg)
                     k0 = g * Kg
                     for r in range(rows):
                         dst = out[r, k0:k0 + Kg]
@@ -260,7 +276,7 @@ def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols_
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _conv_bwd_gemm(x, W2, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, need_dx,
-                   dx, dWp, dbp, cols_t, dcols_t, dyg_t, tw_t):
+                   dx, dWp, dbp, cols_t, dcols_t, dyg_t, tw_t, own_gemm):
     """dWp[chunk, G, kdim, Kg] and dbp[chunk, K] (zeroed) get per-chunk partial sums;
     dx (zeroed, when need_dx) gets the input gradient. Chunks own whole images. One slot
     per thread works through its share of the chunks with its own band buffers (the
@@ -285,12 +301,13 @@ def _conv_bwd_gemm(x, W2, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, need_d
             _conv_bwd_gemm_chunk(x, W2, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nblk, G,
                                  kdim, Kg, Cg, OH, OW, K, t * N // nchunk,
                                  (t + 1) * N // nchunk, need_dx, dx, dWp[t], dbp[t], cols,
-                                 dcols, dyg, tw)
+                                 dcols, dyg, tw, own_gemm)
 
 
 @njit(**JIT_OPTIONS)
 def _conv_bwd_gemm_chunk(x, W2, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nblk, G, kdim, Kg,
-                         Cg, OH, OW, K, n0, n1, need_dx, dx, dWt, dbt, cols, dcols, dyg, tw):
+                         Cg, OH, OW, K, n0, n1, need_dx, dx, dWt, dbt, cols, dcols, dyg, tw,
+                         own_gemm):
     """One chunk of images [n0, n1) of _conv_bwd_gemm: its partial sums dWt, dbt, and
     (need_dx) the chunk's images of dx, zeroed here first: the scatter then lands in
     cache, and no one-thread np.zeros pass over all of dx comes before (1 ms of the 4.7 ms
@@ -325,11 +342,14 @@ def _conv_bwd_gemm_chunk(x, W2, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nblk, G
                         src = dyb[r, k0:k0 + Kg]
                         for k in range(Kg):
                             dst[k] = src[k]
-                np.dot(cols[g, :rows].T, d, tw)
-                acc = dWt[g].reshape(kdim * Kg)
-                twf = tw.reshape(kdim * Kg)
-                for a in range(kdim * Kg):
-                    acc[a] += twf[a]
+                if own_gemm:  # adds into the chunk's sums itself
+                    gemm_into(cols[g, :rows].T, d, dWt[g], True)
+                else:
+                    np.dot(cols[g, :rows].T, d, tw)
+                    acc = dWt[g].reshape(kdim * Kg)
+                    twf = tw.reshape(kdim * Kg)
+                    for a in range(kdim * Kg):
+                        acc[a] += twf[a]
                 if need_dx:
                     np.dot(d, W2[g].T, dcols[g, :rows])
             if need_dx:
@@ -536,7 +556,8 @@ def _planar_col2im(cols, Fh, Fw, dh, dw, rows, OW, xp):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _conv_fwd_planar(x, W2, b, Fh, Fw, ph, pw, dh, dw, rb, xp_t, cols_t, y, post_mode, post):
+def _conv_fwd_planar(x, W2, b, Fh, Fw, ph, pw, dh, dw, rb, xp_t, cols_t, y, post_mode, post,
+                     own_gemm):
     """y[N, OH, OW, K] = conv(x, W2) + b, stride 1, then what it absorbed (`_post_rows`);
     W2[Fh * Fw * C, K] rows (p, q, c).
     Tasks are bands of rb output rows; one slot per thread with its flat buffers (the `_t`
@@ -564,7 +585,10 @@ def _conv_fwd_planar(x, W2, b, Fh, Fw, ph, pw, dh, dw, rb, xp_t, cols_t, y, post
             _planar_cols(xp, Fh, Fw, dh, dw, rows, OW, cols)
             base = (n * OH + r0) * OW
             out = y2[base:base + P]
-            np.dot(cols.T, W2, out)
+            if own_gemm:
+                gemm_into(cols.T, W2, out, False)
+            else:
+                np.dot(cols.T, W2, out)
             for r in range(P):
                 orow = out[r]
                 for k in range(K):
@@ -575,7 +599,7 @@ def _conv_fwd_planar(x, W2, b, Fh, Fw, ph, pw, dh, dw, rb, xp_t, cols_t, y, post
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _conv_bwd_planar(x, W2, dy, Fh, Fw, ph, pw, dh, dw, rb, nchunk, need_dx, dx, dWp, dbp,
-                     xp_t, cols_t, tw_t):
+                     xp_t, cols_t, tw_t, own_gemm):
     """dWp[chunk, Fh * Fw * C, K] and dbp[chunk, K] (zeroed) get per-chunk partial sums;
     chunks own whole images, summed in chunk order by the caller (the same bits for any
     thread count up to nchunk). dx (zeroed, when need_dx) gets the input gradient: cols
@@ -611,9 +635,12 @@ def _conv_bwd_planar(x, W2, dy, Fh, Fw, ph, pw, dh, dw, rb, nchunk, need_dx, dx,
                             dbt[k] += drow[k]
                     _planar_band(x, n, r0, nr, ph, pw, xp)
                     _planar_cols(xp, Fh, Fw, dh, dw, rows, OW, cols)
-                    np.dot(cols, d, tw)
-                    for a in range(kdim * K):
-                        dWf[a] += twf[a]
+                    if own_gemm:
+                        gemm_into(cols, d, dWp[ch], True)
+                    else:
+                        np.dot(cols, d, tw)
+                        for a in range(kdim * K):
+                            dWf[a] += twf[a]
                     if not need_dx:
                         continue
                     np.dot(W2, d.T, cols)
@@ -846,6 +873,11 @@ def _band_rows(OH, OW, G, kdim, itemsize):
     return band_rows(OH, OW, G, kdim, itemsize)
 
 
+def _own_gemm(kdim, kg, x):
+    """Whether this conv's GEMMs run on microkernel.py rather than OpenBLAS (sizes.py)."""
+    return sizes.own_gemm(kdim, kg, x.itemsize, blas_narrower_than_jit())
+
+
 def _threads():
     return int(numba.get_num_threads())
 
@@ -905,7 +937,7 @@ def conv2d_forward(x, w, b, stride, pad, dilation, groups, out_hw, relu=False, a
         cols = np.empty((T, G, rb * OW, kdim), dtype=x.dtype)
         tmp = np.empty((T, rb * OW, K // G), dtype=x.dtype)
         _conv_fwd_gemm(x, W2, bb, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols, tmp, y,
-                       *post_ops(K, x.dtype, relu, affine))
+                       *post_ops(K, x.dtype, relu, affine), _own_gemm(kdim, K // G, x))
     return y
 
 
@@ -950,7 +982,7 @@ def conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True):
                        dx, dWp, dbp, np.empty((T, G, band, kdim), dtype=x.dtype),
                        np.empty((T, G, band, kdim), dtype=x.dtype),
                        np.empty((T, band, Kg), dtype=x.dtype),
-                       np.empty((T, kdim, Kg), dtype=x.dtype))
+                       np.empty((T, kdim, Kg), dtype=x.dtype), _own_gemm(kdim, Kg, x))
         dW2 = _sum_chunks(dWp)  # [G, (p, q, c), Kg]
         dwt = np.ascontiguousarray(
             dW2.reshape(G, Fh, Fw, Cg, Kg).transpose(0, 4, 3, 1, 2).reshape(K, Cg, Fh, Fw)
@@ -979,7 +1011,7 @@ def conv2d_forward_planar(x, w, b, pad, dilation, out_hw, relu=False, affine=Non
     dt = x.dtype
     _conv_fwd_planar(x, _gemm_weights(w, 1)[0], bb, Fh, Fw, ph, pw, dh, dw, rb,
                      np.empty((T, C * nr * Wp), dt), np.empty((T, Fh * Fw * C * P), dt), y,
-                     *post_ops(K, dt, relu, affine))
+                     *post_ops(K, dt, relu, affine), _own_gemm(Fh * Fw * C, K, x))
     return y
 
 
@@ -1006,7 +1038,8 @@ def conv2d_backward_planar(x, w, dy, pad, dilation, need_dx=True):
         dt = x.dtype
         _conv_bwd_planar(x, _gemm_weights(w, 1)[0], dy, Fh, Fw, ph, pw, dh, dw, rb, nchunk,
                          bool(need_dx), dx, dWp, dbp, np.empty((T, C * nr * Wp), dt),
-                         np.empty((T, kdim * P), dt), np.empty((T, kdim, K), dt))
+                         np.empty((T, kdim * P), dt), np.empty((T, kdim, K), dt),
+                         _own_gemm(kdim, K, x))
     dW2 = _sum_chunks(dWp)  # [(p, q, c), K]
     dwt = np.ascontiguousarray(dW2.reshape(Fh, Fw, C, K).transpose(3, 2, 0, 1))
     db = dbp.sum(axis=0).astype(x.dtype)

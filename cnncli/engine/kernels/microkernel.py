@@ -48,21 +48,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from cnncli.config import JIT_OPTIONS
+from cnncli.config import JIT_OPTIONS, jit_has_avx512
 
 __all__ = ["gemm_into", "small_gemm"]
-
-def _has_avx512() -> bool:
-    """Whether numba compiles for a CPU with AVX-512F: its target (NUMBA_CPU_FEATURES if
-    the user set it, else the host's), which decides how many vector registers a block
-    can hold (32 with AVX-512, 16 with AVX2)."""
-    from llvmlite import binding
-
-    features = numba.config.CPU_FEATURES
-    if features is None:
-        features = binding.get_host_cpu_features().flatten()
-    return "+avx512f" in features.split(",")
-
 
 # Block shapes (rows x float32 lanes), measured on the 2-core Xeon (AVX-512), 36 products
 # of [32 x C] by [C x C], one core, GFLOP/s against np.dot's (SkylakeX kernel):
@@ -71,7 +59,7 @@ def _has_avx512() -> bool:
 # 8x32 holds 16 accumulators of 512 bits; on an AVX2 CPU the same block would need 32
 # 256-bit registers of 16, so there the blocks are 6 x 16 (12 accumulators, as OpenBLAS's
 # Haswell sgemm kernel).
-WIDE = _has_avx512()
+WIDE = jit_has_avx512()
 BLOCK_ROWS = 8 if WIDE else 6  # MR: rows of the result per block
 BLOCK_COLS = 16  # NR: float32 lanes per vector
 WIDE_COLS = 32  # NR for results whose width is a multiple of it (AVX-512 only)

@@ -95,3 +95,23 @@ def winograd_weights_work(n: int, oh: int, ow: int, c: int, k: int, m: int,
     per = (alpha * alpha * slots * (c + k) + 2 * alpha * m * (tw + 1) * c + m * m * tw * k
            + alpha * m * tw * k + alpha * alpha * c * k + c * k)
     return min(threads, winograd_weights_chunks(n, oh, ow, m, threads)), per
+
+
+# ------------------------------------------------------------------------ the own GEMM
+# The im2col GEMMs (conv.py) run on kernels/microkernel.py instead of OpenBLAS where
+# OpenBLAS runs an older core than numba compiles for (config.blas_narrower_than_jit:
+# OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU) and one group's filter matrix fits in L2.
+# Measured 2026-11-29 on the 2-core Xeon (AVX-512), one thread, own kernel / np.dot with
+# the Haswell kernel forced: [256 x 144] by [144 x 32] (resnet20's stride-2 conv, a
+# band) 3.3x, 1x1 [256 x 16] by [16 x 32] 3.1x, [512 x 288] by [288 x 64] 1.3x, the
+# planar first layer [1024 x 27] by [27 x 32] 1.8x and its dW 3.1x; a VGG band
+# [784 x 2304] by [2304 x 256] 0.5x (the filter matrix, 2.3 MB, streams from memory
+# for every block of rows: OpenBLAS packs it). With OpenBLAS's own AVX-512 kernel the
+# same GEMMs ran 0.8-1.0x (0.4x for the VGG band), so there OpenBLAS keeps them.
+OWN_GEMM_MAX_WEIGHTS = 32 * 1024  # numbers in one group's filter matrix (128 KiB float32)
+
+
+def own_gemm(kdim: int, kg: int, itemsize: int, blas_narrower: bool) -> bool:
+    """Whether a conv's im2col GEMMs (kdim x kg filter matrix per group) run on the
+    engine's own kernel: float32 only (float64 stays on OpenBLAS), see above."""
+    return blas_narrower and itemsize == 4 and kdim * kg <= OWN_GEMM_MAX_WEIGHTS
