@@ -190,6 +190,31 @@ def test_float32_small_own_gemm_forward_dx_dw_vs_naive(case, tile):
     assert _rel_err(db, rdb) < F32_REL
 
 
+@pytest.mark.parametrize("narrower", [True, False])
+def test_float32_64_channels_on_either_gemm_vs_float64_direct(narrower, monkeypatch):
+    # 64 x 64 channels: np.dot with OpenBLAS's own kernel, the own kernel (the 32-wide
+    # block on AVX-512) where OpenBLAS runs an older core; forced both ways here
+    monkeypatch.setattr(wg, "blas_narrower_than_jit", lambda: narrower)
+    assert sizes.own_winograd(64, 64, 4, narrower) is narrower
+    rng = np.random.default_rng(21)
+    x, w, b = _make(rng, 8, 8, 8, 64, 64, np.float32)
+    dy = rng.standard_normal((8, 8, 8, 64)).astype(np.float32)
+    x64, w64, b64, dy64 = (a.astype(np.float64) for a in (x, w, b, dy))
+    ref = conv.conv2d_forward(x64, w64, b64, (1, 1), (1, 1), (1, 1), 1, (8, 8))
+    rdx, rdw, rdb = conv.conv2d_backward(x64, w64, dy64, (1, 1), (1, 1), (1, 1), 1)
+    assert _rel_err(wg.winograd_conv_forward(x, w, b, 1), ref) < F32_REL
+    assert _rel_err(wg.winograd_conv_backward_data(dy, w, 1), rdx) < F32_REL
+    dw, db = wg.winograd_conv_backward_params(x, dy, 1)
+    assert _rel_err(dw, rdw) < F32_REL and _rel_err(db, rdb) < F32_REL
+
+
+def test_own_winograd_rule_small_channels_or_an_older_blas_float32_only():
+    assert sizes.own_winograd(16, 16, 4, False) and sizes.own_winograd(32, 32, 4, False)
+    assert not sizes.own_winograd(64, 64, 4, False)  # OpenBLAS's AVX-512 kernel ahead
+    assert sizes.own_winograd(128, 128, 4, True)  # AVX2 OpenBLAS on an AVX-512 CPU
+    assert not sizes.own_winograd(16, 16, 8, True)  # float64 (gradcheck): np.dot
+
+
 def test_backward_params_float32_bias_gradient_summed_in_float64():
     # a float32 running sum over 64 x 32 x 32 positions would drift; the float64 partials
     # match numpy's float64 sum to float32 rounding

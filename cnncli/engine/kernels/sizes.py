@@ -115,3 +115,18 @@ def own_gemm(kdim: int, kg: int, itemsize: int, blas_narrower: bool) -> bool:
     """Whether a conv's im2col GEMMs (kdim x kg filter matrix per group) run on the
     engine's own kernel: float32 only (float64 stays on OpenBLAS), see above."""
     return blas_narrower and itemsize == 4 and kdim * kg <= OWN_GEMM_MAX_WEIGHTS
+
+
+# Winograd's tile products ([tiles x C] by [C x K], winograd.py) run on microkernel.py
+# wherever OpenBLAS runs an older core, and with OpenBLAS's own AVX-512 kernel up to 32 x 32
+# channels: there, one thread, bench/ab_kernels.py --module winograd against np.dot
+# (2026-11-29), forward 1.02-1.11x, dx 1.03-1.10x, dW 1.01-1.05x; at 8x8 64 -> 64 np.dot
+# was ahead (0.93x forward, 0.97x dx, 0.94-0.98x dW).
+OWN_WINOGRAD_MAX_CK = 32 * 32
+
+
+def own_winograd(c: int, k: int, itemsize: int, blas_narrower: bool) -> bool:
+    """Whether a Winograd layer's tile products (c input, k output channels of the
+    product: the forward's, or dx's with the two swapped) run on the engine's own kernel:
+    float32 only, see above."""
+    return itemsize == 4 and (blas_narrower or c * k <= OWN_WINOGRAD_MAX_CK)

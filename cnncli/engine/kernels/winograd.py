@@ -46,7 +46,9 @@ Design (measured on the 2-core target, see bench/bench_winograd.py):
   partials are summed in chunk order: bit-identical run to run and across thread counts
   up to MIN_CHUNKS. Forward and dx write disjoint outputs: any split gives the same bits.
 * The tile products: float32 runs them through microkernel.py's `gemm_into` (the
-  engine's own register-blocked kernel, LLVM vector IR), float64 (gradcheck) through
+  engine's own register-blocked kernel, LLVM vector IR) where sizes.own_winograd says
+  (always when OpenBLAS runs an older core than numba compiles for; with its own
+  AVX-512 kernel up to 32 x 32 channels), float64 (gradcheck) and the rest through
   np.dot. Plain numba loops in np.dot's place (vectorised over K, four terms per store,
   several tiles per pass, one scalar accumulator per filter) had measured 2-5x slower
   per product than OpenBLAS's SkylakeX kernel; microkernel.py says why. Against np.dot,
@@ -68,7 +70,12 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from cnncli.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, ensure_configured
+from cnncli.config import (
+    JIT_OPTIONS,
+    PARALLEL_JIT_OPTIONS,
+    blas_narrower_than_jit,
+    ensure_configured,
+)
 from cnncli.engine.kernels import sizes  # block sizes, shared with the memory plans
 from cnncli.engine.kernels.conv import _as, _check_x, _post_rows, post_ops
 from cnncli.engine.kernels.microkernel import gemm_into
@@ -685,7 +692,8 @@ def _forward(x, u, b, pad, tile, out_hw, relu=False, affine=None):
               np.empty((T, alpha * alpha, R * TW + 1, K), dt),
               np.zeros((T, alpha, tile * KS * C), dt), np.empty((T, alpha, tile * KS * C), dt),
               np.empty((T, alpha, tile * TW * K), dt), np.empty((T, tile, tile * TW * K), dt),
-              y, *post_ops(K, dt, relu, affine), dt == np.float32)
+              y, *post_ops(K, dt, relu, affine),
+              sizes.own_winograd(C, K, x.itemsize, blas_narrower_than_jit()))
     return y
 
 
@@ -774,7 +782,8 @@ def winograd_conv_backward_params(x, dy, pad, tile=4, need_db=True):
                 np.empty((T, A2, R * TW + 1, K), dt), np.zeros((T, alpha, tile * KS * C), dt),
                 np.empty((T, alpha, tile * KS * C), dt), np.zeros((T, tile, tile * TW * K), dt),
                 np.empty((T, alpha, tile * TW * K), dt), np.empty((T, A2, C, K), dt),
-                np.empty((T, C, K), dt), dWp, bool(need_db), dbp, dt == np.float32)
+                np.empty((T, C, K), dt), dWp, bool(need_db), dbp,
+                sizes.own_winograd(C, K, x.itemsize, blas_narrower_than_jit()))
     dW = dWp[0].copy()
     for q in range(1, nchunk):  # chunk order: deterministic
         dW += dWp[q]
