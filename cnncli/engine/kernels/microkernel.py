@@ -65,21 +65,23 @@ BLOCK_COLS = 16  # NR: float32 lanes per vector
 WIDE_COLS = 32  # NR for results whose width is a multiple of it (AVX-512 only)
 
 
-def _block_intrinsic(rows: int, cols: int, accumulate: bool):
+def _block_intrinsic(rows: int, cols: int):
     """An @intrinsic computing one rows x cols block of the result:
 
         C[i, j] (+)= sum_r A[i * a_rs + r * a_ks] * B[r * ldb + j],  C at c + i * ldc + j
 
-    on float32 pointers passed as integers, strides and the reduction length in elements.
+    on float32 pointers passed as integers, strides and the reduction length in elements;
+    `acc` (0 or 1) adds to what C holds. The block reads C either way (its own output:
+    allocated) and a select drops it, so one compiled form serves both.
     """
 
     @intrinsic
-    def block(typingctx, a, a_rs, a_ks, b, ldb, c, ldc, depth):
+    def block(typingctx, a, a_rs, a_ks, b, ldb, c, ldc, depth, acc):
         sig = types.void(types.uintp, types.intp, types.intp, types.uintp, types.intp,
-                         types.uintp, types.intp, types.intp)
+                         types.uintp, types.intp, types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
-            a, a_rs, a_ks, b, ldb, c, ldc, depth = args
+            a, a_rs, a_ks, b, ldb, c, ldc, depth, acc = args
             f32 = ir.FloatType()
             i64 = ir.IntType(64)
             vec = ir.VectorType(f32, cols)
@@ -95,11 +97,11 @@ def _block_intrinsic(rows: int, cols: int, accumulate: bool):
                       for i in range(rows)]
             a_rows = [builder.gep(A, [builder.mul(ir.Constant(i64, i), a_rs)])
                       for i in range(rows)]
-            if accumulate:
-                start = [builder.load(builder.bitcast(p, vec.as_pointer()), align=4)
-                         for p in c_rows]
-            else:
-                start = [zero] * rows
+            adding = builder.icmp_signed("!=", acc, ir.Constant(i64, 0))
+            start = [builder.select(adding,
+                                    builder.load(builder.bitcast(p, vec.as_pointer()), align=4),
+                                    zero)
+                     for p in c_rows]
             entry = builder.block
             loop = builder.append_basic_block("block.loop")
             done = builder.append_basic_block("block.done")
@@ -141,14 +143,34 @@ def _block_intrinsic(rows: int, cols: int, accumulate: bool):
     return block
 
 
-_block = _block_intrinsic(BLOCK_ROWS, BLOCK_COLS, False)
-_block_acc = _block_intrinsic(BLOCK_ROWS, BLOCK_COLS, True)
-_row = _block_intrinsic(1, BLOCK_COLS, False)
-_row_acc = _block_intrinsic(1, BLOCK_COLS, True)
-_wide = _block_intrinsic(BLOCK_ROWS, WIDE_COLS, False)
-_wide_acc = _block_intrinsic(BLOCK_ROWS, WIDE_COLS, True)
-_wide_row = _block_intrinsic(1, WIDE_COLS, False)
-_wide_row_acc = _block_intrinsic(1, WIDE_COLS, True)
+_block = _block_intrinsic(BLOCK_ROWS, BLOCK_COLS)
+_row = _block_intrinsic(1, BLOCK_COLS)
+_wide = _block_intrinsic(BLOCK_ROWS, WIDE_COLS)
+_wide_row = _block_intrinsic(1, WIDE_COLS)
+
+
+@njit(**JIT_OPTIONS)
+def _gemm_blocks(a, a_rs, a_ks, b, ldb, c, ldc, M, K, N, wide, acc):
+    """The vector blocks of gemm_into on raw pointers and element strides: integers only,
+    so numba compiles it once (per process or from its cache) whatever the arrays'
+    layouts; the 8 block forms it inlines made each caller ~2 s slower to compile."""
+    step = WIDE_COLS if wide else BLOCK_COLS
+    nfull = N - N % step
+    i = 0
+    while i < M:
+        ai = a + 4 * i * a_rs
+        full = i + BLOCK_ROWS <= M
+        for j in range(0, nfull, step):
+            ci = c + 4 * (i * ldc + j)
+            if full and wide:
+                _wide(ai, a_rs, a_ks, b + 4 * j, ldb, ci, ldc, K, acc)
+            elif full:
+                _block(ai, a_rs, a_ks, b + 4 * j, ldb, ci, ldc, K, acc)
+            elif wide:
+                _wide_row(ai, a_rs, a_ks, b + 4 * j, ldb, ci, ldc, K, acc)
+            else:
+                _row(ai, a_rs, a_ks, b + 4 * j, ldb, ci, ldc, K, acc)
+        i += BLOCK_ROWS if full else 1
 
 
 @njit(**JIT_OPTIONS)
@@ -157,50 +179,18 @@ def gemm_into(A, B, out, accumulate):
 
     A: any 2-d view; B and out: unit stride along N (their rows may be apart). Blocks of
     BLOCK_ROWS rows through the vector kernel (WIDE_COLS columns when N is a multiple of
-    it and the CPU has AVX-512, else BLOCK_COLS), leftover rows one at a time through its
-    one-row form, leftover columns (N % BLOCK_COLS) in a plain loop.
+    it and the CPU has AVX-512, else BLOCK_COLS), leftover rows one at a time through
+    its one-row form, leftover columns (N % BLOCK_COLS) in a plain loop.
     """
     if A.itemsize != 4 or B.itemsize != 4 or out.itemsize != 4:
         raise ValueError("gemm_into takes float32 arrays")
     M, K = A.shape
     N = B.shape[1]
-    a = A.ctypes.data
-    b = B.ctypes.data
-    c = out.ctypes.data
-    a_rs = A.strides[0] // 4
-    a_ks = A.strides[1] // 4
-    ldb = B.strides[0] // 4
-    ldc = out.strides[0] // 4
     wide = WIDE and N % WIDE_COLS == 0
-    step = WIDE_COLS if wide else BLOCK_COLS
-    nfull = N - N % step
-    i = 0
-    while i + BLOCK_ROWS <= M:
-        ai = a + 4 * i * a_rs
-        for j in range(0, nfull, step):
-            ci = c + 4 * (i * ldc + j)
-            if wide and accumulate:
-                _wide_acc(ai, a_rs, a_ks, b + 4 * j, ldb, ci, ldc, K)
-            elif wide:
-                _wide(ai, a_rs, a_ks, b + 4 * j, ldb, ci, ldc, K)
-            elif accumulate:
-                _block_acc(ai, a_rs, a_ks, b + 4 * j, ldb, ci, ldc, K)
-            else:
-                _block(ai, a_rs, a_ks, b + 4 * j, ldb, ci, ldc, K)
-        i += BLOCK_ROWS
-    while i < M:
-        ai = a + 4 * i * a_rs
-        for j in range(0, nfull, step):
-            ci = c + 4 * (i * ldc + j)
-            if wide and accumulate:
-                _wide_row_acc(ai, a_rs, a_ks, b + 4 * j, ldb, ci, ldc, K)
-            elif wide:
-                _wide_row(ai, a_rs, a_ks, b + 4 * j, ldb, ci, ldc, K)
-            elif accumulate:
-                _row_acc(ai, a_rs, a_ks, b + 4 * j, ldb, ci, ldc, K)
-            else:
-                _row(ai, a_rs, a_ks, b + 4 * j, ldb, ci, ldc, K)
-        i += 1
+    _gemm_blocks(A.ctypes.data, A.strides[0] // 4, A.strides[1] // 4, B.ctypes.data,
+                 B.strides[0] // 4, out.ctypes.data, out.strides[0] // 4, M, K, N, wide,
+                 1 if accumulate else 0)
+    nfull = N - N % BLOCK_COLS
     if nfull < N:
         for i in range(M):
             for j in range(nfull, N):
