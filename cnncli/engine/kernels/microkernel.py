@@ -1,5 +1,6 @@
 """The engine's own small float32 GEMM, for the products inside its kernels (Winograd's
-tile products), so their speed does not hinge on which kernel OpenBLAS picks.
+tile products; the small im2col GEMMs where OpenBLAS runs an older core, see sizes.py), so
+their speed does not hinge on which kernel OpenBLAS picks.
 
     gemm_into(A, B, out, accumulate)     out[M, N] (+)= A[M, K] @ B[K, N]   (@njit, float32)
 
@@ -15,7 +16,7 @@ kernel ran the same products at 10-16 GFLOP/s, against PyTorch's convolutions, w
 not use OpenBLAS at all.
 
 Why not numba loops: LLVM does not vectorise them into a register-blocked kernel
-(measured 2026-11-29, numba 0.6x/LLVM as installed):
+(measured 2026-11-29, numba 0.68.1 and its LLVM):
 * scalar accumulators (4 rows x 16 columns, unrolled in the source) stay scalar: the SLP
   vectoriser does not combine them, 2-3 GFLOP/s;
 * with fastmath the loop vectoriser vectorises the reduction instead, 64 vector
