@@ -107,7 +107,9 @@ def winograd_weights_work(n: int, oh: int, ow: int, c: int, k: int, m: int,
 # planar first layer [1024 x 27] by [27 x 32] 1.8x and its dW 3.1x; a VGG band
 # [784 x 2304] by [2304 x 256] 0.5x (the filter matrix, 2.3 MB, streams from memory
 # for every block of rows: OpenBLAS packs it). With OpenBLAS's own AVX-512 kernel the
-# same GEMMs ran 0.8-1.0x (0.4x for the VGG band), so there OpenBLAS keeps them.
+# same GEMMs read 0.8-1.0x in one run and 1.5-2.3x in another (0.4x for the VGG band),
+# and whole steps with them forced onto the own kernel 0.96-1.02x, so there OpenBLAS
+# keeps them until a calmer machine decides (BENCHMARKS.md, "The engine's own GEMM").
 OWN_GEMM_MAX_WEIGHTS = 32 * 1024  # numbers in one group's filter matrix (128 KiB float32)
 
 

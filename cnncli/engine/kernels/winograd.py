@@ -541,7 +541,7 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, xs_t, rowt_t, orow_t, yrow_t, y, 
                 _input_tile_row(x2, g // TH, H, r0, m, pad, KS, C, TW, xs, rowt, V2,
                                 (g - g0) * TW)
             for e in range(A2):
-                if own_gemm:  # float32: microkernel.py, whatever OpenBLAS's kernel
+                if own_gemm:  # microkernel.py (sizes.own_winograd decides)
                     gemm_into(V[e, :nt], U[e], M[e, :nt], False)
                 else:
                     np.dot(V[e, :nt], U[e], M[e, :nt])
