@@ -118,3 +118,52 @@ def test_small_refuses_what_it_cannot_compute():
         mk.small_gemm(f32, f32, np.ones((4, 5), np.float32))
     with pytest.raises(ValueError, match="accumulate needs"):
         mk.small_gemm(f32, f32, accumulate=True)
+
+
+# A kernel that runs its product either way branches on the global OWN_GEMM; its `_own`
+# copy (own_gemm_variant) sees it True. Defined here as the engine's kernels are.
+OWN_GEMM = mk.OWN_GEMM
+gemm_into = mk.gemm_into
+
+
+def _either_product(A, B, out):
+    if OWN_GEMM:
+        gemm_into(A, B, out, False)
+    else:
+        np.dot(A, B, out)
+
+
+def test_small_own_gemm_variant_is_a_named_copy_with_the_branch_taken():
+    from numba import njit
+
+    blas = njit(cache=False)(_either_product)
+    own = mk.own_gemm_variant(blas, {"cache": False})
+    copy = getattr(own, "py_func", own)
+    assert copy.__name__ == copy.__qualname__ == "_either_product_own"
+    assert copy.__module__ == __name__ and copy.__doc__ == _either_product.__doc__
+    assert OWN_GEMM is False  # the module's own global is left alone
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((9, 16), dtype=np.float32)
+    B = rng.standard_normal((16, 32), dtype=np.float32)
+    ref = A.astype(np.float64) @ B.astype(np.float64)
+    for kernel in (blas, own):
+        out = np.empty((9, 32), np.float32)
+        kernel(A, B, out)
+        assert _rel(out, ref) < REL
+
+
+def test_each_copy_compiles_and_links_only_the_product_it_calls():
+    # numba reads the global as a constant and drops the branch not taken before typing:
+    # the plain kernel's machine code never mentions gemm_into, the copy's calls it
+    from numba import njit
+
+    blas = njit(cache=False)(_either_product)
+    own = mk.own_gemm_variant(blas, {"cache": False})
+    A = np.ones((8, 16), np.float32)
+    B = np.ones((16, 16), np.float32)
+    out = np.empty((8, 16), np.float32)
+    blas(A, B, out)
+    own(A, B, out)
+    (blas_ir,) = blas.inspect_llvm().values()
+    (own_ir,) = own.inspect_llvm().values()
+    assert "gemm_into" not in blas_ir and "gemm_into" in own_ir

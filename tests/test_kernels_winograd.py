@@ -160,8 +160,9 @@ def test_backward_params_small_bias_gradient_vs_naive(case, tile):
     np.testing.assert_array_equal(dw_only, dw)
 
 
-# float32 runs its tile products through microkernel.py (float64 through np.dot): the
-# blocks of 16 and 32 filters, a remainder of columns, and tile counts that leave rows
+# float32 runs its tile products through microkernel.py where OpenBLAS runs an older core
+# (float64 always through np.dot), forced both ways here: the blocks of 16 and 32 filters,
+# a remainder of columns, and tile counts that leave rows
 F32_SMALL_CASES = [
     (2, 9, 7, 3, 16, 1),  # 16 filters: the 16-wide block; 2 x 3 x 2 = 12 tiles per block
     (1, 6, 10, 5, 32, 1),  # 32 filters: the 32-wide block on AVX-512
@@ -170,9 +171,12 @@ F32_SMALL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("narrower", [True, False])
 @pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("case", F32_SMALL_CASES, ids=_ids)
-def test_float32_small_own_gemm_forward_dx_dw_vs_naive(case, tile):
+def test_float32_small_on_either_gemm_forward_dx_dw_vs_naive(case, tile, narrower,
+                                                              monkeypatch):
+    monkeypatch.setattr(wg, "blas_narrower_than_jit", lambda: narrower)
     N, H, W, C, K, pad = case
     rng = np.random.default_rng(sum(case) + 3)
     x, w, b = _make(rng, N, H, W, C, K, np.float32)
@@ -195,7 +199,7 @@ def test_float32_64_channels_on_either_gemm_vs_float64_direct(narrower, monkeypa
     # 64 x 64 channels: np.dot with OpenBLAS's own kernel, the own kernel (the 32-wide
     # block on AVX-512) where OpenBLAS runs an older core; forced both ways here
     monkeypatch.setattr(wg, "blas_narrower_than_jit", lambda: narrower)
-    assert sizes.own_winograd(64, 64, 4, narrower) is narrower
+    assert sizes.own_winograd(4, narrower) is narrower
     rng = np.random.default_rng(21)
     x, w, b = _make(rng, 8, 8, 8, 64, 64, np.float32)
     dy = rng.standard_normal((8, 8, 8, 64)).astype(np.float32)
@@ -208,11 +212,10 @@ def test_float32_64_channels_on_either_gemm_vs_float64_direct(narrower, monkeypa
     assert _rel_err(dw, rdw) < F32_REL and _rel_err(db, rdb) < F32_REL
 
 
-def test_own_winograd_rule_small_channels_or_an_older_blas_float32_only():
-    assert sizes.own_winograd(16, 16, 4, False) and sizes.own_winograd(32, 32, 4, False)
-    assert not sizes.own_winograd(64, 64, 4, False)  # OpenBLAS's AVX-512 kernel ahead
-    assert sizes.own_winograd(128, 128, 4, True)  # AVX2 OpenBLAS on an AVX-512 CPU
-    assert not sizes.own_winograd(16, 16, 8, True)  # float64 (gradcheck): np.dot
+def test_own_winograd_rule_an_older_blas_float32_only():
+    assert sizes.own_winograd(4, True)  # AVX2 OpenBLAS on an AVX-512 CPU
+    assert not sizes.own_winograd(4, False)  # OpenBLAS's own AVX-512 kernel: np.dot
+    assert not sizes.own_winograd(8, True)  # float64 (gradcheck): np.dot
 
 
 def test_backward_params_float32_bias_gradient_summed_in_float64():

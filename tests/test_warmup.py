@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from numba import njit
 from rich.console import Console
 from typer.testing import CliRunner
@@ -32,18 +33,21 @@ from numba.core.registry import CPUDispatcher
 import cnncli.engine.kernels as K
 from cnncli.engine import warmup
 warmup._step(getattr(warmup, sys.argv[1]), "float32", sys.argv[2])
-used, every = [], []
+used, every = set(), set()
 for info in pkgutil.iter_modules(K.__path__):
     module = importlib.import_module(f"cnncli.engine.kernels.{info.name}")
     for name, value in vars(module).items():
+        # a kernel and its copy with the products on microkernel.py (`_own`) count as one:
+        # which copy a layer runs depends on this machine's OpenBLAS
+        key = f"{info.name}.{name.removesuffix('_own')}"
         # the parallel kernels: called from Python (serial helpers called from inside
         # them are compiled into their callers and load with them)
         if isinstance(value, CPUDispatcher) and value.__module__ == module.__name__ \
                 and value.targetoptions.get("parallel"):
-            every.append(f"{info.name}.{name}")
+            every.add(key)
         if isinstance(value, CPUDispatcher) and value.overloads:
-            used.append(f"{info.name}.{name}")
-print(json.dumps({"used": used, "every": every}))
+            used.add(key)
+print(json.dumps({"used": sorted(used), "every": sorted(every)}))
 """
 
 
@@ -222,10 +226,15 @@ def test_compile_ahead_on_one_core_compiles_in_this_process(tmp_path: Path) -> N
 
 
 def _recorded(spec: dict[str, Any], policy: str = "auto") -> dict[str, Any]:
+    """The kernels a dry run calls, by name (a kernel and its `_own` copy as one: which
+    one a layer runs depends on this machine's OpenBLAS), with their signatures."""
     calls: dict[Any, set[Any]] = {}
     with warmup._recording(calls):
         warmup._step(spec, "float32", policy)
-    return {d.py_func.__name__: sigs for d, sigs in calls.items()}
+    named: dict[str, set[Any]] = {}
+    for d, sigs in calls.items():
+        named.setdefault(d.py_func.__name__.removesuffix("_own"), set()).update(sigs)
+    return named
 
 
 def test_dry_run_records_the_kernels_of_the_notes_small_net() -> None:
@@ -241,6 +250,26 @@ def test_dry_run_records_the_kernels_of_the_notes_small_net() -> None:
 
     for sig in recorded["_wino_fwd"]:
         assert sig[0] == types.Array(types.float32, 4, "C")
+
+
+@pytest.mark.parametrize("narrower", [True, False])
+def test_a_run_calls_one_copy_of_each_conv_kernel_the_one_its_openblas_decides(
+        narrower: bool, monkeypatch: Any) -> None:
+    # where OpenBLAS runs an older core, the copies with the products on microkernel.py;
+    # elsewhere the plain kernels: never both, so a run compiles one
+    from cnncli.cli.options import open_spec
+    from cnncli.engine.kernels import conv, winograd
+
+    monkeypatch.setattr(conv, "blas_narrower_than_jit", lambda: narrower)
+    monkeypatch.setattr(winograd, "blas_narrower_than_jit", lambda: narrower)
+    calls: dict[Any, set[Any]] = {}
+    with warmup._recording(calls):
+        warmup._step(open_spec("cifar_small"), "float32", "auto")
+    names = {d.py_func.__name__ for d in calls}
+    own = {"_conv_fwd_planar_own", "_conv_bwd_planar_own", "_wino_fwd_own", "_wino_bwd_w_own"}
+    plain = {name.removesuffix("_own") for name in own}
+    runs, never = (own, plain) if narrower else (plain, own)
+    assert runs <= names and not names & never
 
 
 def test_dry_run_runs_no_kernel_and_puts_every_kernel_back() -> None:

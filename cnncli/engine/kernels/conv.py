@@ -44,7 +44,9 @@ Design (measured on the 2-core target, see bench/bench_conv.py):
   np.dot where OpenBLAS runs an older core than numba compiles for (OPENBLAS_CORETYPE=
   Haswell on an AVX-512 CPU) and a group's filter matrix fits in L2 (sizes.own_gemm has
   the measurements); dW then adds into the chunk's partial sums directly. dx
-  (dy @ W2^T, read across W2's rows) stays on np.dot.
+  (dy @ W2^T, read across W2's rows) stays on np.dot. Each way is its own compiled copy
+  of the kernel (`_conv_fwd_gemm_own`, ...: microkernel.own_gemm_variant), so a run
+  compiles only the copies its layers call.
 * Locally connected: forward and dW are one small GEMM per output position over the
   batch (parallel over positions, no reduction needed); dx is parallel over chunks of
   images, each scattering into its own images.
@@ -63,7 +65,7 @@ from cnncli.config import (
     ensure_configured,
 )
 from cnncli.engine.kernels import sizes
-from cnncli.engine.kernels.microkernel import gemm_into
+from cnncli.engine.kernels.microkernel import OWN_GEMM, gemm_into, own_gemm_variant
 from cnncli.engine.kernels.sizes import (
     COL_BLOCK_BYTES,  # noqa: F401 - tests and benchmarks read it through this module
     MIN_CHUNKS,  # noqa: F401
@@ -220,7 +222,7 @@ def _post_rows(out, post_mode, post):
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols_t, tmp_t, y,
-                   post_mode, post, own_gemm):
+                   post_mode, post):
     """y[N, OH, OW, K] = conv(x, W2) (+ b), then what it absorbed (`_post_rows`);
     W2[G, Fh*Fw*Cg, Kg] rows ordered (p, q, c). One slot per thread:
     cols_t[T, G, rb*OW, kdim] and tmp_t[T, rb*OW, Kg] are its band."""
@@ -248,14 +250,14 @@ def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols_
             base = (n * OH + r0) * OW
             _im2col_band(x, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw, G, Cg, cols)
             out = y2[base:base + rows]
-            if G == 1 and own_gemm:  # microkernel.py (sizes.own_gemm decides)
+            if G == 1 and OWN_GEMM:  # _conv_fwd_gemm_own (sizes.own_gemm decides)
                 gemm_into(cols[0, :rows], W2[0], out, False)
             elif G == 1:
                 np.dot(cols[0, :rows], W2[0], out)
             else:
                 for g in range(G):
                     tg = tmp[:rows]
-                    if own_gemm:
+                    if OWN_GEMM:
                         gemm_into(cols[g, :rows], W2[g], tg, False)
                     else:
                         np.dot(cols[g, :rows], W2[g], tg)
@@ -276,7 +278,7 @@ def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols_
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _conv_bwd_gemm(x, W2, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, need_dx,
-                   dx, dWp, dbp, cols_t, dcols_t, dyg_t, tw_t, own_gemm):
+                   dx, dWp, dbp, cols_t, dcols_t, dyg_t, tw_t):
     """dWp[chunk, G, kdim, Kg] and dbp[chunk, K] (zeroed) get per-chunk partial sums;
     dx (zeroed, when need_dx) gets the input gradient. Chunks own whole images. One slot
     per thread works through its share of the chunks with its own band buffers (the
@@ -301,13 +303,12 @@ def _conv_bwd_gemm(x, W2, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, need_d
             _conv_bwd_gemm_chunk(x, W2, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nblk, G,
                                  kdim, Kg, Cg, OH, OW, K, t * N // nchunk,
                                  (t + 1) * N // nchunk, need_dx, dx, dWp[t], dbp[t], cols,
-                                 dcols, dyg, tw, own_gemm)
+                                 dcols, dyg, tw)
 
 
 @njit(**JIT_OPTIONS)
 def _conv_bwd_gemm_chunk(x, W2, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nblk, G, kdim, Kg,
-                         Cg, OH, OW, K, n0, n1, need_dx, dx, dWt, dbt, cols, dcols, dyg, tw,
-                         own_gemm):
+                         Cg, OH, OW, K, n0, n1, need_dx, dx, dWt, dbt, cols, dcols, dyg, tw):
     """One chunk of images [n0, n1) of _conv_bwd_gemm: its partial sums dWt, dbt, and
     (need_dx) the chunk's images of dx, zeroed here first: the scatter then lands in
     cache, and no one-thread np.zeros pass over all of dx comes before (1 ms of the 4.7 ms
@@ -342,7 +343,7 @@ def _conv_bwd_gemm_chunk(x, W2, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nblk, G
                         src = dyb[r, k0:k0 + Kg]
                         for k in range(Kg):
                             dst[k] = src[k]
-                if own_gemm:  # adds into the chunk's sums itself
+                if OWN_GEMM:  # _conv_bwd_gemm_chunk_own adds into the chunk's sums itself
                     gemm_into(cols[g, :rows].T, d, dWt[g], True)
                 else:
                     np.dot(cols[g, :rows].T, d, tw)
@@ -556,8 +557,7 @@ def _planar_col2im(cols, Fh, Fw, dh, dw, rows, OW, xp):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _conv_fwd_planar(x, W2, b, Fh, Fw, ph, pw, dh, dw, rb, xp_t, cols_t, y, post_mode, post,
-                     own_gemm):
+def _conv_fwd_planar(x, W2, b, Fh, Fw, ph, pw, dh, dw, rb, xp_t, cols_t, y, post_mode, post):
     """y[N, OH, OW, K] = conv(x, W2) + b, stride 1, then what it absorbed (`_post_rows`);
     W2[Fh * Fw * C, K] rows (p, q, c).
     Tasks are bands of rb output rows; one slot per thread with its flat buffers (the `_t`
@@ -585,7 +585,7 @@ def _conv_fwd_planar(x, W2, b, Fh, Fw, ph, pw, dh, dw, rb, xp_t, cols_t, y, post
             _planar_cols(xp, Fh, Fw, dh, dw, rows, OW, cols)
             base = (n * OH + r0) * OW
             out = y2[base:base + P]
-            if own_gemm:
+            if OWN_GEMM:  # _conv_fwd_planar_own
                 gemm_into(cols.T, W2, out, False)
             else:
                 np.dot(cols.T, W2, out)
@@ -599,7 +599,7 @@ def _conv_fwd_planar(x, W2, b, Fh, Fw, ph, pw, dh, dw, rb, xp_t, cols_t, y, post
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _conv_bwd_planar(x, W2, dy, Fh, Fw, ph, pw, dh, dw, rb, nchunk, need_dx, dx, dWp, dbp,
-                     xp_t, cols_t, tw_t, own_gemm):
+                     xp_t, cols_t, tw_t):
     """dWp[chunk, Fh * Fw * C, K] and dbp[chunk, K] (zeroed) get per-chunk partial sums;
     chunks own whole images, summed in chunk order by the caller (the same bits for any
     thread count up to nchunk). dx (zeroed, when need_dx) gets the input gradient: cols
@@ -635,7 +635,7 @@ def _conv_bwd_planar(x, W2, dy, Fh, Fw, ph, pw, dh, dw, rb, nchunk, need_dx, dx,
                             dbt[k] += drow[k]
                     _planar_band(x, n, r0, nr, ph, pw, xp)
                     _planar_cols(xp, Fh, Fw, dh, dw, rows, OW, cols)
-                    if own_gemm:
+                    if OWN_GEMM:  # _conv_bwd_planar_own
                         gemm_into(cols, d, dWp[ch], True)
                     else:
                         np.dot(cols, d, tw)
@@ -794,6 +794,16 @@ def _local_bwd_x(w, dy, sh, sw, ph, pw, dh, dw, d_t, dp_t, wt_t, dx):
                                 dst[c] += src[c]
 
 
+# The kernels with their products through microkernel.py: a run compiles only the copies it
+# calls (microkernel.own_gemm_variant). The backward's chunk helper has one of its own.
+_conv_bwd_gemm_chunk_own = own_gemm_variant(_conv_bwd_gemm_chunk, JIT_OPTIONS)
+_conv_fwd_gemm_own = own_gemm_variant(_conv_fwd_gemm, PARALLEL_JIT_OPTIONS)
+_conv_bwd_gemm_own = own_gemm_variant(_conv_bwd_gemm, PARALLEL_JIT_OPTIONS,
+                                      _conv_bwd_gemm_chunk=_conv_bwd_gemm_chunk_own)
+_conv_fwd_planar_own = own_gemm_variant(_conv_fwd_planar, PARALLEL_JIT_OPTIONS)
+_conv_bwd_planar_own = own_gemm_variant(_conv_bwd_planar, PARALLEL_JIT_OPTIONS)
+
+
 # ----------------------------------------------------------------------------------
 # Python wrappers
 # ----------------------------------------------------------------------------------
@@ -936,8 +946,9 @@ def conv2d_forward(x, w, b, stride, pad, dilation, groups, out_hw, relu=False, a
         T = min(_threads(), N * (-(-OH // rb)))  # each thread's im2col band
         cols = np.empty((T, G, rb * OW, kdim), dtype=x.dtype)
         tmp = np.empty((T, rb * OW, K // G), dtype=x.dtype)
-        _conv_fwd_gemm(x, W2, bb, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols, tmp, y,
-                       *post_ops(K, x.dtype, relu, affine), _own_gemm(kdim, K // G, x))
+        kernel = _conv_fwd_gemm_own if _own_gemm(kdim, K // G, x) else _conv_fwd_gemm
+        kernel(x, W2, bb, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols, tmp, y,
+               *post_ops(K, x.dtype, relu, affine))
     return y
 
 
@@ -978,11 +989,11 @@ def conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True):
         dWp = np.zeros((nchunk, G, kdim, Kg), dtype=x.dtype)
         T = min(_threads(), nchunk)  # each thread's band buffers, allocated here, not in it
         band = rb * OW
-        _conv_bwd_gemm(x, W2, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, bool(need_dx),
-                       dx, dWp, dbp, np.empty((T, G, band, kdim), dtype=x.dtype),
-                       np.empty((T, G, band, kdim), dtype=x.dtype),
-                       np.empty((T, band, Kg), dtype=x.dtype),
-                       np.empty((T, kdim, Kg), dtype=x.dtype), _own_gemm(kdim, Kg, x))
+        kernel = _conv_bwd_gemm_own if _own_gemm(kdim, Kg, x) else _conv_bwd_gemm
+        kernel(x, W2, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, bool(need_dx), dx, dWp,
+               dbp, np.empty((T, G, band, kdim), dtype=x.dtype),
+               np.empty((T, G, band, kdim), dtype=x.dtype),
+               np.empty((T, band, Kg), dtype=x.dtype), np.empty((T, kdim, Kg), dtype=x.dtype))
         dW2 = _sum_chunks(dWp)  # [G, (p, q, c), Kg]
         dwt = np.ascontiguousarray(
             dW2.reshape(G, Fh, Fw, Cg, Kg).transpose(0, 4, 3, 1, 2).reshape(K, Cg, Fh, Fw)
@@ -1009,9 +1020,10 @@ def conv2d_forward_planar(x, w, b, pad, dilation, out_hw, relu=False, affine=Non
     Wp, rb, nr, P = sizes.planar_geometry(OH, OW, Fh, Fw, dh, dw, C, x.itemsize)
     T = min(_threads(), N * -(-OH // rb))  # each thread's band, allocated here, not in it
     dt = x.dtype
-    _conv_fwd_planar(x, _gemm_weights(w, 1)[0], bb, Fh, Fw, ph, pw, dh, dw, rb,
-                     np.empty((T, C * nr * Wp), dt), np.empty((T, Fh * Fw * C * P), dt), y,
-                     *post_ops(K, dt, relu, affine), _own_gemm(Fh * Fw * C, K, x))
+    kernel = _conv_fwd_planar_own if _own_gemm(Fh * Fw * C, K, x) else _conv_fwd_planar
+    kernel(x, _gemm_weights(w, 1)[0], bb, Fh, Fw, ph, pw, dh, dw, rb,
+           np.empty((T, C * nr * Wp), dt), np.empty((T, Fh * Fw * C * P), dt), y,
+           *post_ops(K, dt, relu, affine))
     return y
 
 
@@ -1036,10 +1048,10 @@ def conv2d_backward_planar(x, w, dy, pad, dilation, need_dx=True):
         Wp, rb, nr, P = sizes.planar_geometry(OH, OW, Fh, Fw, dh, dw, C, x.itemsize)
         T = min(_threads(), nchunk)  # each thread's band, allocated here, not in it
         dt = x.dtype
-        _conv_bwd_planar(x, _gemm_weights(w, 1)[0], dy, Fh, Fw, ph, pw, dh, dw, rb, nchunk,
-                         bool(need_dx), dx, dWp, dbp, np.empty((T, C * nr * Wp), dt),
-                         np.empty((T, kdim * P), dt), np.empty((T, kdim, K), dt),
-                         _own_gemm(kdim, K, x))
+        kernel = _conv_bwd_planar_own if _own_gemm(kdim, K, x) else _conv_bwd_planar
+        kernel(x, _gemm_weights(w, 1)[0], dy, Fh, Fw, ph, pw, dh, dw, rb, nchunk,
+               bool(need_dx), dx, dWp, dbp, np.empty((T, C * nr * Wp), dt),
+               np.empty((T, kdim * P), dt), np.empty((T, kdim, K), dt))
     dW2 = _sum_chunks(dWp)  # [(p, q, c), K]
     dwt = np.ascontiguousarray(dW2.reshape(Fh, Fw, C, K).transpose(3, 2, 0, 1))
     db = dbp.sum(axis=0).astype(x.dtype)

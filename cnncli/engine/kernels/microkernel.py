@@ -8,6 +8,14 @@ A may be any 2-d view (a transposed one too: only its strides are used); B and o
 have unit stride along N. Called from other @njit kernels; `small_gemm` is the checked
 Python entry the tests use.
 
+A kernel that can run its products either way (np.dot or gemm_into) branches on the
+global ``OWN_GEMM``, never on an argument, and ``own_gemm_variant`` compiles a copy of it
+in which that global is True. numba reads globals as constants and drops the branch not
+taken before typing, so each copy compiles and links only the product it calls, and a run
+compiles only the copy it uses: each side alone compiled in 9.5 and 10.2 s where the
+kernel with both took 15-20 s (the planar forward, 2-core VM, 2026-11-29; numba re-links
+and re-optimises a helper's code in every kernel, and a parallel kernel twice more).
+
 Why not np.dot: inside a kernel, np.dot is a call into OpenBLAS for each product. At
 Winograd's sizes ([32 tiles x 16] by [16 x 16] in ResNet-20's first stage) its fixed cost
 dominates (0.6-0.7 us for 8 K multiply-adds, 25 GFLOP/s on one core of the 2-core Xeon),
@@ -42,6 +50,8 @@ are the same run to run and for any thread count.
 
 from __future__ import annotations
 
+import types as pytypes
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -50,6 +60,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from cnncli.config import JIT_OPTIONS, jit_has_avx512
+
+# Kernels branch on this, not on an argument: see the module docstring.
+OWN_GEMM = False
 
 __all__ = ["gemm_into", "small_gemm"]
 
@@ -210,6 +223,26 @@ if numba.config.DISABLE_JIT:  # kernels as plain Python: an @intrinsic exists on
             out += A @ B
         else:
             np.matmul(A, B, out=out)
+
+
+def own_gemm_variant(kernel, options, **swap):
+    """`kernel` (an @njit kernel whose body branches on OWN_GEMM) again, compiled with
+    `options` and with OWN_GEMM True, named as its module names it: its name + "_own" (so
+    that numba caches it in files of its own, and cnncli.engine.warmup finds it).
+
+    `swap`: other globals the copy sees instead (the own variants of serial helpers it
+    calls). The copy sees the module's globals as they are when this is called: call it
+    after everything the kernel refers to is defined."""
+    py_func = getattr(kernel, "py_func", kernel)  # under NUMBA_DISABLE_JIT: the function
+    names = dict(py_func.__globals__)
+    names.update(OWN_GEMM=True, **swap)
+    name = py_func.__name__ + "_own"
+    copy = pytypes.FunctionType(py_func.__code__, names, name, py_func.__defaults__,
+                                py_func.__closure__)
+    copy.__qualname__ = name
+    copy.__doc__ = py_func.__doc__
+    copy.__module__ = py_func.__module__
+    return njit(**options)(copy)
 
 
 def small_gemm(A, B, out=None, accumulate=False):

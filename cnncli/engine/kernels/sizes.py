@@ -120,15 +120,17 @@ def own_gemm(kdim: int, kg: int, itemsize: int, blas_narrower: bool) -> bool:
 
 
 # Winograd's tile products ([tiles x C] by [C x K], winograd.py) run on microkernel.py
-# wherever OpenBLAS runs an older core, and with OpenBLAS's own AVX-512 kernel up to 32 x 32
-# channels: there, one thread, bench/ab_kernels.py --module winograd against np.dot
-# (2026-11-29), forward 1.02-1.11x, dx 1.03-1.10x, dW 1.01-1.05x; at 8x8 64 -> 64 np.dot
-# was ahead (0.93x forward, 0.97x dx, 0.94-0.98x dW).
-OWN_WINOGRAD_MAX_CK = 32 * 32
+# wherever OpenBLAS runs an older core (float32). With OpenBLAS's own AVX-512 kernel they
+# stay on np.dot: there the own kernel won only at up to 32 x 32 channels, and little (one
+# thread, bench/ab_kernels.py --module winograd, 2026-11-29: forward 1.02-1.11x, dx
+# 1.03-1.10x, dW 1.01-1.05x; at 64 -> 64 np.dot was ahead, 0.93-0.98x; whole resnet20
+# steps 0.99-1.00x), while deciding by channels made a net with both sizes compile both
+# copies of each kernel (microkernel.own_gemm_variant): 15-20 s each on the 2-core VM.
+# One rule per machine compiles one copy, and `cnncli warmup` compiles the copy every net
+# on that machine runs.
 
 
-def own_winograd(c: int, k: int, itemsize: int, blas_narrower: bool) -> bool:
-    """Whether a Winograd layer's tile products (c input, k output channels of the
-    product: the forward's, or dx's with the two swapped) run on the engine's own kernel:
-    float32 only, see above."""
-    return itemsize == 4 and (blas_narrower or c * k <= OWN_WINOGRAD_MAX_CK)
+def own_winograd(itemsize: int, blas_narrower: bool) -> bool:
+    """Whether Winograd's tile products run on the engine's own kernel: float32 where
+    OpenBLAS runs an older core than numba compiles for, see above."""
+    return itemsize == 4 and blas_narrower

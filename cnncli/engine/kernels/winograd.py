@@ -46,19 +46,19 @@ Design (measured on the 2-core target, see bench/bench_winograd.py):
   partials are summed in chunk order: bit-identical run to run and across thread counts
   up to MIN_CHUNKS. Forward and dx write disjoint outputs: any split gives the same bits.
 * The tile products: float32 runs them through microkernel.py's `gemm_into` (the
-  engine's own register-blocked kernel, LLVM vector IR) where sizes.own_winograd says
-  (always when OpenBLAS runs an older core than numba compiles for; with its own
-  AVX-512 kernel up to 32 x 32 channels), float64 (gradcheck) and the rest through
-  np.dot. Plain numba loops in np.dot's place (vectorised over K, four terms per store,
-  several tiles per pass, one scalar accumulator per filter) had measured 2-5x slower
-  per product than OpenBLAS's SkylakeX kernel; microkernel.py says why. Against np.dot,
-  bench/ab_kernels.py --module winograd, one thread, batch 64 (2026-11-29): with
-  OpenBLAS's own kernel 0.93-1.11x per call (16 -> 16 and 32 -> 32 faster, 8x8 64 -> 64
-  slower) and a resnet20 training step (2 threads) 0.99-1.00x; with
-  OPENBLAS_CORETYPE=Haswell 1.25-1.81x per call and the step 1.19-1.27x, so the layers
-  no longer depend on the kernel OpenBLAS picks. dW adds each block's products into the
-  chunk's sums in the kernel (np.dot needs the `tmp` buffer and an add pass; float64
-  still does).
+  engine's own register-blocked kernel, LLVM vector IR) where OpenBLAS runs an older
+  core than numba compiles for (sizes.own_winograd), the rest and float64 (gradcheck)
+  through np.dot; each way is its own compiled copy of the kernels (`_wino_fwd_own`,
+  microkernel.own_gemm_variant), so a run compiles one. Plain numba loops in np.dot's
+  place (vectorised over K, four terms per store, several tiles per pass, one scalar
+  accumulator per filter) had measured 2-5x slower per product than OpenBLAS's SkylakeX
+  kernel; microkernel.py says why. Against np.dot, bench/ab_kernels.py --module
+  winograd, one thread, batch 64 (2026-11-29): with OpenBLAS's own kernel 0.93-1.11x per
+  call (16 -> 16 and 32 -> 32 faster, 8x8 64 -> 64 slower) and a resnet20 training step
+  (2 threads) 0.99-1.00x; with OPENBLAS_CORETYPE=Haswell 1.25-1.81x per call and the
+  step 1.19-1.27x, so the layers no longer depend on the kernel OpenBLAS picks. dW adds
+  each block's products into the chunk's sums in the kernel (np.dot needs the `tmp`
+  buffer and an add pass; float64 still does).
 * float32 error grows with the tile (transform entries up to 8 and 1/24): measured against
   float64 direct convolution on CIFAR layer sizes it stays near 1e-5 relative for F(4x4);
   see the bench's error table.
@@ -78,7 +78,7 @@ from cnncli.config import (
 )
 from cnncli.engine.kernels import sizes  # block sizes, shared with the memory plans
 from cnncli.engine.kernels.conv import _as, _check_x, _post_rows, post_ops
-from cnncli.engine.kernels.microkernel import gemm_into
+from cnncli.engine.kernels.microkernel import OWN_GEMM, gemm_into, own_gemm_variant
 
 __all__ = [
     "winograd_filter_transform",
@@ -500,7 +500,7 @@ def _filter_transform(wt, G, u):
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, xs_t, rowt_t, orow_t, yrow_t, y, post_mode,
-              post, own_gemm):
+              post):
     """y[N, OH, OW, K] = Winograd F(m x m, 3 x 3) conv of x with U[alpha^2, C, K] + bias
     (bias: one tile row of output columns in phase layout, m * TW * K), then what the conv
     absorbed, on each output row as it is written (conv.py's `_post_rows`).
@@ -541,7 +541,7 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, xs_t, rowt_t, orow_t, yrow_t, y, 
                 _input_tile_row(x2, g // TH, H, r0, m, pad, KS, C, TW, xs, rowt, V2,
                                 (g - g0) * TW)
             for e in range(A2):
-                if own_gemm:  # microkernel.py (sizes.own_winograd decides)
+                if OWN_GEMM:  # _wino_fwd_own (sizes.own_winograd decides)
                     gemm_into(V[e, :nt], U[e], M[e, :nt], False)
                 else:
                     np.dot(V[e, :nt], U[e], M[e, :nt])
@@ -561,7 +561,7 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, xs_t, rowt_t, orow_t, yrow_t, y, 
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, xs_t, rowt_t, ds_t, zrow_t, S_t,
-                tmp_t, dWp, need_db, dbp, own_gemm):
+                tmp_t, dWp, need_db, dbp):
     """dWp[chunk, 9, C, K] (p * 3 + q, c, k) = per-chunk partial dW; GGt[9, alpha^2] holds
     G[a, p] * G[b, q]. Chunk q owns blocks [q * nblk // nchunk, (q + 1) * nblk // nchunk).
     Each thread's buffers are the `_t` arrays, [T, ...], allocated by the wrapper (xs_t and
@@ -614,7 +614,7 @@ def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, xs_t, rowt_t, ds_t, zro
                     _grad_rows(ds, m, zrow)
                     for a in range(alpha):
                         _grad_cols(zrow[a], m, TW * K, Z2, a * alpha, t0 * K)
-                if own_gemm:  # float32: microkernel.py adds into S itself
+                if OWN_GEMM:  # _wino_bwd_w_own: microkernel.py adds into S itself
                     for e in range(A2):
                         gemm_into(V[e, :nt].T, Z[e, :nt], S[e], blk != b0)
                     continue
@@ -627,6 +627,12 @@ def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, xs_t, rowt_t, ds_t, zro
                     for i in range(C * K):
                         acc[i] += tmpf[i]
             np.dot(GGt, S2, dWp[q].reshape(9, C * K))
+
+
+# The kernels with their products through microkernel.py: a run compiles only the copy it
+# calls (microkernel.own_gemm_variant).
+_wino_fwd_own = own_gemm_variant(_wino_fwd, PARALLEL_JIT_OPTIONS)
+_wino_bwd_w_own = own_gemm_variant(_wino_bwd_w, PARALLEL_JIT_OPTIONS)
 
 
 # ----------------------------------------------------------------------------------
@@ -688,12 +694,13 @@ def _forward(x, u, b, pad, tile, out_hw, relu=False, affine=None):
     T = min(_threads(), -(-nrow // R))  # each thread's blocks, allocated here, not in it
     alpha, C, KS = tile + 2, x.shape[3], TW + 1
     dt = x.dtype
-    _wino_fwd(x, u, bias, tile, pad, R, np.empty((T, alpha * alpha, R * TW + 1, C), dt),
+    own = sizes.own_winograd(x.itemsize, blas_narrower_than_jit())
+    kernel = _wino_fwd_own if own else _wino_fwd
+    kernel(x, u, bias, tile, pad, R, np.empty((T, alpha * alpha, R * TW + 1, C), dt),
               np.empty((T, alpha * alpha, R * TW + 1, K), dt),
               np.zeros((T, alpha, tile * KS * C), dt), np.empty((T, alpha, tile * KS * C), dt),
               np.empty((T, alpha, tile * TW * K), dt), np.empty((T, tile, tile * TW * K), dt),
-              y, *post_ops(K, dt, relu, affine),
-              sizes.own_winograd(C, K, x.itemsize, blas_narrower_than_jit()))
+              y, *post_ops(K, dt, relu, affine))
     return y
 
 
@@ -778,12 +785,13 @@ def winograd_conv_backward_params(x, dy, pad, tile=4, need_db=True):
     T = min(_threads(), nchunk)  # each thread's blocks, allocated here, not in it
     alpha, KS, dt = tile + 2, TW + 1, x.dtype
     A2 = alpha * alpha
-    _wino_bwd_w(x, dy, GGt, tile, pad, R, nchunk, np.empty((T, A2, R * TW + 1, C), dt),
+    own = sizes.own_winograd(x.itemsize, blas_narrower_than_jit())
+    kernel = _wino_bwd_w_own if own else _wino_bwd_w
+    kernel(x, dy, GGt, tile, pad, R, nchunk, np.empty((T, A2, R * TW + 1, C), dt),
                 np.empty((T, A2, R * TW + 1, K), dt), np.zeros((T, alpha, tile * KS * C), dt),
                 np.empty((T, alpha, tile * KS * C), dt), np.zeros((T, tile, tile * TW * K), dt),
                 np.empty((T, alpha, tile * TW * K), dt), np.empty((T, A2, C, K), dt),
-                np.empty((T, C, K), dt), dWp, bool(need_db), dbp,
-                sizes.own_winograd(C, K, x.itemsize, blas_narrower_than_jit()))
+                np.empty((T, C, K), dt), dWp, bool(need_db), dbp)
     dW = dWp[0].copy()
     for q in range(1, nchunk):  # chunk order: deterministic
         dW += dWp[q]
