@@ -697,10 +697,10 @@ def _forward(x, u, b, pad, tile, out_hw, relu=False, affine=None):
     own = sizes.own_winograd(x.itemsize, blas_narrower_than_jit())
     kernel = _wino_fwd_own if own else _wino_fwd
     kernel(x, u, bias, tile, pad, R, np.empty((T, alpha * alpha, R * TW + 1, C), dt),
-              np.empty((T, alpha * alpha, R * TW + 1, K), dt),
-              np.zeros((T, alpha, tile * KS * C), dt), np.empty((T, alpha, tile * KS * C), dt),
-              np.empty((T, alpha, tile * TW * K), dt), np.empty((T, tile, tile * TW * K), dt),
-              y, *post_ops(K, dt, relu, affine))
+           np.empty((T, alpha * alpha, R * TW + 1, K), dt),
+           np.zeros((T, alpha, tile * KS * C), dt), np.empty((T, alpha, tile * KS * C), dt),
+           np.empty((T, alpha, tile * TW * K), dt), np.empty((T, tile, tile * TW * K), dt),
+           y, *post_ops(K, dt, relu, affine))
     return y
 
 
@@ -788,10 +788,10 @@ def winograd_conv_backward_params(x, dy, pad, tile=4, need_db=True):
     own = sizes.own_winograd(x.itemsize, blas_narrower_than_jit())
     kernel = _wino_bwd_w_own if own else _wino_bwd_w
     kernel(x, dy, GGt, tile, pad, R, nchunk, np.empty((T, A2, R * TW + 1, C), dt),
-                np.empty((T, A2, R * TW + 1, K), dt), np.zeros((T, alpha, tile * KS * C), dt),
-                np.empty((T, alpha, tile * KS * C), dt), np.zeros((T, tile, tile * TW * K), dt),
-                np.empty((T, alpha, tile * TW * K), dt), np.empty((T, A2, C, K), dt),
-                np.empty((T, C, K), dt), dWp, bool(need_db), dbp)
+           np.empty((T, A2, R * TW + 1, K), dt), np.zeros((T, alpha, tile * KS * C), dt),
+           np.empty((T, alpha, tile * KS * C), dt), np.zeros((T, tile, tile * TW * K), dt),
+           np.empty((T, alpha, tile * TW * K), dt), np.empty((T, A2, C, K), dt),
+           np.empty((T, C, K), dt), dWp, bool(need_db), dbp)
     dW = dWp[0].copy()
     for q in range(1, nchunk):  # chunk order: deterministic
         dW += dWp[q]
