@@ -659,6 +659,11 @@ def _threads():
     return int(numba.get_num_threads())
 
 
+def _own_gemm(x):
+    """Whether the tile products run on microkernel.py rather than np.dot (sizes.py)."""
+    return sizes.own_winograd(x.itemsize, blas_narrower_than_jit())
+
+
 def winograd_filter_transform(w, tile=4):
     """U[alpha^2, C, K] = G g G^T of OIHW w[K, C, 3, 3], computed in float64, w's dtype.
 
@@ -694,8 +699,7 @@ def _forward(x, u, b, pad, tile, out_hw, relu=False, affine=None):
     T = min(_threads(), -(-nrow // R))  # each thread's blocks, allocated here, not in it
     alpha, C, KS = tile + 2, x.shape[3], TW + 1
     dt = x.dtype
-    own = sizes.own_winograd(x.itemsize, blas_narrower_than_jit())
-    kernel = _wino_fwd_own if own else _wino_fwd
+    kernel = _wino_fwd_own if _own_gemm(x) else _wino_fwd
     kernel(x, u, bias, tile, pad, R, np.empty((T, alpha * alpha, R * TW + 1, C), dt),
            np.empty((T, alpha * alpha, R * TW + 1, K), dt),
            np.zeros((T, alpha, tile * KS * C), dt), np.empty((T, alpha, tile * KS * C), dt),
@@ -785,8 +789,7 @@ def winograd_conv_backward_params(x, dy, pad, tile=4, need_db=True):
     T = min(_threads(), nchunk)  # each thread's blocks, allocated here, not in it
     alpha, KS, dt = tile + 2, TW + 1, x.dtype
     A2 = alpha * alpha
-    own = sizes.own_winograd(x.itemsize, blas_narrower_than_jit())
-    kernel = _wino_bwd_w_own if own else _wino_bwd_w
+    kernel = _wino_bwd_w_own if _own_gemm(x) else _wino_bwd_w
     kernel(x, dy, GGt, tile, pad, R, nchunk, np.empty((T, A2, R * TW + 1, C), dt),
            np.empty((T, A2, R * TW + 1, K), dt), np.zeros((T, alpha, tile * KS * C), dt),
            np.empty((T, alpha, tile * KS * C), dt), np.zeros((T, tile, tile * TW * K), dt),
