@@ -343,6 +343,27 @@ def test_small_config_threads():
         config.configure_threads(old)
 
 
+def test_small_blas_limits_go_through_one_lookup_of_the_libraries(monkeypatch):
+    # threadpool_limits() looks every loaded library up again (2.2 ms a call): a big FC
+    # layer's GEMM lends BLAS the cores twice a step through the one controller instead
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from cnncli import config
+
+    config.ensure_configured()
+    controller = config._blas()
+    assert controller.lib_controllers  # numpy's OpenBLAS at least
+
+    def no_lookup(*args, **kwargs):
+        raise AssertionError("BLAS libraries looked up again")
+
+    monkeypatch.setattr(threadpoolctl, "ThreadpoolController", no_lookup)
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", no_lookup)
+    with config.blas_threads(2):
+        assert {lib.num_threads for lib in controller.lib_controllers} == {2}
+    assert {lib.num_threads for lib in controller.lib_controllers} == {1}
+    assert config._blas() is controller
+
+
 # --- planar kernels (first layers: few channels, stride 1) ---------------------------
 
 # (N, H, W, C, K, Fh, Fw, pad, dilation)
