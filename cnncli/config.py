@@ -31,7 +31,7 @@ _AVX512_BLAS_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 
 _configured: int | None = None
 _blas_limiter: Any = None  # keeps the threadpoolctl limiter (and its saved state) alive
-_blas_controller: Any = None  # the OpenBLAS copies found once (see _blas)
+_blas_controller: Any = None  # the BLAS libraries, looked up once (see _blas)
 
 
 def _load_blas_libraries() -> None:
@@ -47,8 +47,8 @@ def _load_blas_libraries() -> None:
 def _blas() -> Any:
     """threadpoolctl's controller for the BLAS libraries, looked up once per process:
     `threadpool_limits(...)` searches every loaded library again on each call, 2.2 ms on
-    the 2-core VM, paid twice per big fully connected GEMM; limiting through a kept
-    controller costs 0.06 ms."""
+    the 2-core VM, paid on every lend (three a step for each big fully connected layer);
+    limiting through a kept controller costs 0.04-0.06 ms."""
     global _blas_controller
     if _blas_controller is None:
         from threadpoolctl import ThreadpoolController
