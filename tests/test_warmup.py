@@ -101,6 +101,28 @@ def test_cli_warmup_named_nets_says_what_it_compiled() -> None:
         result.stdout
 
 
+def test_cli_warmup_says_what_it_compiles_before_it_starts(monkeypatch: Any) -> None:
+    # every kernel takes minutes on a fresh machine: the first line comes before that, and
+    # both dtypes go to one compile_ahead (their kernels then share the processes)
+    seen: list[list[str]] = []
+
+    def cold(steps: Any, training: bool = True, announce: Any = None) -> warmup.AheadOfRun:
+        seen.append(sorted({dtype for _, dtype, _ in steps}))
+        announce(33, 2)
+        return warmup.AheadOfRun(kernels=33, processes=2, seconds=97.0)
+
+    monkeypatch.setattr(warmup, "compile_ahead", cold)
+    monkeypatch.setattr(warmup, "_step", lambda *args, **kwargs: None)  # nothing to load
+    result = runner.invoke(app, ["warmup", "--float64"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == "compiling 33 kernels in 2 processes"
+    assert "every engine kernel (float32, float64) compiled and cached in" in result.stdout
+    result = runner.invoke(app, ["warmup", "lenet5"])
+    assert result.exit_code == 0, result.output
+    assert "compiling 33 kernels in 2 processes" in result.stderr
+    assert seen == [["float32", "float64"], ["float32"]]
+
+
 def test_cli_warmup_unknown_net_is_one_line_exit_2() -> None:
     result = runner.invoke(app, ["warmup", "cifar_small", "no_such_net.yaml"])
     assert result.exit_code == 2, result.output

@@ -158,15 +158,24 @@ def warmup(
     Not needed: a run compiles what it uses the first time, once per machine. With
     SPECs: what training and evaluating those nets needs; without: every kernel, in
     float32 (what train, eval, slide and bench run), compiled by one process per core."""
+    from rich.markup import escape
+
     from cnncli.engine.warmup import warm_up_all, warm_up_nets
 
     dtypes = ("float32", "float64") if float64 else ("float32",)
+
+    def announce(kernels: int, processes: int) -> None:
+        # said before the minute or two of compiling starts; a warm machine hears nothing
+        err.print(escape(
+            f"compiling {kernels} kernel{'s' if kernels != 1 else ''} in {processes} "
+            f"process{'es' if processes != 1 else ''}"), soft_wrap=True)
+
     if specs:
         nets = [open_spec(spec) for spec in specs]  # every spec readable before any compiles
-        seconds = sum(warm_up_nets(nets, dtype, conv_algo.value) for dtype in dtypes)
+        seconds = warm_up_nets(nets, dtypes, conv_algo.value, announce)
         what = f"the kernels {', '.join(specs)} {'use' if len(specs) > 1 else 'uses'}"
     else:
-        seconds = warm_up_all(dtypes)
+        seconds = warm_up_all(dtypes, announce)
         what = "every engine kernel"
     out.print(f"{what} ({', '.join(dtypes)}) compiled and cached in {seconds:.1f} s")
 

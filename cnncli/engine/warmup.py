@@ -356,26 +356,31 @@ def compile_ahead(steps: Sequence[tuple[Any, str, str]], training: bool = True,
     return AheadOfRun(count, processes, time.perf_counter() - started)
 
 
-def _warm(steps: Sequence[tuple[Any, str, str]]) -> float:
-    """Compile what `steps` need side by side (``compile_ahead``), then run them here,
-    loading it (and compiling whatever a dry run could not see); the wall seconds."""
+def _warm(steps: Sequence[tuple[Any, str, str]],
+          announce: Callable[[int, int], None] | None = None) -> float:
+    """Compile what `steps` need side by side (``compile_ahead``, which calls `announce`
+    before it starts, if anything is to compile), then run them here, loading it (and
+    compiling whatever a dry run could not see); the wall seconds."""
     from cnncli.config import ensure_configured
 
     started = time.perf_counter()
     ensure_configured()
-    compile_ahead(steps)
+    compile_ahead(steps, announce=announce)
     for step in steps:
         _step(*step)
     return time.perf_counter() - started
 
 
-def warm_up_all(dtypes: Sequence[str] = ("float32", "float64")) -> float:
+def warm_up_all(dtypes: Sequence[str] = ("float32", "float64"),
+                announce: Callable[[int, int], None] | None = None) -> float:
     """Compile every kernel in `dtypes` (the families' steps); return the wall seconds."""
     return _warm([(globals()[name], dtype, policy)
-                  for name, policy in FAMILIES for dtype in dtypes])
+                  for name, policy in FAMILIES for dtype in dtypes], announce)
 
 
-def warm_up_nets(specs: Sequence[Any], dtype: str = "float32",
-                 conv_algo: str = "auto") -> float:
-    """Compile what training and evaluating each of `specs` needs; return the seconds."""
-    return _warm([(spec, dtype, conv_algo) for spec in specs])
+def warm_up_nets(specs: Sequence[Any], dtypes: Sequence[str] = ("float32",),
+                 conv_algo: str = "auto",
+                 announce: Callable[[int, int], None] | None = None) -> float:
+    """Compile what training and evaluating each of `specs` needs in each of `dtypes`;
+    return the seconds."""
+    return _warm([(spec, dtype, conv_algo) for dtype in dtypes for spec in specs], announce)
