@@ -115,11 +115,12 @@ def test_cli_warmup_says_what_it_compiles_before_it_starts(monkeypatch: Any) -> 
     monkeypatch.setattr(warmup, "_step", lambda *args, **kwargs: None)  # nothing to load
     result = runner.invoke(app, ["warmup", "--float64"])
     assert result.exit_code == 0, result.output
-    assert result.stderr.strip() == "compiling 33 kernels in 2 processes"
+    assert result.stderr.strip() == ("compiling 33 kernels, in 2 processes (once per machine: "
+                                     "numba caches them on disk)")
     assert "every engine kernel (float32, float64) compiled and cached in" in result.stdout
     result = runner.invoke(app, ["warmup", "lenet5"])
     assert result.exit_code == 0, result.output
-    assert "compiling 33 kernels in 2 processes" in result.stderr
+    assert "compiling 33 kernels, in 2 processes" in result.stderr
     assert seen == [["float32", "float64"], ["float32"]]
 
 

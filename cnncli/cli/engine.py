@@ -31,6 +31,15 @@ if TYPE_CHECKING:
     from cnncli.render.tables import Laid
 
 
+def compiling_line(kernels: int, processes: int, net: str = "") -> str:
+    """What a command says before it compiles kernels ahead (`net`: whose they are)."""
+    what = f"{kernels} kernel{'s' if kernels != 1 else ''}"
+    if net:
+        what = f"the {what} {net} uses"
+    return (f"compiling {what}, in {processes} process{'es' if processes != 1 else ''} "
+            "(once per machine: numba caches them on disk)")
+
+
 def compile_first(spec: Spec, dtype: str, conv_algo: str, training: bool = True,
                   quiet: bool = False, also: Sequence[Spec] = ()) -> None:
     """Before a command's first pass on a machine that has not compiled what it will run:
@@ -45,10 +54,7 @@ def compile_first(spec: Spec, dtype: str, conv_algo: str, training: bool = True,
 
     def announce(kernels: int, processes: int) -> None:
         if not quiet:
-            err.print(escape(
-                f"compiling the {kernels} kernel{'s' if kernels != 1 else ''} {spec.name} "
-                f"uses, in {processes} process{'es' if processes != 1 else ''} (once per "
-                "machine: numba caches them on disk)"), soft_wrap=True)
+            err.print(escape(compiling_line(kernels, processes, spec.name)), soft_wrap=True)
 
     ahead = compile_ahead([(net, dtype, conv_algo) for net in (spec, *also)],
                           training=training, announce=announce)
@@ -166,9 +172,7 @@ def warmup(
 
     def announce(kernels: int, processes: int) -> None:
         # said before the minute or two of compiling starts; a warm machine hears nothing
-        err.print(escape(
-            f"compiling {kernels} kernel{'s' if kernels != 1 else ''} in {processes} "
-            f"process{'es' if processes != 1 else ''}"), soft_wrap=True)
+        err.print(escape(compiling_line(kernels, processes)), soft_wrap=True)
 
     if specs:
         nets = [open_spec(spec) for spec in specs]  # every spec readable before any compiles
