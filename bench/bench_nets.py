@@ -12,8 +12,8 @@ and torch each bring an OpenMP runtime; OpenBLAS reads OPENBLAS_CORETYPE when it
 the implementations take turns, round after round, so a slow minute of a shared machine
 falls on all of them. Reported: the median over rounds of each run's median step.
 
-`--blas own` leaves OPENBLAS_CORETYPE unset (OpenBLAS picks its kernel for the CPU, as on a
-user's machine); `--blas Haswell` forces the AVX2 kernel, as the workplace's environment
+`--blas own` leaves OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (OpenBLAS picks its kernel
+and block sizes for the CPU, as on a user's machine); `--blas Haswell` forces the AVX2 kernel, as the workplace's environment
 does on machines whose OpenBLAS is old. PyTorch uses its own kernels (oneDNN) either way.
 
 The machine's limit: the step's multiply-adds (`cnncli check --training`, per image, times
@@ -167,7 +167,9 @@ def child(args: argparse.Namespace) -> None:
 def measure(args: argparse.Namespace, impl: str, net: str, blas: str) -> object:
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)
-    if blas != "own":
+    if blas == "own":  # as on a user's machine: neither of the workplace's two variables
+        env.pop("OPENBLAS_L2_SIZE", None)
+    else:
         env["OPENBLAS_CORETYPE"] = blas
     cmd = [sys.executable, __file__, "--impl", impl, "--net", net, "--batch", str(args.batch),
            "--threads", str(args.threads), "--steps", str(args.steps),
