@@ -75,14 +75,22 @@ def _bn_stats(x2, nchunks, mean, var):
     for k in prange(nchunks):
         lo = (k * M) // nchunks
         hi = ((k + 1) * M) // nchunks
-        s1 = part[k, 0]
-        s2 = part[k, 1]
+        # the chunk's sums in arrays of its own, stored into `part` once at the end: as
+        # views of `part` LLVM could not tell them from x's rows, and loaded and stored
+        # every sum on every row (same additions, same order: bit-identical; 1.04-1.17x per
+        # forward at resnet20's sizes, 2026-11-29, the EPYC VM; the backward's sums pass
+        # the same way measured 0.94-1.04x, so it stays as it was)
+        s1 = np.zeros(C, dtype=np.float64)
+        s2 = np.zeros(C, dtype=np.float64)
         for i in range(lo, hi):
             xi = x2[i]
             for c in range(C):
                 d = np.float64(xi[c]) - K[c]
                 s1[c] += d
                 s2[c] += d * d
+        for c in range(C):
+            part[k, 0, c] = s1[c]
+            part[k, 1, c] = s2[c]
     for c in range(C):
         t1 = 0.0
         t2 = 0.0
