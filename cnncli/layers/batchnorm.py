@@ -91,8 +91,10 @@ class BatchNormPlan(PlanLayer):
             y = self.out(self.vol)
             del stats, vectors
             return y
-        partial = self.work(0, (min(64, self.heap.batch * self.vol.h * self.vol.w) * 2 + 1)
-                            * c, FLOAT64)
+        # the statistics kernel: [chunks, 2, C] partial sums, the [C] shift, and each
+        # running chunk's two [C] sums (norm.py's _bn_stats)
+        chunks = min(64, self.heap.batch * self.vol.h * self.vol.w)
+        partial = self.work(0, (chunks * 2 + 1 + 2 * min(self.threads, chunks)) * c, FLOAT64)
         stats = Buf(self.heap, 0, 2 * c, FLOAT64, base="act", owner=self.name,
                     what="mean, inv_std (float64)")
         del partial
