@@ -13,8 +13,9 @@ the implementations take turns, round after round, so a slow minute of a shared 
 falls on all of them. Reported: the median over rounds of each run's median step.
 
 `--blas own` leaves OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (OpenBLAS picks its kernel
-and block sizes for the CPU, as on a user's machine); `--blas Haswell` forces the AVX2 kernel, as the workplace's environment
-does on machines whose OpenBLAS is old. PyTorch uses its own kernels (oneDNN) either way.
+and block sizes for the CPU, as on a user's machine); `--blas Haswell` forces the AVX2
+kernel, as the workplace's environment does on machines whose OpenBLAS is old. PyTorch
+uses its own kernels (oneDNN, and MKL for its BLAS) either way.
 
 The machine's limit: the step's multiply-adds (`cnncli check --training`, per image, times
 the batch) at the sgemm peak measured here in the same BLAS setting (numpy float32 matmul of
