@@ -5,7 +5,9 @@ A file goes to a temporary beside its target, `.TARGET.XXXXXXXX.tmp` (tempfile's
 characters; one written by name keeps the target's suffix after that, `.tmp.png`, for
 writers that go by it), flushed and fsync'd, then `os.replace`d over the target. A kill
 at any moment leaves the old file or the new one, never half of one, and at worst the
-temporary, which `remove_stale_temporaries` clears when a run starts again.
+temporary, which `remove_stale_temporaries` clears when a run starts again. A folder that
+one process writes a run into is locked while it does (`FolderLock`), so a second run
+cannot clear the first one's temporaries or interleave its saves with it.
 
 What a rename would break is written otherwise: a symlink is written through (the file
 it names is replaced, the link stays), and a target that is no file at all (a device, a
@@ -183,3 +185,86 @@ def _sync_folders(folders: Iterable[Path]) -> None:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+
+
+class FolderBusy(Exception):
+    """Another process holds the folder's lock (`FolderLock`)."""
+
+
+class FolderLock:
+    """One writer per folder: an exclusive `flock` on `FOLDER/.lock`, held until `release`.
+
+    The kernel drops a flock when its holder exits, however it exits, so a lock file that a
+    killed run left is free to take: nothing goes stale. `release` removes the lock file,
+    and the folder (with the parents `acquire` made for it) if it is empty then, so a run
+    that stopped before writing anything leaves the disk as it found it. Where `fcntl` is
+    missing (Windows) the lock is not taken and only the cleanup happens.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.path = self.folder / self.NAME
+        self._fd: int | None = None
+        self._made: list[Path] = []  # the folders acquire created, deepest first
+
+    def acquire(self) -> None:
+        """Take the lock, creating the folder if need be; FolderBusy if another process
+        holds it (and then nothing is created or changed)."""
+        missing = []
+        for folder in (self.folder, *self.folder.parents):
+            if folder.exists():
+                break
+            missing.append(folder)
+        with naming(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self._made = [folder for folder in missing if folder.is_dir()]
+        try:
+            self._fd = self._take()
+        except BaseException:
+            self._forget_folders()
+            raise
+
+    def _take(self) -> int | None:
+        try:
+            import fcntl
+        except ImportError:  # no flock here: one writer is the user's to keep
+            return None
+        while True:
+            with naming(self.path):
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise FolderBusy(str(self.folder)) from None
+            except OSError:  # a file system without flock (some network mounts): go on
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+                return None
+            try:  # the holder before may have removed the file between our open and flock
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def release(self) -> None:
+        """Remove the lock file and let the lock go; then the folders acquire made, where
+        empty."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)  # while held: no one else can hold this file now
+            os.close(self._fd)
+            self._fd = None
+        self._forget_folders()
+
+    def _forget_folders(self) -> None:
+        for folder in self._made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the run wrote something), or gone: it stays
+                break
+        self._made = []

@@ -1,7 +1,7 @@
 """cnncli.files: every file cnncli writes is written whole or not at all, through a
 temporary beside it; a symlink is written through, a FIFO or device in place. The two
 ways in (an open-file writer, and a saver that takes a file name as Pillow and
-matplotlib do) behave alike."""
+matplotlib do) behave alike. A folder a run writes into has one writer at a time."""
 
 from __future__ import annotations
 
@@ -15,7 +15,13 @@ from typing import BinaryIO
 
 import pytest
 
-from cnncli.files import remove_stale_temporaries, save_atomically, write_atomically
+from cnncli.files import (
+    FolderBusy,
+    FolderLock,
+    remove_stale_temporaries,
+    save_atomically,
+    write_atomically,
+)
 
 Write = Callable[..., object]
 DISK_FULL = OSError(28, "No space left on device")
@@ -116,3 +122,47 @@ def test_files_imports_nothing_but_the_standard_library() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+# Another process holding the lock, for as long as it reads lines on its stdin.
+HOLDER = """
+import sys
+from pathlib import Path
+from cnncli.files import FolderLock
+lock = FolderLock(Path(sys.argv[1]))
+lock.acquire()
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_folder_has_one_writer_and_a_second_is_refused_without_a_change(
+        tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "net"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        (run / "last.npz").write_bytes(b"the first run's")
+        with pytest.raises(FolderBusy):
+            FolderLock(run).acquire()
+        assert sorted(p.name for p in run.iterdir()) == [".lock", "last.npz"]
+    finally:
+        holder.kill()  # as a kill -9 would: the kernel lets its lock go
+        holder.wait()
+    second = FolderLock(run)
+    second.acquire()  # the lock file the killed holder left is free to take
+    second.release()
+    assert sorted(p.name for p in run.iterdir()) == ["last.npz"]
+
+
+def test_a_lock_that_wrote_nothing_leaves_no_folder_it_made(tmp_path: Path) -> None:
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for folder in (tmp_path / "runs" / "a" / "b", kept):
+        lock = FolderLock(folder)
+        lock.acquire()
+        assert (folder / ".lock").is_file()
+        lock.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]  # kept was there before
+    assert list(kept.iterdir()) == []

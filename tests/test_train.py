@@ -560,6 +560,34 @@ def test_cli_overwrite_starts_the_run_over(spec_file: Path, tmp_path: Path) -> N
     assert json.loads((run / "config.json").read_text())["options"]["epochs"] == 1
 
 
+def test_cli_train_into_a_folder_another_run_is_using_is_refused(spec_file: Path,
+                                                                   tmp_path: Path) -> None:
+    from cnncli.files import FolderLock
+
+    run = tmp_path / "run"
+    one_step = ["--train-size", "40", "--batch", "40", "--val-fraction", "0", "--epochs", "1"]
+    assert cli_train(spec_file, run, *one_step).exit_code == 0
+    assert ".lock" not in {p.name for p in run.iterdir()}  # a finished run lets it go
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    other = FolderLock(run)  # another `cnncli train` in the middle of its run
+    other.acquire()
+    try:
+        for again in ([], ["--overwrite"], ["--resume", "--epochs", "2"]):
+            one_line_error(cli_train(spec_file, run, *one_step, *again), 1,
+                           f"{run} is in use by another cnncli train")
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"} == before
+    finally:
+        other.release()
+    assert cli_train(spec_file, run, *one_step, "--overwrite").exit_code == 0
+
+
+def test_cli_train_that_fails_before_writing_leaves_no_folder(spec_file: Path,
+                                                              tmp_path: Path) -> None:
+    one_line_error(cli_train(spec_file, tmp_path / "runs" / "new", "--data",
+                             str(tmp_path / "missing.npz")), 2, "missing.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [spec_file.name]  # no runs/new
+
+
 # --------------------------------------------------------------------------- end to end
 
 

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from cnncli.render.tables import Laid
+    from cnncli.training.distributed import Comm
+    from cnncli.training.loop import RunDir
 
 
 def _default(name: str) -> str:
@@ -145,12 +147,8 @@ def train(
 
 def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | None,
            resume: bool, overwrite: bool, quiet: bool, distributed: bool = False) -> None:
-    from cnncli.config import configure_threads
-    from cnncli.engine.checkpoint import check_spec, load_checkpoint
-    from cnncli.engine.network import Network
     from cnncli.training.distributed import connect
-    from cnncli.training.loop import RunDir, TrainConfig, Trainer, load_training_data, spec_text_of
-    from cnncli.training.settings import new_run_options, resumed_options
+    from cnncli.training.loop import RunDir, spec_text_of
 
     # distributed: rank 0 reads the run directory and speaks; errors fail every rank alike
     comm = connect(distributed)
@@ -158,6 +156,22 @@ def _train(spec_arg: str, net_spec: Any, given: dict[str, Any], out_dir: Path | 
     quiet = quiet or not comm.is_root
     spec_text = spec_text_of(net_spec)
     run = RunDir(out_dir or Path("runs") / Path(net_spec.source).stem)
+    comm.on_root(run.lock)  # one run per folder, from before it reads the folder
+    try:
+        _train_in(spec_arg, net_spec, spec_text, run, comm, given, resume, overwrite, quiet)
+    finally:
+        if comm.is_root:
+            run.unlock()
+
+
+def _train_in(spec_arg: str, net_spec: Any, spec_text: str, run: RunDir, comm: Comm,
+              given: dict[str, Any], resume: bool, overwrite: bool, quiet: bool) -> None:
+    from cnncli.config import configure_threads
+    from cnncli.engine.checkpoint import check_spec, load_checkpoint
+    from cnncli.engine.network import Network
+    from cnncli.training.loop import TrainConfig, Trainer, load_training_data
+    from cnncli.training.settings import new_run_options, resumed_options
+
     ckpt = None
     if resume:
         ckpt = comm.on_root(load_checkpoint, run.last)

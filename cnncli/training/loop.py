@@ -43,7 +43,14 @@ from cnncli.engine.checkpoint import Checkpoint, save_checkpoint, spec_sha256
 from cnncli.engine.network import Network
 from cnncli.engine.optim import OPTIMIZERS, SCHEDULES, Schedule, make_optimizer
 from cnncli.engine.warmup import CompileWatch
-from cnncli.files import Writer, remove_stale_temporaries, write_atomically
+from cnncli.errors import RunInvalid
+from cnncli.files import (
+    FolderBusy,
+    FolderLock,
+    Writer,
+    remove_stale_temporaries,
+    write_atomically,
+)
 from cnncli.files import text_writer as _text_writer  # a name of its own: tests fail it
 from cnncli.training import data as D
 from cnncli.training.distributed import Comm
@@ -305,6 +312,21 @@ class RunDir:
         self.best = self.path / "best.npz"
         self.jsonl = self.path / "metrics.jsonl"
         self.csv = self.path / "metrics.csv"
+        self._lock = FolderLock(self.path)
+
+    def lock(self) -> None:
+        """Be the one run writing here until `unlock` (files.FolderLock), before anything
+        in the folder is read: a second `cnncli train` into it would clear this run's
+        temporaries as stale and interleave its saves with this run's."""
+        try:
+            self._lock.acquire()
+        except FolderBusy:
+            raise RunInvalid(f"{self.path} is in use by another cnncli train; wait for it "
+                             "to finish, or train into another --out") from None
+
+    def unlock(self) -> None:
+        """Let the folder go (and remove it, if the run stopped before writing to it)."""
+        self._lock.release()
 
     def start(self, spec_text: str, config: dict[str, Any],
               history: list[dict[str, Any]]) -> None:
