@@ -61,14 +61,15 @@ def winograd_forward_work(n: int, oh: int, ow: int, cin: int, cout: int, m: int,
                           threads: int) -> tuple[int, int]:
     """(threads that run, numbers each allocates) of winograd.py's forward kernel, which
     dx runs too (cin: the channels it reads, cout: those it writes): per thread V and M
-    (alpha^2 blocks of tiles), a tile row of input in phase layout and its row transform,
-    and a tile row of output before and after its row transform."""
+    (alpha^2 blocks of tiles), a row of zeros (the rows outside the image), the row
+    transform of a tile row of input in phase layout, and a tile row of output before and
+    after its row transform."""
     alpha = m + 2
     th, tw = -(-oh // m), -(-ow // m)
     nrow = n * th
     r = winograd_rows_per_block(tw, nrow, WINOGRAD_BLOCK_TILES)
     slots = r * tw + 1
-    per = (alpha * alpha * slots * (cin + cout) + 2 * alpha * m * (tw + 1) * cin
+    per = (alpha * alpha * slots * (cin + cout) + (alpha + 1) * m * (tw + 1) * cin
            + alpha * m * tw * cout + m * m * tw * cout)
     return min(threads, -(-nrow // r)), per
 
@@ -84,15 +85,15 @@ def winograd_weights_chunks(n: int, oh: int, ow: int, m: int, threads: int) -> i
 def winograd_weights_work(n: int, oh: int, ow: int, c: int, k: int, m: int,
                           threads: int) -> tuple[int, int]:
     """(threads that run, numbers each holds) of the backward-weights kernel: V and Z
-    blocks, the input tile row and its transform, a tile row of dy and its transform, the
-    chunk's alpha^2 [C x K] sums S and one GEMM's result. The wrapper allocates them for
-    every running thread before the parallel loop."""
+    blocks, a row of zeros and the input tile row's transform, a tile row of dy and its
+    transform, the chunk's alpha^2 [C x K] sums S and one GEMM's result. The wrapper
+    allocates them for every running thread before the parallel loop."""
     alpha = m + 2
     tw = -(-ow // m)
     nrow = n * -(-oh // m)
     r = winograd_rows_per_block(tw, nrow, WINOGRAD_BLOCK_TILES_DW)
     slots = r * tw + 1
-    per = (alpha * alpha * slots * (c + k) + 2 * alpha * m * (tw + 1) * c + m * m * tw * k
+    per = (alpha * alpha * slots * (c + k) + (alpha + 1) * m * (tw + 1) * c + m * m * tw * k
            + alpha * m * tw * k + alpha * alpha * c * k + c * k)
     return min(threads, winograd_weights_chunks(n, oh, ow, m, threads)), per
 

@@ -34,8 +34,8 @@ Design (measured on the 2-core target, see bench/bench_winograd.py):
   V and M arrays through memory measured 0.4-1.0x of direct convolution: the
   transforms decide, not the GEMMs.
 * Each transform is separable: B^T (or A^T) down the rows of a whole tile row at once,
-  then along the columns, both as long vectorised loops over a tile row copied into
-  "phase layout" (see the comment above the transforms). Hand-simplified formulas, no
+  then along the columns, both as long vectorised loops over a tile row in "phase
+  layout" (see the comment above the transforms). Hand-simplified formulas, no
   matrix loops. That halved the transforms' time against a loop per tile. What remains
   at 32x32x32 is about half memory traffic: reading x and writing y once, as im2col does.
 * V and M get one spare tile row: with 32 tiles of 32 float32 channels their alpha^2
@@ -168,7 +168,12 @@ def transform_matrices(tile):
 #
 # where column b of tile t lies at o_b + t * C + c: a cols stage is then one loop over all
 # tiles and channels of a row. A loop per tile (C long) measured 3-4x slower at 32
-# channels: LLVM checks the twelve load/store streams for overlap once per loop.
+# channels: LLVM checks the twelve load/store streams for overlap once per loop. The input
+# is not copied into phase layout first: its rows stage reads the image rows and writes its
+# results there (`_in_rows_phased`), one loop per column. That measured 1.01-1.10x per call
+# against copying then transforming (bench/ab_kernels.py --module winograd, 2026-11-29, the
+# EPYC VM: forward, dx and dW at resnet20's sizes, bit-identical); dy's tile rows for dW
+# are still copied (`_phase_rows`), since their transform runs on the output tiling.
 # Offsets into the innermost index are unsigned, so numba emits no negative-index
 # wraparound there (signed offsets measured 2-4x slower), and constants are cast to the
 # array dtype so float32 arithmetic stays float32.
@@ -236,6 +241,80 @@ def _in_rows(src, m, dst):
             dst[1, i] = d1 + d2
             dst[2, i] = d2 - d1
             dst[3, i] = d1 - d3
+
+
+@njit(**JIT_OPTIONS)
+def _in_rows_phased(src, base, nrows, r0, shift, m, KS, C, zero, dst):
+    """dst[a] = B^T d down the alpha image rows r0 .. r0 + alpha - 1 (src rows base ..
+    base + nrows, each W * C long; rows outside the image read as `zero`), written straight
+    into phase layout (column j at u = j + shift, as _phase_rows places it) without the
+    copy: slots no column maps to are never written (zeroed once by the wrapper)."""
+    W = src.shape[1] // C
+    two = src.dtype.type(2)
+    four = src.dtype.type(4)
+    five = src.dtype.type(5)
+    s0 = src[base + r0] if 0 <= r0 < nrows else zero
+    s1 = src[base + r0 + 1] if 0 <= r0 + 1 < nrows else zero
+    s2 = src[base + r0 + 2] if 0 <= r0 + 2 < nrows else zero
+    s3 = src[base + r0 + 3] if 0 <= r0 + 3 < nrows else zero
+    ph = shift % m
+    k = shift // m
+    if m == 4:
+        s4 = src[base + r0 + 4] if 0 <= r0 + 4 < nrows else zero
+        s5 = src[base + r0 + 5] if 0 <= r0 + 5 < nrows else zero
+        d_0 = dst[0]
+        d_1 = dst[1]
+        d_2 = dst[2]
+        d_3 = dst[3]
+        d_4 = dst[4]
+        d_5 = dst[5]
+        for j in range(W):
+            do = np.uint64((ph * KS + k) * C)
+            so = np.uint64(j * C)
+            for c in range(np.uint64(C)):
+                d0 = s0[so + c]
+                d1 = s1[so + c]
+                d2 = s2[so + c]
+                d3 = s3[so + c]
+                d4 = s4[so + c]
+                d5 = s5[so + c]
+                p = d4 - four * d2
+                q = d3 - four * d1
+                s = d4 - d2
+                t = two * (d3 - d1)
+                o = do + c
+                d_0[o] = four * d0 - five * d2 + d4
+                d_1[o] = p + q
+                d_2[o] = p - q
+                d_3[o] = s + t
+                d_4[o] = s - t
+                d_5[o] = four * d1 - five * d3 + d5
+            ph += 1
+            if ph == m:
+                ph = 0
+                k += 1
+    else:
+        d_0 = dst[0]
+        d_1 = dst[1]
+        d_2 = dst[2]
+        d_3 = dst[3]
+        for j in range(W):
+            do = np.uint64((ph * KS + k) * C)
+            so = np.uint64(j * C)
+            for c in range(np.uint64(C)):
+                d0 = s0[so + c]
+                d1 = s1[so + c]
+                d2 = s2[so + c]
+                d3 = s3[so + c]
+                o = do + c
+                d_0[o] = d0 - d2
+                d_1[o] = d1 + d2
+                d_2[o] = d2 - d1
+                d_3[o] = d1 - d3
+            ph += 1
+            if ph == m:
+                ph = 0
+                k += 1
 
 
 @njit(**JIT_OPTIONS)
@@ -453,11 +532,11 @@ def _sum_channels(P, K, acc):
 
 
 @njit(**JIT_OPTIONS)
-def _input_tile_row(x2, n, H, r0, m, pad, KS, C, TW, xs, rowt, V2, t0):
-    """V2[:, t0 * C:(t0 + TW) * C] = B^T d B of the TW tiles whose input rows start at r0."""
+def _input_tile_row(x2, n, H, r0, m, pad, KS, C, TW, zero, rowt, V2, t0):
+    """V2[:, t0 * C:(t0 + TW) * C] = B^T d B of the TW tiles whose input rows start at r0
+    (zero: a row of zeros for the rows outside the image)."""
     alpha = m + 2
-    _phase_rows(x2, n * H, H, r0, pad, m, KS, C, xs)
-    _in_rows(xs, m, rowt)
+    _in_rows_phased(x2, n * H, H, r0, pad, m, KS, C, zero, rowt)
     for a in range(alpha):
         _in_cols(rowt[a], m, KS, C, TW * C, V2, a * alpha, t0 * C)
 
@@ -499,7 +578,7 @@ def _filter_transform(wt, G, u):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, xs_t, rowt_t, orow_t, yrow_t, y, post_mode,
+def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, zero_t, rowt_t, orow_t, yrow_t, y, post_mode,
               post):
     """y[N, OH, OW, K] = Winograd F(m x m, 3 x 3) conv of x with U[alpha^2, C, K] + bias
     (bias: one tile row of output columns in phase layout, m * TW * K), then what the conv
@@ -507,7 +586,8 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, xs_t, rowt_t, orow_t, yrow_t, y, 
 
     Blocks are R consecutive tile rows (over all images); each thread runs a range of
     blocks with its buffers in cache: the `_t` arrays, [T, ...], allocated by the wrapper
-    (xs_t zeroed), so what a call holds does not depend on how the threads are timed.
+    (zero_t and rowt_t zeroed), so what a call holds does not depend on how the threads are
+    timed.
     """
     N, H, W, C = x.shape
     OH = y.shape[1]
@@ -528,7 +608,7 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, xs_t, rowt_t, orow_t, yrow_t, y, 
         M = M_t[p]
         V2 = V.reshape(A2, (R * TW + 1) * C)
         M2 = M.reshape(A2, (R * TW + 1) * K)
-        xs = xs_t[p]
+        zero = zero_t[p]
         rowt = rowt_t[p]
         orow = orow_t[p]
         yrow = yrow_t[p]
@@ -538,7 +618,7 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, xs_t, rowt_t, orow_t, yrow_t, y, 
             nt = (g1 - g0) * TW
             for g in range(g0, g1):
                 r0 = (g % TH) * m - pad
-                _input_tile_row(x2, g // TH, H, r0, m, pad, KS, C, TW, xs, rowt, V2,
+                _input_tile_row(x2, g // TH, H, r0, m, pad, KS, C, TW, zero, rowt, V2,
                                 (g - g0) * TW)
             for e in range(A2):
                 if OWN_GEMM:  # _wino_fwd_own (sizes.own_winograd decides)
@@ -560,12 +640,12 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, xs_t, rowt_t, orow_t, yrow_t, y, 
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, xs_t, rowt_t, ds_t, zrow_t, S_t,
+def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, zero_t, rowt_t, ds_t, zrow_t, S_t,
                 tmp_t, dWp, need_db, dbp):
     """dWp[chunk, 9, C, K] (p * 3 + q, c, k) = per-chunk partial dW; GGt[9, alpha^2] holds
     G[a, p] * G[b, q]. Chunk q owns blocks [q * nblk // nchunk, (q + 1) * nblk // nchunk).
-    Each thread's buffers are the `_t` arrays, [T, ...], allocated by the wrapper (xs_t and
-    ds_t zeroed). With need_db, dbp[chunk, K] (float64, zeroed) gets the chunk's partial
+    Each thread's buffers are the `_t` arrays, [T, ...], allocated by the wrapper (zero_t,
+    rowt_t and ds_t zeroed). With need_db, dbp[chunk, K] (float64, zeroed) gets the chunk's partial
     bias gradient, summed from the dy rows already in cache for the transform (a separate
     float64 reduction over dy took as long as the whole dW kernel at 16 channels).
     """
@@ -588,7 +668,7 @@ def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, xs_t, rowt_t, ds_t, zro
         Z = Z_t[p]
         V2 = V.reshape(A2, (R * TW + 1) * C)
         Z2 = Z.reshape(A2, (R * TW + 1) * K)
-        xs = xs_t[p]
+        zero = zero_t[p]
         rowt = rowt_t[p]
         ds = ds_t[p]
         zrow = zrow_t[p]
@@ -606,7 +686,8 @@ def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, xs_t, rowt_t, ds_t, zro
                     n = g // TH
                     i0 = (g % TH) * m
                     t0 = (g - g0) * TW
-                    _input_tile_row(x2, n, H, i0 - pad, m, pad, KS, C, TW, xs, rowt, V2, t0)
+                    _input_tile_row(x2, n, H, i0 - pad, m, pad, KS, C, TW, zero, rowt, V2,
+                                    t0)
                     # output rows past OH (bottom tile row) have zero gradient
                     _phase_rows(dy2, n * OH, OH, i0, 0, m, TW, K, ds)
                     if need_db:  # every dy value of these rows once; unused slots are 0
@@ -702,7 +783,7 @@ def _forward(x, u, b, pad, tile, out_hw, relu=False, affine=None):
     kernel = _wino_fwd_own if _own_gemm(x) else _wino_fwd
     kernel(x, u, bias, tile, pad, R, np.empty((T, alpha * alpha, R * TW + 1, C), dt),
            np.empty((T, alpha * alpha, R * TW + 1, K), dt),
-           np.zeros((T, alpha, tile * KS * C), dt), np.empty((T, alpha, tile * KS * C), dt),
+           np.zeros((T, tile * KS * C), dt), np.zeros((T, alpha, tile * KS * C), dt),
            np.empty((T, alpha, tile * TW * K), dt), np.empty((T, tile, tile * TW * K), dt),
            y, *post_ops(K, dt, relu, affine))
     return y
@@ -791,8 +872,8 @@ def winograd_conv_backward_params(x, dy, pad, tile=4, need_db=True):
     A2 = alpha * alpha
     kernel = _wino_bwd_w_own if _own_gemm(x) else _wino_bwd_w
     kernel(x, dy, GGt, tile, pad, R, nchunk, np.empty((T, A2, R * TW + 1, C), dt),
-           np.empty((T, A2, R * TW + 1, K), dt), np.zeros((T, alpha, tile * KS * C), dt),
-           np.empty((T, alpha, tile * KS * C), dt), np.zeros((T, tile, tile * TW * K), dt),
+           np.empty((T, A2, R * TW + 1, K), dt), np.zeros((T, tile * KS * C), dt),
+           np.zeros((T, alpha, tile * KS * C), dt), np.zeros((T, tile, tile * TW * K), dt),
            np.empty((T, alpha, tile * TW * K), dt), np.empty((T, A2, C, K), dt),
            np.empty((T, C, K), dt), dWp, bool(need_db), dbp)
     dW = dWp[0].copy()
