@@ -62,15 +62,15 @@ def winograd_forward_work(n: int, oh: int, ow: int, cin: int, cout: int, m: int,
     """(threads that run, numbers each allocates) of winograd.py's forward kernel, which
     dx runs too (cin: the channels it reads, cout: those it writes): per thread V and M
     (alpha^2 blocks of tiles), a row of zeros (the rows outside the image), the row
-    transform of a tile row of input in phase layout, and a tile row of output before and
-    after its row transform."""
+    transform of a tile row of input in phase layout, and a tile row of output between its
+    column and row transforms."""
     alpha = m + 2
     th, tw = -(-oh // m), -(-ow // m)
     nrow = n * th
     r = winograd_rows_per_block(tw, nrow, WINOGRAD_BLOCK_TILES)
     slots = r * tw + 1
     per = (alpha * alpha * slots * (cin + cout) + (alpha + 1) * m * (tw + 1) * cin
-           + alpha * m * tw * cout + m * m * tw * cout)
+           + alpha * m * tw * cout)
     return min(threads, -(-nrow // r)), per
 
 

@@ -401,54 +401,75 @@ def _out_cols(M2, e, so, m, L, dst):
 
 
 @njit(**JIT_OPTIONS)
-def _out_rows(src, m, bias, dst):
-    """dst[i, j] = sum_a A^T[i, a] * src[a, j] + bias[j] for i < m (A^T (M A), rows)."""
+def _out_rows(src, m, bias, TW, K, OW, dst, r0, nrows):
+    """dst[r0 + i, j * K + k] = sum_a A^T[i, a] * src[a, s] + bias[s], s = (ph * TW + t) * K
+    + k, for output column j = t * m + ph < OW and i < nrows: A^T (M A) down the rows,
+    read from phase layout (src, bias) and written straight into NHWC rows."""
     two = src.dtype.type(2)
     four = src.dtype.type(4)
     eight = src.dtype.type(8)
-    if m == 4:
-        for j in range(bias.shape[0]):
-            m0 = src[0, j]
-            m1 = src[1, j]
-            m2 = src[2, j]
-            m3 = src[3, j]
-            m4 = src[4, j]
-            m5 = src[5, j]
-            bj = bias[j]
-            p = m1 + m2
-            q = m1 - m2
-            s = m3 + m4
-            w = m3 - m4
-            dst[0, j] = m0 + p + s + bj
-            dst[1, j] = q + two * w + bj
-            dst[2, j] = p + four * s + bj
-            dst[3, j] = q + eight * w + m5 + bj
-    else:
-        for j in range(bias.shape[0]):
-            m1 = src[1, j]
-            m2 = src[2, j]
-            bj = bias[j]
-            dst[0, j] = src[0, j] + m1 + m2 + bj
-            dst[1, j] = m1 - m2 - src[3, j] + bj
-
-
-@njit(**JIT_OPTIONS)
-def _dephase_rows(src, m, TW, K, OW, dst, r0, nrows):
-    """dst[r0 + i, j * K + k] = src[i] (phase layout, TW slots) at column j < OW, i < nrows."""
-    for i in range(nrows):
-        s = src[i]
-        d = dst[r0 + i]
-        ph = 0  # column j is slot t of phase ph
-        t = 0
-        for j in range(OW):
-            so = np.uint64((ph * TW + t) * K)
-            do = np.uint64(j * K)
+    ph = 0  # column j is slot t of phase ph
+    t = 0
+    for j in range(OW):
+        so = np.uint64((ph * TW + t) * K)
+        do = np.uint64(j * K)
+        if m == 4 and nrows == 4:
+            d0 = dst[r0]
+            d1 = dst[r0 + 1]
+            d2 = dst[r0 + 2]
+            d3 = dst[r0 + 3]
             for k in range(np.uint64(K)):
-                d[do + k] = s[so + k]
-            ph += 1
-            if ph == m:
-                ph = 0
-                t += 1
+                i = so + k
+                m0 = src[0, i]
+                m1 = src[1, i]
+                m2 = src[2, i]
+                m3 = src[3, i]
+                m4 = src[4, i]
+                m5 = src[5, i]
+                bj = bias[i]
+                p = m1 + m2
+                q = m1 - m2
+                s = m3 + m4
+                w = m3 - m4
+                o = do + k
+                d0[o] = m0 + p + s + bj
+                d1[o] = q + two * w + bj
+                d2[o] = p + four * s + bj
+                d3[o] = q + eight * w + m5 + bj
+        elif m == 4:  # the image's last tile row, cut short
+            for r in range(nrows):
+                d = dst[r0 + r]
+                for k in range(np.uint64(K)):
+                    i = so + k
+                    m1 = src[1, i]
+                    m2 = src[2, i]
+                    m3 = src[3, i]
+                    m4 = src[4, i]
+                    bj = bias[i]
+                    if r == 0:
+                        v = src[0, i] + (m1 + m2) + (m3 + m4) + bj
+                    elif r == 1:
+                        v = (m1 - m2) + two * (m3 - m4) + bj
+                    else:
+                        v = (m1 + m2) + four * (m3 + m4) + bj
+                    d[do + k] = v
+        else:
+            for r in range(nrows):
+                d = dst[r0 + r]
+                for k in range(np.uint64(K)):
+                    i = so + k
+                    m1 = src[1, i]
+                    m2 = src[2, i]
+                    bj = bias[i]
+                    if r == 0:
+                        v = src[0, i] + m1 + m2 + bj
+                    else:
+                        v = m1 - m2 - src[3, i] + bj
+                    d[do + k] = v
+        ph += 1
+        if ph == m:
+            ph = 0
+            t += 1
 
 
 @njit(**JIT_OPTIONS)
@@ -578,8 +599,7 @@ def _filter_transform(wt, G, u):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, zero_t, rowt_t, orow_t, yrow_t, y, post_mode,
-              post):
+def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, zero_t, rowt_t, orow_t, y, post_mode, post):
     """y[N, OH, OW, K] = Winograd F(m x m, 3 x 3) conv of x with U[alpha^2, C, K] + bias
     (bias: one tile row of output columns in phase layout, m * TW * K), then what the conv
     absorbed, on each output row as it is written (conv.py's `_post_rows`).
@@ -611,7 +631,6 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, zero_t, rowt_t, orow_t, yrow_t, y
         zero = zero_t[p]
         rowt = rowt_t[p]
         orow = orow_t[p]
-        yrow = yrow_t[p]
         for blk in range(p * nblk // T, (p + 1) * nblk // T):
             g0 = blk * R
             g1 = min(nrow, g0 + R)
@@ -630,10 +649,9 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, zero_t, rowt_t, orow_t, yrow_t, y
                 t0 = (g - g0) * TW
                 for a in range(alpha):
                     _out_cols(M2, a * alpha, t0 * K, m, TW * K, orow[a])
-                _out_rows(orow, m, bias, yrow)
                 r0 = (g // TH) * OH + i0
                 nr = min(m, OH - i0)
-                _dephase_rows(yrow, m, TW, K, OW, y2, r0, nr)
+                _out_rows(orow, m, bias, TW, K, OW, y2, r0, nr)
                 if post_mode:
                     for r in range(r0, r0 + nr):
                         _post_rows(y[r // OH, r % OH], post_mode, post)
@@ -784,8 +802,7 @@ def _forward(x, u, b, pad, tile, out_hw, relu=False, affine=None):
     kernel(x, u, bias, tile, pad, R, np.empty((T, alpha * alpha, R * TW + 1, C), dt),
            np.empty((T, alpha * alpha, R * TW + 1, K), dt),
            np.zeros((T, tile * KS * C), dt), np.zeros((T, alpha, tile * KS * C), dt),
-           np.empty((T, alpha, tile * TW * K), dt), np.empty((T, tile, tile * TW * K), dt),
-           y, *post_ops(K, dt, relu, affine))
+           np.empty((T, alpha, tile * TW * K), dt), y, *post_ops(K, dt, relu, affine))
     return y
 
 
