@@ -85,15 +85,16 @@ def winograd_weights_chunks(n: int, oh: int, ow: int, m: int, threads: int) -> i
 def winograd_weights_work(n: int, oh: int, ow: int, c: int, k: int, m: int,
                           threads: int) -> tuple[int, int]:
     """(threads that run, numbers each holds) of the backward-weights kernel: V and Z
-    blocks, a row of zeros and the input tile row's transform, a tile row of dy and its
-    transform, the chunk's alpha^2 [C x K] sums S and one GEMM's result. The wrapper
-    allocates them for every running thread before the parallel loop."""
+    blocks, a row of zeros and the input tile row's transform, a row of zeros (dy's rows
+    past the image) and the transform of a tile row of dy, the chunk's alpha^2 [C x K] sums
+    S and one GEMM's result. The wrapper allocates them for every running thread before the
+    parallel loop."""
     alpha = m + 2
     tw = -(-ow // m)
     nrow = n * -(-oh // m)
     r = winograd_rows_per_block(tw, nrow, WINOGRAD_BLOCK_TILES_DW)
     slots = r * tw + 1
-    per = (alpha * alpha * slots * (c + k) + (alpha + 1) * m * (tw + 1) * c + m * m * tw * k
+    per = (alpha * alpha * slots * (c + k) + (alpha + 1) * m * (tw + 1) * c + m * tw * k
            + alpha * m * tw * k + alpha * alpha * c * k + c * k)
     return min(threads, winograd_weights_chunks(n, oh, ow, m, threads)), per
 

@@ -170,41 +170,14 @@ def transform_matrices(tile):
 # tiles and channels of a row. A loop per tile (C long) measured 3-4x slower at 32
 # channels: LLVM checks the twelve load/store streams for overlap once per loop. The input
 # is not copied into phase layout first: its rows stage reads the image rows and writes its
-# results there (`_in_rows_phased`), one loop per column. That measured 1.01-1.10x per call
-# against copying then transforming (bench/ab_kernels.py --module winograd, 2026-11-29, the
-# EPYC VM: forward, dx and dW at resnet20's sizes, bit-identical); dy's tile rows for dW
-# are still copied (`_phase_rows`), since their transform runs on the output tiling.
+# results there (`_in_rows_phased`, and `_grad_rows` for dy in dW), one loop per column; the
+# output's rows stage reads phase layout and writes NHWC rows (`_out_rows`). That measured
+# 1.00-1.10x per call against copying into and out of phase layout around the rows stages
+# (bench/ab_kernels.py --module winograd, 2026-11-29, the EPYC VM: forward, dx and dW at
+# resnet20's sizes, bit-identical).
 # Offsets into the innermost index are unsigned, so numba emits no negative-index
 # wraparound there (signed offsets measured 2-4x slower), and constants are cast to the
 # array dtype so float32 arithmetic stays float32.
-
-
-@njit(**JIT_OPTIONS)
-def _phase_rows(src, base, nrows, r0, shift, m, KS, C, P):
-    """P[a] = image row r0 + a (src rows base .. base + nrows, each W * C long) in phase
-    layout, column j at u = j + shift; rows outside the image are zero. Slots that no
-    column maps to are never written, so they stay zero: they are the padding."""
-    W = src.shape[1] // C
-    zero = P.dtype.type(0)
-    for a in range(P.shape[0]):
-        d = P[a]
-        r = r0 + a
-        if r < 0 or r >= nrows:
-            for i in range(d.shape[0]):
-                d[i] = zero
-            continue
-        s = src[base + r]
-        ph = shift % m  # column j + shift is slot k of phase ph (counted, not divided:
-        k = shift // m  # two integer divisions per column cost more than its copy)
-        for j in range(W):
-            do = np.uint64((ph * KS + k) * C)
-            so = np.uint64(j * C)
-            for c in range(np.uint64(C)):
-                d[do + c] = s[so + c]
-            ph += 1
-            if ph == m:
-                ph = 0
-                k += 1
 
 
 @njit(**JIT_OPTIONS)
@@ -247,8 +220,8 @@ def _in_rows(src, m, dst):
 def _in_rows_phased(src, base, nrows, r0, shift, m, KS, C, zero, dst):
     """dst[a] = B^T d down the alpha image rows r0 .. r0 + alpha - 1 (src rows base ..
     base + nrows, each W * C long; rows outside the image read as `zero`), written straight
-    into phase layout (column j at u = j + shift, as _phase_rows places it) without the
-    copy: slots no column maps to are never written (zeroed once by the wrapper)."""
+    into phase layout, column j at u = j + shift: slot u // m of phase u % m. Slots no
+    column maps to are the padding: never written (zeroed once by the wrapper)."""
     W = src.shape[1] // C
     two = src.dtype.type(2)
     four = src.dtype.type(4)
@@ -473,35 +446,68 @@ def _out_rows(src, m, bias, TW, K, OW, dst, r0, nrows):
 
 
 @njit(**JIT_OPTIONS)
-def _grad_rows(src, m, dst):
-    """dst[a, i] = sum_r A[a, r] * src[r, i] (A dy down the m rows of a tile row)."""
+def _grad_rows(src, base, nrows, r0, m, TW, K, zero, dst):
+    """dst[a, (ph * TW + t) * K + k] = sum_r A[a, r] * dy[r0 + r, j * K + k] (A dy down the
+    m rows of a tile row) for column j = t * m + ph of dy (src rows base .. base + nrows,
+    each OW * K long; rows past the image read as `zero`: their gradient is zero), written
+    straight into phase layout. Slots no column maps to are never written (zeroed once by
+    the wrapper)."""
+    OW = src.shape[1] // K
     two = src.dtype.type(2)
     four = src.dtype.type(4)
     eight = src.dtype.type(8)
+    s0 = src[base + r0] if r0 < nrows else zero
+    s1 = src[base + r0 + 1] if r0 + 1 < nrows else zero
+    d_0 = dst[0]
+    d_1 = dst[1]
+    d_2 = dst[2]
+    d_3 = dst[3]
+    ph = 0  # column j is slot t of phase ph
+    t = 0
     if m == 4:
-        for i in range(src.shape[1]):
-            y0 = src[0, i]
-            y1 = src[1, i]
-            y2 = src[2, i]
-            y3 = src[3, i]
-            p = y0 + y2
-            q = y1 + y3
-            s = y0 + four * y2
-            w = two * y1 + eight * y3
-            dst[0, i] = y0
-            dst[1, i] = p + q
-            dst[2, i] = p - q
-            dst[3, i] = s + w
-            dst[4, i] = s - w
-            dst[5, i] = y3
+        s2 = src[base + r0 + 2] if r0 + 2 < nrows else zero
+        s3 = src[base + r0 + 3] if r0 + 3 < nrows else zero
+        d_4 = dst[4]
+        d_5 = dst[5]
+        for j in range(OW):
+            do = np.uint64((ph * TW + t) * K)
+            so = np.uint64(j * K)
+            for k in range(np.uint64(K)):
+                y0 = s0[so + k]
+                y1 = s1[so + k]
+                y2 = s2[so + k]
+                y3 = s3[so + k]
+                p = y0 + y2
+                q = y1 + y3
+                s = y0 + four * y2
+                w = two * y1 + eight * y3
+                o = do + k
+                d_0[o] = y0
+                d_1[o] = p + q
+                d_2[o] = p - q
+                d_3[o] = s + w
+                d_4[o] = s - w
+                d_5[o] = y3
+            ph += 1
+            if ph == m:
+                ph = 0
+                t += 1
     else:
-        for i in range(src.shape[1]):
-            y0 = src[0, i]
-            y1 = src[1, i]
-            dst[0, i] = y0
-            dst[1, i] = y0 + y1
-            dst[2, i] = y0 - y1
-            dst[3, i] = -y1
+        for j in range(OW):
+            do = np.uint64((ph * TW + t) * K)
+            so = np.uint64(j * K)
+            for k in range(np.uint64(K)):
+                y0 = s0[so + k]
+                y1 = s1[so + k]
+                o = do + k
+                d_0[o] = y0
+                d_1[o] = y0 + y1
+                d_2[o] = y0 - y1
+                d_3[o] = -y1
+            ph += 1
+            if ph == m:
+                ph = 0
+                t += 1
 
 
 @njit(**JIT_OPTIONS)
@@ -542,14 +548,20 @@ def _grad_cols(src, m, L, Z2, e, do):
 
 
 @njit(**JIT_OPTIONS)
-def _sum_channels(P, K, acc):
-    """acc[k] += every P[a, i * K + k] (float64 sums of float32 or float64 values)."""
-    for a in range(P.shape[0]):
-        row = P[a]
-        for i in range(row.shape[0] // K):
-            so = np.uint64(i * K)
-            for k in range(np.uint64(K)):
-                acc[k] += row[so + k]
+def _sum_channels(src, base, nrows, r0, m, TW, K, acc):
+    """acc[k] += every dy[r0 + r, j * K + k] of the tile row's m rows inside the image
+    (float64 sums of float32 or float64 values), added in phase-layout order (column j =
+    t * m + ph in the order ph, t), the order the sums have always had: bit-identical."""
+    OW = src.shape[1] // K
+    for r in range(min(m, nrows - r0)):
+        row = src[base + r0 + r]
+        for ph in range(m):
+            for t in range(TW):
+                j = t * m + ph
+                if j < OW:
+                    so = np.uint64(j * K)
+                    for k in range(np.uint64(K)):
+                        acc[k] += row[so + k]
 
 
 @njit(**JIT_OPTIONS)
@@ -658,14 +670,15 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, zero_t, rowt_t, orow_t, y, post_m
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, zero_t, rowt_t, ds_t, zrow_t, S_t,
-                tmp_t, dWp, need_db, dbp):
+def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, zero_t, rowt_t, dzero_t, zrow_t,
+                S_t, tmp_t, dWp, need_db, dbp):
     """dWp[chunk, 9, C, K] (p * 3 + q, c, k) = per-chunk partial dW; GGt[9, alpha^2] holds
     G[a, p] * G[b, q]. Chunk q owns blocks [q * nblk // nchunk, (q + 1) * nblk // nchunk).
     Each thread's buffers are the `_t` arrays, [T, ...], allocated by the wrapper (zero_t,
-    rowt_t and ds_t zeroed). With need_db, dbp[chunk, K] (float64, zeroed) gets the chunk's partial
-    bias gradient, summed from the dy rows already in cache for the transform (a separate
-    float64 reduction over dy took as long as the whole dW kernel at 16 channels).
+    rowt_t, dzero_t and zrow_t zeroed). With need_db, dbp[chunk, K] (float64, zeroed) gets
+    the chunk's partial bias gradient, summed from the dy rows the transform has just read
+    (a separate float64 reduction over dy took as long as the whole dW kernel at 16
+    channels).
     """
     N, H, W, C = x.shape
     OH = dy.shape[1]
@@ -688,7 +701,7 @@ def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, zero_t, rowt_t, ds_t, z
         Z2 = Z.reshape(A2, (R * TW + 1) * K)
         zero = zero_t[p]
         rowt = rowt_t[p]
-        ds = ds_t[p]
+        dzero = dzero_t[p]
         zrow = zrow_t[p]
         S = S_t[p]
         S2 = S.reshape(A2, C * K)
@@ -706,11 +719,9 @@ def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, zero_t, rowt_t, ds_t, z
                     t0 = (g - g0) * TW
                     _input_tile_row(x2, n, H, i0 - pad, m, pad, KS, C, TW, zero, rowt, V2,
                                     t0)
-                    # output rows past OH (bottom tile row) have zero gradient
-                    _phase_rows(dy2, n * OH, OH, i0, 0, m, TW, K, ds)
-                    if need_db:  # every dy value of these rows once; unused slots are 0
-                        _sum_channels(ds, K, dbp[q])
-                    _grad_rows(ds, m, zrow)
+                    if need_db:  # every dy value of these rows once
+                        _sum_channels(dy2, n * OH, OH, i0, m, TW, K, dbp[q])
+                    _grad_rows(dy2, n * OH, OH, i0, m, TW, K, dzero, zrow)
                     for a in range(alpha):
                         _grad_cols(zrow[a], m, TW * K, Z2, a * alpha, t0 * K)
                 if OWN_GEMM:  # _wino_bwd_w_own: microkernel.py adds into S itself
@@ -890,8 +901,8 @@ def winograd_conv_backward_params(x, dy, pad, tile=4, need_db=True):
     kernel = _wino_bwd_w_own if _own_gemm(x) else _wino_bwd_w
     kernel(x, dy, GGt, tile, pad, R, nchunk, np.empty((T, A2, R * TW + 1, C), dt),
            np.empty((T, A2, R * TW + 1, K), dt), np.zeros((T, tile * KS * C), dt),
-           np.zeros((T, alpha, tile * KS * C), dt), np.zeros((T, tile, tile * TW * K), dt),
-           np.empty((T, alpha, tile * TW * K), dt), np.empty((T, A2, C, K), dt),
+           np.zeros((T, alpha, tile * KS * C), dt), np.zeros((T, tile * TW * K), dt),
+           np.zeros((T, alpha, tile * TW * K), dt), np.empty((T, A2, C, K), dt),
            np.empty((T, C, K), dt), dWp, bool(need_db), dbp)
     dW = dWp[0].copy()
     for q in range(1, nchunk):  # chunk order: deterministic
