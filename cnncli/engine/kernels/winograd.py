@@ -170,7 +170,7 @@ def transform_matrices(tile):
 # tiles and channels of a row. A loop per tile (C long) measured 3-4x slower at 32
 # channels: LLVM checks the twelve load/store streams for overlap once per loop. The input
 # is not copied into phase layout first: its rows stage reads the image rows and writes its
-# results there (`_in_rows_phased`, and `_grad_rows` for dy in dW), one loop per column; the
+# results there (`_in_rows`, and `_grad_rows` for dy in dW), one loop per column; the
 # output's rows stage reads phase layout and writes NHWC rows (`_out_rows`). That measured
 # 1.00-1.10x per call against copying into and out of phase layout around the rows stages
 # (bench/ab_kernels.py --module winograd, 2026-11-29, the EPYC VM: forward, dx and dW at
@@ -181,43 +181,7 @@ def transform_matrices(tile):
 
 
 @njit(**JIT_OPTIONS)
-def _in_rows(src, m, dst):
-    """dst[a, i] = sum_b B^T[a, b] * src[b, i] (B^T d down the alpha rows of a tile row)."""
-    two = src.dtype.type(2)
-    four = src.dtype.type(4)
-    five = src.dtype.type(5)
-    if m == 4:
-        for i in range(src.shape[1]):
-            d0 = src[0, i]
-            d1 = src[1, i]
-            d2 = src[2, i]
-            d3 = src[3, i]
-            d4 = src[4, i]
-            d5 = src[5, i]
-            p = d4 - four * d2
-            q = d3 - four * d1
-            s = d4 - d2
-            t = two * (d3 - d1)
-            dst[0, i] = four * d0 - five * d2 + d4
-            dst[1, i] = p + q
-            dst[2, i] = p - q
-            dst[3, i] = s + t
-            dst[4, i] = s - t
-            dst[5, i] = four * d1 - five * d3 + d5
-    else:
-        for i in range(src.shape[1]):
-            d0 = src[0, i]
-            d1 = src[1, i]
-            d2 = src[2, i]
-            d3 = src[3, i]
-            dst[0, i] = d0 - d2
-            dst[1, i] = d1 + d2
-            dst[2, i] = d2 - d1
-            dst[3, i] = d1 - d3
-
-
-@njit(**JIT_OPTIONS)
-def _in_rows_phased(src, base, nrows, r0, shift, m, KS, C, zero, dst):
+def _in_rows(src, base, nrows, r0, shift, m, KS, C, zero, dst):
     """dst[a] = B^T d down the alpha image rows r0 .. r0 + alpha - 1 (src rows base ..
     base + nrows, each W * C long; rows outside the image read as `zero`), written straight
     into phase layout, column j at u = j + shift: slot u // m of phase u % m. Slots no
@@ -569,7 +533,7 @@ def _input_tile_row(x2, n, H, r0, m, pad, KS, C, TW, zero, rowt, V2, t0):
     """V2[:, t0 * C:(t0 + TW) * C] = B^T d B of the TW tiles whose input rows start at r0
     (zero: a row of zeros for the rows outside the image)."""
     alpha = m + 2
-    _in_rows_phased(x2, n * H, H, r0, pad, m, KS, C, zero, rowt)
+    _in_rows(x2, n * H, H, r0, pad, m, KS, C, zero, rowt)
     for a in range(alpha):
         _in_cols(rowt[a], m, KS, C, TW * C, V2, a * alpha, t0 * C)
 
