@@ -194,8 +194,8 @@ def _in_rows(src, base, nrows, r0, shift, m, KS, C, zero, dst):
     s1 = src[base + r0 + 1] if 0 <= r0 + 1 < nrows else zero
     s2 = src[base + r0 + 2] if 0 <= r0 + 2 < nrows else zero
     s3 = src[base + r0 + 3] if 0 <= r0 + 3 < nrows else zero
-    ph = shift % m
-    k = shift // m
+    ph = shift % m  # column j + shift is slot k of phase ph (counted, not divided: two
+    k = shift // m  # integer divisions per column cost more than the column's work)
     if m == 4:
         s4 = src[base + r0 + 4] if 0 <= r0 + 4 < nrows else zero
         s5 = src[base + r0 + 5] if 0 <= r0 + 5 < nrows else zero
