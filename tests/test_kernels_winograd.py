@@ -14,6 +14,7 @@ import pytest
 
 from cnncli.engine.kernels import conv, sizes
 from cnncli.engine.kernels import winograd as wg
+from cnncli.engine.kernels import winograd_vec as vec
 
 try:
     from tests import naive
@@ -216,6 +217,59 @@ def test_own_winograd_rule_an_older_blas_float32_only():
     assert sizes.own_winograd(4, True)  # AVX2 OpenBLAS on an AVX-512 CPU
     assert not sizes.own_winograd(4, False)  # OpenBLAS's own AVX-512 kernel: np.dot
     assert not sizes.own_winograd(8, True)  # float64 (gradcheck): np.dot
+
+
+# float32 F(4x4) layers with channels in multiples of 16 transform their tiles on 16
+# channels at a time in vector registers (winograd_vec.py); the same operations in the same
+# order as the phase-layout stages, so the results must be theirs bit for bit. Cases: pads
+# 0-2, images that leave the last tile row and column short, 16 and 32 channels on either
+# side, a channel count the vectors do not take on the other side, several blocks.
+VECTOR_CASES = [
+    (2, 9, 7, 16, 16, 1),  # a short last tile row and column
+    (3, 8, 8, 32, 16, 1),  # ResNet's shape, two channel groups in
+    (1, 10, 11, 16, 32, 0),  # no padding: tiles stop short of the right edge
+    (2, 6, 5, 16, 16, 2),  # pad 2: two rows and columns of zeros around the image
+    (2, 7, 9, 16, 24, 1),  # 24 filters: vector input transform, phase-layout output
+    (2, 7, 9, 12, 32, 1),  # 12 channels: phase-layout input, vector output transform
+    (9, 12, 12, 16, 16, 1),  # 27 tile rows: several blocks per thread
+]
+
+
+def _vector_ids(c):
+    return "N{}_{}x{}_{}to{}_pad{}".format(*c)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("case", VECTOR_CASES, ids=_vector_ids)
+def test_vector_tiles_bit_identical_to_phase_layout_stages(case, relu, monkeypatch):
+    N, H, W, C, K, pad = case
+    rng = np.random.default_rng(sum(case))
+    x, w, b = _make(rng, N, H, W, C, K, np.float32)
+    dy = rng.standard_normal((N, H + 2 * pad - 2, W + 2 * pad - 2, K)).astype(np.float32)
+
+    def run():
+        return (wg.winograd_conv_forward(x, w, b, pad, relu=relu),
+                wg.winograd_conv_forward(x, w, None, pad),
+                wg.winograd_conv_backward_data(dy, w, pad),
+                *wg.winograd_conv_backward_params(x, dy, pad))
+
+    vector = run()
+    assert vec.usable(4, 4, 16) and (vec.usable(4, 4, C) or vec.usable(4, 4, K))
+    monkeypatch.setattr(wg, "usable", lambda itemsize, tile, channels: False)
+    stages = run()
+    for got, want in zip(vector, stages, strict=True):
+        np.testing.assert_array_equal(got, want)
+    x64, w64, b64 = (a.astype(np.float64) for a in (x, w, b))
+    ref = _naive(x64, w64, b64, pad)
+    assert _rel_err(vector[0], np.maximum(ref, 0) if relu else ref) < F32_REL
+
+
+def test_vector_tiles_rule_float32_f4_multiples_of_16_channels():
+    assert sizes.winograd_vector(4, 4, 16) and sizes.winograd_vector(4, 4, 64)
+    assert not sizes.winograd_vector(4, 4, 24)  # not a whole number of vectors
+    assert not sizes.winograd_vector(4, 2, 16)  # F(2x2): the phase-layout stages
+    assert not sizes.winograd_vector(8, 4, 16)  # float64 (gradcheck)
+    assert not sizes.winograd_vector(4, 4, 0)
 
 
 def test_backward_params_float32_bias_gradient_summed_in_float64():

@@ -442,9 +442,13 @@ class WinogradPlan(ConvPlan):
     def _forward_kernel(self, out: Volume, cin: int, cout: int, dx: bool) -> Buf:
         m = self.m
         y = self.grad(out) if dx else self.out(out)
-        bias = self.work(0, m * -(-out.w // m) * cout)  # the bias, tiled over a tile row
+        itemsize = self.heap.itemsize
+        # the bias: tiled over a tile row for the phase-layout transform, else as it is
+        # (a bias-free layer's zeros, or dx's)
+        bias = self.work(0, cout if sizes.winograd_vector(itemsize, m, cout)
+                         else m * -(-out.w // m) * cout)
         threads, per = sizes.winograd_forward_work(self.heap.batch, out.h, out.w, cin, cout,
-                                                   m, self.threads)
+                                                   m, self.threads, itemsize)
         blocks = [self.work(0, per) for _ in range(threads)]
         del blocks, bias
         return y
@@ -472,7 +476,8 @@ class WinogradPlan(ConvPlan):
         # the bias gradient's float64 partials, summed in the kernel (a bias-free layer's
         # stand-in is one number)
         dbp = self.work(0, nchunk * k if self.bias else 1, FLOAT64)
-        threads, per = sizes.winograd_weights_work(n, oh, ow, c, k, m, self.threads)
+        threads, per = sizes.winograd_weights_work(n, oh, ow, c, k, m, self.threads,
+                                                   self.heap.itemsize)
         blocks = [self.work(0, per) for _ in range(threads)]
         del blocks
         freed = [partials], [dbp, ggt, x]

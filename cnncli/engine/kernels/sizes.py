@@ -57,20 +57,35 @@ def winograd_rows_per_block(tw: int, nrow: int, tiles: int) -> int:
     return max(1, min(nrow, round(tiles / tw)))
 
 
+# Transforms on 16 float32 channels at a time in vector registers (winograd_vec.py) where a
+# layer's channels allow: F(4x4), float32, a multiple of 16 channels. They need no
+# phase-layout buffers.
+WINOGRAD_VECTOR_LANES = 16
+
+
+def winograd_vector(itemsize: int, m: int, channels: int) -> bool:
+    """Whether the transform over `channels` channels runs on winograd_vec.py's tiles."""
+    return (itemsize == 4 and m == 4 and channels > 0
+            and channels % WINOGRAD_VECTOR_LANES == 0)
+
+
 def winograd_forward_work(n: int, oh: int, ow: int, cin: int, cout: int, m: int,
-                          threads: int) -> tuple[int, int]:
+                          threads: int, itemsize: int = 4) -> tuple[int, int]:
     """(threads that run, numbers each allocates) of winograd.py's forward kernel, which
     dx runs too (cin: the channels it reads, cout: those it writes): per thread V and M
-    (alpha^2 blocks of tiles), a row of zeros (the rows outside the image), the row
-    transform of a tile row of input in phase layout, and a tile row of output between its
-    column and row transforms."""
+    (alpha^2 blocks of tiles), a row of zeros (the rows outside the image), and unless the
+    vector tiles do the transforms (winograd_vector), the row transform of a tile row of
+    input in phase layout and a tile row of output between its column and row transforms."""
     alpha = m + 2
     th, tw = -(-oh // m), -(-ow // m)
     nrow = n * th
     r = winograd_rows_per_block(tw, nrow, WINOGRAD_BLOCK_TILES)
     slots = r * tw + 1
-    per = (alpha * alpha * slots * (cin + cout) + (alpha + 1) * m * (tw + 1) * cin
-           + alpha * m * tw * cout)
+    per = alpha * alpha * slots * (cin + cout) + m * (tw + 1) * cin
+    if not winograd_vector(itemsize, m, cin):
+        per += alpha * m * (tw + 1) * cin
+    if not winograd_vector(itemsize, m, cout):
+        per += alpha * m * tw * cout
     return min(threads, -(-nrow // r)), per
 
 
@@ -83,19 +98,23 @@ def winograd_weights_chunks(n: int, oh: int, ow: int, m: int, threads: int) -> i
 
 
 def winograd_weights_work(n: int, oh: int, ow: int, c: int, k: int, m: int,
-                          threads: int) -> tuple[int, int]:
+                          threads: int, itemsize: int = 4) -> tuple[int, int]:
     """(threads that run, numbers each holds) of the backward-weights kernel: V and Z
-    blocks, a row of zeros and the input tile row's transform, a row of zeros (dy's rows
-    past the image) and the transform of a tile row of dy, the chunk's alpha^2 [C x K] sums
-    S and one GEMM's result. The wrapper allocates them for every running thread before the
-    parallel loop."""
+    blocks, a row of zeros and (unless the vector tiles do it) the input tile row's
+    transform, a row of zeros (dy's rows past the image) and (likewise) the transform of a
+    tile row of dy, the chunk's alpha^2 [C x K] sums S and one GEMM's result. The wrapper
+    allocates them for every running thread before the parallel loop."""
     alpha = m + 2
     tw = -(-ow // m)
     nrow = n * -(-oh // m)
     r = winograd_rows_per_block(tw, nrow, WINOGRAD_BLOCK_TILES_DW)
     slots = r * tw + 1
-    per = (alpha * alpha * slots * (c + k) + (alpha + 1) * m * (tw + 1) * c + m * tw * k
-           + alpha * m * tw * k + alpha * alpha * c * k + c * k)
+    per = (alpha * alpha * slots * (c + k) + m * (tw + 1) * c + m * tw * k
+           + alpha * alpha * c * k + c * k)
+    if not winograd_vector(itemsize, m, c):
+        per += alpha * m * (tw + 1) * c
+    if not winograd_vector(itemsize, m, k):
+        per += alpha * m * tw * k
     return min(threads, winograd_weights_chunks(n, oh, ow, m, threads)), per
 
 
