@@ -167,3 +167,22 @@ def test_each_copy_compiles_and_links_only_the_product_it_calls():
     (blas_ir,) = blas.inspect_llvm().values()
     (own_ir,) = own.inspect_llvm().values()
     assert "gemm_into" not in blas_ir and "gemm_into" in own_ir
+
+
+@pytest.mark.parametrize("M,K,N", [(32, 16, 16), (33, 32, 32), (7, 64, 64), (64, 16, 48)])
+def test_rows_and_cols_forms_as_winograd_calls_them(M, K, N):
+    # Winograd's products with 16-channel vectors: A's rows lda apart (a block's V[e] has
+    # a spare row), B and C rows N apart; gemm_cols reads A transposed, as dW's V^T Z
+    rng = np.random.default_rng(M + K + N)
+    V = rng.standard_normal((M + 1, K), dtype=np.float32)
+    U = rng.standard_normal((K, N), dtype=np.float32)
+    out = np.full((M, N), 7.0, np.float32)
+    mk.gemm_rows(V.ctypes.data, K, U.ctypes.data, out.ctypes.data, M, K, N, False)
+    assert _rel(out, V[:M].astype(np.float64) @ U.astype(np.float64)) < REL
+    mk.gemm_rows(V.ctypes.data, K, U.ctypes.data, out.ctypes.data, M, K, N, True)
+    assert _rel(out, 2 * (V[:M].astype(np.float64) @ U.astype(np.float64))) < REL
+    Z = rng.standard_normal((M + 1, N), dtype=np.float32)
+    S = np.full((K, N), 3.0, np.float32)
+    mk.gemm_cols(V.ctypes.data, K, Z.ctypes.data, S.ctypes.data, K, M, N, True)
+    ref = 3.0 + V[:M].T.astype(np.float64) @ Z[:M].astype(np.float64)
+    assert _rel(S, ref) < REL

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnncli.engine.kernels import conv, sizes
+from cnncli.engine.kernels import conv, microkernel, sizes
 from cnncli.engine.kernels import winograd as wg
 from cnncli.engine.kernels import winograd_vec as vec
 
@@ -161,7 +161,7 @@ def test_backward_params_small_bias_gradient_vs_naive(case, tile):
     np.testing.assert_array_equal(dw_only, dw)
 
 
-# float32 runs its tile products through microkernel.py where OpenBLAS runs an older core
+# float32 runs its tile products through microkernel.py where numba compiles for AVX-512
 # (float64 always through np.dot), forced both ways here: the blocks of 16 and 32 filters,
 # a remainder of columns, and tile counts that leave rows
 F32_SMALL_CASES = [
@@ -172,12 +172,11 @@ F32_SMALL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("narrower", [True, False])
+@pytest.mark.parametrize("own", [True, False])
 @pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("case", F32_SMALL_CASES, ids=_ids)
-def test_float32_small_on_either_gemm_forward_dx_dw_vs_naive(case, tile, narrower,
-                                                              monkeypatch):
-    monkeypatch.setattr(wg, "blas_narrower_than_jit", lambda: narrower)
+def test_float32_small_on_either_gemm_forward_dx_dw_vs_naive(case, tile, own, monkeypatch):
+    monkeypatch.setattr(wg, "_own_gemm", lambda x: own and x.itemsize == 4)
     N, H, W, C, K, pad = case
     rng = np.random.default_rng(sum(case) + 3)
     x, w, b = _make(rng, N, H, W, C, K, np.float32)
@@ -195,12 +194,11 @@ def test_float32_small_on_either_gemm_forward_dx_dw_vs_naive(case, tile, narrowe
     assert _rel_err(db, rdb) < F32_REL
 
 
-@pytest.mark.parametrize("narrower", [True, False])
-def test_float32_64_channels_on_either_gemm_vs_float64_direct(narrower, monkeypatch):
-    # 64 x 64 channels: np.dot with OpenBLAS's own kernel, the own kernel (the 32-wide
-    # block on AVX-512) where OpenBLAS runs an older core; forced both ways here
-    monkeypatch.setattr(wg, "blas_narrower_than_jit", lambda: narrower)
-    assert sizes.own_winograd(4, narrower) is narrower
+@pytest.mark.parametrize("own", [True, False])
+def test_float32_64_channels_on_either_gemm_vs_float64_direct(own, monkeypatch):
+    # 64 x 64 channels: the own kernel (the 32-wide block on AVX-512, called without
+    # gemm_into's checks) or np.dot; forced both ways here
+    monkeypatch.setattr(wg, "_own_gemm", lambda x: own and x.itemsize == 4)
     rng = np.random.default_rng(21)
     x, w, b = _make(rng, 8, 8, 8, 64, 64, np.float32)
     dy = rng.standard_normal((8, 8, 8, 64)).astype(np.float32)
@@ -213,10 +211,11 @@ def test_float32_64_channels_on_either_gemm_vs_float64_direct(narrower, monkeypa
     assert _rel_err(dw, rdw) < F32_REL and _rel_err(db, rdb) < F32_REL
 
 
-def test_own_winograd_rule_an_older_blas_float32_only():
-    assert sizes.own_winograd(4, True)  # AVX2 OpenBLAS on an AVX-512 CPU
-    assert not sizes.own_winograd(4, False)  # OpenBLAS's own AVX-512 kernel: np.dot
+def test_own_winograd_rule_float32_where_numba_compiles_for_avx512():
+    assert sizes.own_winograd(4, True)  # whichever kernel OpenBLAS runs
+    assert not sizes.own_winograd(4, False)  # an AVX2-only CPU: np.dot
     assert not sizes.own_winograd(8, True)  # float64 (gradcheck): np.dot
+    assert wg._own_gemm(np.zeros(1, np.float32)) is microkernel.WIDE
 
 
 # float32 F(4x4) layers with channels in multiples of 16 transform their tiles on 16

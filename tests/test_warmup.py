@@ -280,23 +280,26 @@ def test_dry_run_records_the_kernels_of_the_notes_small_net() -> None:
 
 
 @pytest.mark.parametrize("narrower", [True, False])
-def test_a_run_calls_one_copy_of_each_conv_kernel_the_one_its_openblas_decides(
-        narrower: bool, monkeypatch: Any) -> None:
-    # where OpenBLAS runs an older core, the copies with the products on microkernel.py;
-    # elsewhere the plain kernels: never both, so a run compiles one
+@pytest.mark.parametrize("avx512", [True, False])
+def test_a_run_calls_one_copy_of_each_conv_kernel_the_one_its_machine_decides(
+        narrower: bool, avx512: bool, monkeypatch: Any) -> None:
+    # the im2col and planar kernels with their products on microkernel.py where OpenBLAS
+    # runs an older core; Winograd's wherever numba compiles for AVX-512; elsewhere the
+    # plain kernels: never both, so a run compiles one
     from cnncli.cli.options import open_spec
-    from cnncli.engine.kernels import conv, winograd
+    from cnncli.engine.kernels import conv, microkernel
 
     monkeypatch.setattr(conv, "blas_narrower_than_jit", lambda: narrower)
-    monkeypatch.setattr(winograd, "blas_narrower_than_jit", lambda: narrower)
+    monkeypatch.setattr(microkernel, "WIDE", avx512)
     calls: dict[Any, set[Any]] = {}
     with warmup._recording(calls):
         warmup._step(open_spec("cifar_small"), "float32", "auto")
     names = {d.py_func.__name__ for d in calls}
-    own = {"_conv_fwd_planar_own", "_conv_bwd_planar_own", "_wino_fwd_own", "_wino_bwd_w_own"}
-    plain = {name.removesuffix("_own") for name in own}
-    runs, never = (own, plain) if narrower else (plain, own)
-    assert runs <= names and not names & never
+    for own, decides in (({"_conv_fwd_planar_own", "_conv_bwd_planar_own"}, narrower),
+                         ({"_wino_fwd_own", "_wino_bwd_w_own"}, avx512)):
+        plain = {name.removesuffix("_own") for name in own}
+        runs, never = (own, plain) if decides else (plain, own)
+        assert runs <= names and not names & never
 
 
 def test_dry_run_runs_no_kernel_and_puts_every_kernel_back() -> None:

@@ -214,6 +214,25 @@ def gemm_into(A, B, out, accumulate):
                 out[i, j] = s
 
 
+@njit(**JIT_OPTIONS)
+def gemm_rows(a, lda, b, c, M, K, N, accumulate):
+    """C[M, N] (+)= A[M, K] @ B[K, N] on row-major float32 arrays given by address (A's
+    rows lda apart, B's and C's N apart), N a multiple of BLOCK_COLS: gemm_into's blocks
+    without its checks and leftover columns, for kernels whose shapes guarantee them
+    (Winograd's tile products with 16-channel vectors: 1.05-1.12x np.dot's forward at 16-32
+    channels, against gemm_into's 1.03-1.06x)."""
+    _gemm_blocks(a, lda, 1, b, N, c, N, M, K, N, WIDE and N % WIDE_COLS == 0,
+                 1 if accumulate else 0)
+
+
+@njit(**JIT_OPTIONS)
+def gemm_cols(a, lda, b, c, M, K, N, accumulate):
+    """gemm_rows with A read transposed: C[M, N] (+)= A^T @ B for A[K, M] (rows lda
+    apart), as Winograd's dW products S += V^T Z."""
+    _gemm_blocks(a, 1, lda, b, N, c, N, M, K, N, WIDE and N % WIDE_COLS == 0,
+                 1 if accumulate else 0)
+
+
 if numba.config.DISABLE_JIT:  # kernels as plain Python: an @intrinsic exists only compiled
 
     def gemm_into(A, B, out, accumulate):  # noqa: F811  (the same contract, through numpy)

@@ -140,21 +140,24 @@ def own_gemm(kdim: int, kg: int, itemsize: int, blas_narrower: bool) -> bool:
     return blas_narrower and itemsize == 4 and kdim * kg <= OWN_GEMM_MAX_WEIGHTS
 
 
-# Winograd's tile products ([tiles x C] by [C x K], winograd.py) run on microkernel.py
-# wherever OpenBLAS runs an older core (float32). With OpenBLAS's own AVX-512 kernel they
-# stay on np.dot: there the own kernel won only at up to 32 x 32 channels, and little (one
-# thread, bench/ab_kernels.py --module winograd, 2026-11-29: forward 1.02-1.11x, dx
-# 1.03-1.10x, dW 1.01-1.05x; at 64 -> 64 np.dot was ahead, 0.93-0.98x; whole resnet20
-# steps 0.99-1.00x), while deciding by channels made a net with both sizes compile both
-# copies of each kernel (microkernel.own_gemm_variant): 15-20 s each on the 2-core VM.
-# One rule per machine compiles one copy, and `cnncli warmup` compiles the copy every net
-# on that machine runs.
+# Winograd's tile products ([tiles x C] by [C x K], winograd.py) run on microkernel.py in
+# float32 wherever numba compiles for AVX-512, whichever kernel OpenBLAS runs; float64
+# (gradcheck) and AVX2-only machines stay on np.dot. Where OpenBLAS runs an older core the
+# own kernel is 1.25-1.81x per call (the 2-core Xeon). With OpenBLAS's own AVX-512 kernel
+# it had won only a little through gemm_into (forward 1.02-1.11x at up to 32 channels,
+# 0.93-0.98x at 64, whole steps 0.99-1.00x); once the transforms ran on 16-channel vectors
+# (winograd_vec.py) the products became half of a forward at 16 channels, and called
+# without gemm_into's checks (microkernel.gemm_rows / gemm_cols) they measured, against
+# np.dot, forward 1.12x / 1.05x / 1.01x, dx 1.11x / 1.06x / 1.03x, dW 1.10x / 1.02x /
+# 1.01x at 16 / 32 / 64 channels (64 images, 2 threads, 2026-11-29, the EPYC VM).
+# One rule per machine compiles one copy of each kernel (microkernel.own_gemm_variant),
+# and `cnncli warmup` compiles the copy every net on that machine runs.
 
 
-def own_winograd(itemsize: int, blas_narrower: bool) -> bool:
+def own_winograd(itemsize: int, jit_avx512: bool) -> bool:
     """Whether Winograd's tile products run on the engine's own kernel: float32 where
-    OpenBLAS runs an older core than numba compiles for, see above."""
-    return itemsize == 4 and blas_narrower
+    numba compiles for AVX-512, see above."""
+    return itemsize == 4 and jit_avx512
 
 
 # ----------------------------------------------------------------------------- batchnorm

@@ -52,20 +52,17 @@ Design (measured on the 2-core target, see bench/bench_winograd.py):
   alpha^2 GEMMs into their own S, reduce it to a 3x3 partial with one GEMM, and the
   partials are summed in chunk order: bit-identical run to run and across thread counts
   up to MIN_CHUNKS. Forward and dx write disjoint outputs: any split gives the same bits.
-* The tile products: float32 runs them through microkernel.py's `gemm_into` (the
-  engine's own register-blocked kernel, LLVM vector IR) where OpenBLAS runs an older
-  core than numba compiles for (sizes.own_winograd), the rest and float64 (gradcheck)
-  through np.dot; each way is its own compiled copy of the kernels (`_wino_fwd_own`,
-  microkernel.own_gemm_variant), so a run compiles one. Plain numba loops in np.dot's
-  place (vectorised over K, four terms per store, several tiles per pass, one scalar
-  accumulator per filter) had measured 2-5x slower per product than OpenBLAS's SkylakeX
-  kernel; microkernel.py says why. Against np.dot, bench/ab_kernels.py --module
-  winograd, one thread, batch 64 (2026-11-29): with OpenBLAS's own kernel 0.93-1.11x per
-  call (16 -> 16 and 32 -> 32 faster, 8x8 64 -> 64 slower) and a resnet20 training step
-  (2 threads) 0.99-1.00x; with OPENBLAS_CORETYPE=Haswell 1.25-1.81x per call and the
-  step 1.19-1.27x, so the layers no longer depend on the kernel OpenBLAS picks. dW adds
-  each block's products into the chunk's sums in the kernel (np.dot needs the `tmp`
-  buffer and an add pass; float64 still does).
+* The tile products: float32 runs them through microkernel.py (the engine's own
+  register-blocked kernel, LLVM vector IR) wherever numba compiles for AVX-512
+  (sizes.own_winograd has the measurements), as `gemm_rows` / `gemm_cols` when the
+  channels come in 16s (no checks, no leftover columns) and `gemm_into` otherwise; float64
+  (gradcheck) and AVX2-only machines through np.dot. Each way is its own compiled copy of
+  the kernels (`_wino_fwd_own`, microkernel.own_gemm_variant), so a run compiles one.
+  Plain numba loops in np.dot's place (vectorised over K, four terms per store, several
+  tiles per pass, one scalar accumulator per filter) had measured 2-5x slower per product
+  than OpenBLAS's SkylakeX kernel; microkernel.py says why. dW adds each block's products
+  into the chunk's sums in the kernel (np.dot needs the `tmp` buffer and an add pass;
+  float64 still does).
 * float32 error grows with the tile (transform entries up to 8 and 1/24): measured against
   float64 direct convolution on CIFAR layer sizes it stays near 1e-5 relative for F(4x4);
   see the bench's error table.
@@ -80,12 +77,17 @@ from numba import njit, prange
 from cnncli.config import (
     JIT_OPTIONS,
     PARALLEL_JIT_OPTIONS,
-    blas_narrower_than_jit,
     ensure_configured,
 )
-from cnncli.engine.kernels import sizes  # block sizes, shared with the memory plans
+from cnncli.engine.kernels import microkernel, sizes  # sizes: shared with the memory plans
 from cnncli.engine.kernels.conv import _as, _check_x, _post_rows, post_ops
-from cnncli.engine.kernels.microkernel import OWN_GEMM, gemm_into, own_gemm_variant
+from cnncli.engine.kernels.microkernel import (
+    OWN_GEMM,
+    gemm_cols,
+    gemm_into,
+    gemm_rows,
+    own_gemm_variant,
+)
 from cnncli.engine.kernels.winograd_vec import grad_tiles, in_tiles, out_tiles, usable
 
 __all__ = [
@@ -630,7 +632,11 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, zero_t, rowt_t, orow_t, y, post_m
                     _input_tile_row(x2, g // TH, H, r0, m, pad, KS, C, TW, zero, rowt, V2,
                                     (g - g0) * TW)
             for e in range(A2):
-                if OWN_GEMM:  # _wino_fwd_own (sizes.own_winograd decides)
+                if OWN_GEMM and vec_out:  # _wino_fwd_own (sizes.own_winograd decides);
+                    # K and C multiples of 16: the blocks without gemm_into's checks
+                    gemm_rows(V[e].ctypes.data, C, U[e].ctypes.data, M[e].ctypes.data, nt,
+                              C, K, False)
+                elif OWN_GEMM:
                     gemm_into(V[e, :nt], U[e], M[e, :nt], False)
                 else:
                     np.dot(V[e, :nt], U[e], M[e, :nt])
@@ -712,7 +718,12 @@ def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, zero_t, rowt_t, dzero_t
                         _grad_rows(dy2, n * OH, OH, i0, m, TW, K, dzero, zrow)
                         for a in range(alpha):
                             _grad_cols(zrow[a], m, TW * K, Z2, a * alpha, t0 * K)
-                if OWN_GEMM:  # _wino_bwd_w_own: microkernel.py adds into S itself
+                if OWN_GEMM and vec_grad:  # _wino_bwd_w_own: adds into S itself
+                    for e in range(A2):
+                        gemm_cols(V[e].ctypes.data, C, Z[e].ctypes.data, S[e].ctypes.data,
+                                  C, nt, K, blk != b0)
+                    continue
+                if OWN_GEMM:
                     for e in range(A2):
                         gemm_into(V[e, :nt].T, Z[e, :nt], S[e], blk != b0)
                     continue
@@ -759,7 +770,7 @@ def _threads():
 
 def _own_gemm(x):
     """Whether the tile products run on microkernel.py rather than np.dot (sizes.py)."""
-    return sizes.own_winograd(x.itemsize, blas_narrower_than_jit())
+    return sizes.own_winograd(x.itemsize, microkernel.WIDE)
 
 
 def winograd_filter_transform(w, tile=4):
