@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnncli.engine.kernels import conv
+from cnncli.engine.kernels import conv, sizes
 
 try:
     from tests import naive
@@ -478,7 +478,7 @@ def test_planar_small_validation_errors():
                                     (1, 1), (1, 1))
 
 
-# --- the own GEMM (microkernel.py) where OpenBLAS runs an older core ---------------------
+# --- the own GEMM (microkernel.py): on AVX-512 for filters in 16s, or an older OpenBLAS ---
 
 F32_REL = 2e-5  # float32 against float64, relative to the largest |value|
 
@@ -492,8 +492,8 @@ def _rel(a, ref):
                             (2, 8, 8, 16, 32, 1, 1, (2, 2), (0, 0), (1, 1), 1)],  # s2, 1x1
                          ids=lambda c: "x".join(map(str, c[:7])))
 def test_gemm_small_float32_on_own_kernel_vs_float64(case, monkeypatch):
-    # OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU sends the GEMMs to microkernel.py; tests
-    # do not touch the environment, so the decision is forced here, both ways
+    # which GEMM runs depends on the machine (sizes.own_gemm); forced both ways here. dx's
+    # product joins the own kernel where kdim fills its blocks, else stays on np.dot
     N, H, W, C, K, Fh, Fw, s, p, d, g = case
     rng = np.random.default_rng(hash(case) % 2**32)
     x, w, b = _make(rng, N, H, W, C, K, Fh, Fw, g, np.float32)
@@ -503,16 +503,16 @@ def test_gemm_small_float32_on_own_kernel_vs_float64(case, monkeypatch):
     ref_y = naive.naive_conv2d(x64, w64, b64, s, p, d, g, ohw)
     ref = naive.naive_conv2d_backward(x64, w64, dy.astype(np.float64), s, p, d, g)
     got = {}
-    for narrower in (True, False):
-        monkeypatch.setattr(conv, "blas_narrower_than_jit", lambda v=narrower: v)
-        assert conv._own_gemm(Fh * Fw * C // g, K // g, x) is narrower
+    for own in (True, False):
+        monkeypatch.setattr(conv, "_own_gemm", lambda kdim, kg, x, v=own: v)
         y = conv.conv2d_forward(x, w, b, s, p, d, g, ohw)
         grads = conv.conv2d_backward(x, w, dy, s, p, d, g)
         assert _rel(y, ref_y) < F32_REL
         for a, r in zip(grads, ref, strict=True):
             assert a.dtype == np.float32 and _rel(a, r) < F32_REL
-        got[narrower] = (y, *grads)
-    np.testing.assert_array_equal(got[True][1], got[False][1])  # dx: np.dot either way
+        got[own] = (y, *grads)
+    if (Fh * Fw * C // g) % sizes.OWN_GEMM_BLOCK:  # dx: np.dot either way
+        np.testing.assert_array_equal(got[True][1], got[False][1])
 
 
 @pytest.mark.parametrize("case", PLANAR_CASES[:3], ids=lambda c: "x".join(map(str, c[:7])))
@@ -528,14 +528,19 @@ def test_planar_small_float32_on_own_kernel_vs_float64(case, monkeypatch):
         assert _rel(a, r) < F32_REL
 
 
-def test_own_gemm_rule_float32_small_filter_matrices_and_an_older_blas_only():
-    from cnncli.engine.kernels import sizes
-
-    assert sizes.own_gemm(144, 32, 4, True)  # resnet20's stride-2 conv
-    assert sizes.own_gemm(288, 64, 4, True)
-    assert not sizes.own_gemm(2304, 256, 4, True)  # VGG's 3x3 256 -> 256: OpenBLAS packs
-    assert not sizes.own_gemm(144, 32, 8, True)  # float64 (gradcheck) stays on OpenBLAS
-    assert not sizes.own_gemm(144, 32, 4, False)  # OpenBLAS's own AVX-512 kernel
+def test_own_gemm_rule_float32_small_filter_matrices_on_avx512_or_an_older_blas():
+    # own_gemm(kdim, kg, itemsize, numba compiles for AVX-512, OpenBLAS on an older core)
+    assert sizes.own_gemm(144, 32, 4, True, False)  # resnet20's stride-2 conv
+    assert sizes.own_gemm(288, 64, 4, True, False)
+    assert sizes.own_gemm(16, 32, 4, True, False)  # its 1x1 shortcut
+    assert not sizes.own_gemm(75, 6, 4, True, False)  # 6 filters: all leftover columns
+    assert sizes.own_gemm(75, 6, 4, True, True)  # ... but an AVX2 OpenBLAS is slower still
+    assert not sizes.own_gemm(144, 32, 4, False, False)  # an AVX2-only CPU: OpenBLAS
+    assert not sizes.own_gemm(2304, 256, 4, True, True)  # VGG's 3x3 256 -> 256: OpenBLAS packs
+    assert not sizes.own_gemm(144, 32, 8, True, True)  # float64 (gradcheck) stays on OpenBLAS
+    assert sizes.own_gemm_dx(144, 32, 4) and not sizes.own_gemm_dx(27, 16, 4)
+    assert not sizes.own_gemm_dx(144, 32, 8)
+    assert sizes.own_planar(27, 16, 4, True) and not sizes.own_planar(27, 16, 4, False)
 
 
 @pytest.mark.parametrize("avx512,cores,narrower", [

@@ -283,9 +283,9 @@ def test_dry_run_records_the_kernels_of_the_notes_small_net() -> None:
 @pytest.mark.parametrize("avx512", [True, False])
 def test_a_run_calls_one_copy_of_each_conv_kernel_the_one_its_machine_decides(
         narrower: bool, avx512: bool, monkeypatch: Any) -> None:
-    # the im2col and planar kernels with their products on microkernel.py where OpenBLAS
-    # runs an older core; Winograd's wherever numba compiles for AVX-512; elsewhere the
-    # plain kernels: never both, so a run compiles one
+    # the planar kernels with their products on microkernel.py where OpenBLAS runs an
+    # older core; Winograd's wherever numba compiles for AVX-512; elsewhere the plain
+    # kernels: never both, so a run compiles one
     from cnncli.cli.options import open_spec
     from cnncli.engine.kernels import conv, microkernel
 

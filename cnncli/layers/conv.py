@@ -380,6 +380,10 @@ class ConvPlan(PlanLayer):
         dbp = self.work(0, nchunk * self.k, FLOAT64)
         wcopy = self.work(0, self.wsize)
         partials = self.work(0, nchunk * self.wsize)
+        # W2's transpose, for dx's product on the own kernel (kernels/sizes.own_gemm_dx)
+        transposed = self.work(0, self.wsize if not self.direct and self.need_dx
+                               and sizes.own_gemm_dx(self.kdim, kg, self.heap.itemsize)
+                               else 0)
         if self.direct:
             chunk = [self.work(0, kg * g) for _ in range(min(self.threads, nchunk))]
         else:
@@ -388,8 +392,8 @@ class ConvPlan(PlanLayer):
             per = 2 * g * band * self.kdim + band * kg + self.kdim * kg  # cols, dcols, dyg, tw
             chunk = [self.work(0, per) for _ in range(min(self.threads, nchunk))]
         del chunk
-        freed = [partials, wcopy], [dbp, x]
-        del partials, wcopy, dbp, x
+        freed = [partials, wcopy, transposed], [dbp, x]
+        del partials, wcopy, transposed, dbp, x
         self._weight_gradients(*freed)
         return dx
 

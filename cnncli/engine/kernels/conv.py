@@ -64,11 +64,12 @@ from cnncli.config import (
     blas_narrower_than_jit,
     ensure_configured,
 )
-from cnncli.engine.kernels import sizes
+from cnncli.engine.kernels import microkernel, sizes
 from cnncli.engine.kernels.microkernel import OWN_GEMM, gemm_into, own_gemm_variant
 from cnncli.engine.kernels.sizes import (
     COL_BLOCK_BYTES,  # noqa: F401 - tests and benchmarks read it through this module
     MIN_CHUNKS,  # noqa: F401
+    OWN_GEMM_BLOCK,
     band_rows,
     chunks,
     use_direct,
@@ -277,7 +278,7 @@ def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols_
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _conv_bwd_gemm(x, W2, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, need_dx,
+def _conv_bwd_gemm(x, W2, W2T, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, need_dx,
                    dx, dWp, dbp, cols_t, dcols_t, dyg_t, tw_t):
     """dWp[chunk, G, kdim, Kg] and dbp[chunk, K] (zeroed) get per-chunk partial sums;
     dx (zeroed, when need_dx) gets the input gradient. Chunks own whole images. One slot
@@ -300,15 +301,16 @@ def _conv_bwd_gemm(x, W2, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, need_d
         dyg = dyg_t[slot]
         tw = tw_t[slot]
         for t in range(slot * nchunk // T, (slot + 1) * nchunk // T):
-            _conv_bwd_gemm_chunk(x, W2, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nblk, G,
+            _conv_bwd_gemm_chunk(x, W2, W2T, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nblk, G,
                                  kdim, Kg, Cg, OH, OW, K, t * N // nchunk,
                                  (t + 1) * N // nchunk, need_dx, dx, dWp[t], dbp[t], cols,
                                  dcols, dyg, tw)
 
 
 @njit(**JIT_OPTIONS)
-def _conv_bwd_gemm_chunk(x, W2, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nblk, G, kdim, Kg,
-                         Cg, OH, OW, K, n0, n1, need_dx, dx, dWt, dbt, cols, dcols, dyg, tw):
+def _conv_bwd_gemm_chunk(x, W2, W2T, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nblk, G, kdim,
+                         Kg, Cg, OH, OW, K, n0, n1, need_dx, dx, dWt, dbt, cols, dcols, dyg,
+                         tw):
     """One chunk of images [n0, n1) of _conv_bwd_gemm: its partial sums dWt, dbt, and
     (need_dx) the chunk's images of dx, zeroed here first: the scatter then lands in
     cache, and no one-thread np.zeros pass over all of dx comes before (1 ms of the 4.7 ms
@@ -351,7 +353,9 @@ def _conv_bwd_gemm_chunk(x, W2, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nblk, G
                     twf = tw.reshape(kdim * Kg)
                     for a in range(kdim * Kg):
                         acc[a] += twf[a]
-                if need_dx:
+                if need_dx and OWN_GEMM and kdim % OWN_GEMM_BLOCK == 0:  # W2T: the wrapper's
+                    gemm_into(d, W2T[g], dcols[g, :rows], False)
+                elif need_dx:
                     np.dot(d, W2[g].T, dcols[g, :rows])
             if need_dx:
                 _col2im_band(dcols, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw,
@@ -885,7 +889,12 @@ def _band_rows(OH, OW, G, kdim, itemsize):
 
 def _own_gemm(kdim, kg, x):
     """Whether this conv's GEMMs run on microkernel.py rather than OpenBLAS (sizes.py)."""
-    return sizes.own_gemm(kdim, kg, x.itemsize, blas_narrower_than_jit())
+    return sizes.own_gemm(kdim, kg, x.itemsize, microkernel.WIDE, blas_narrower_than_jit())
+
+
+def _own_planar(kdim, kg, x):
+    """Whether a planar layer's GEMMs run on microkernel.py rather than OpenBLAS."""
+    return sizes.own_planar(kdim, kg, x.itemsize, blas_narrower_than_jit())
 
 
 def _threads():
@@ -989,9 +998,15 @@ def conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True):
         dWp = np.zeros((nchunk, G, kdim, Kg), dtype=x.dtype)
         T = min(_threads(), nchunk)  # each thread's band buffers, allocated here, not in it
         band = rb * OW
-        kernel = _conv_bwd_gemm_own if _own_gemm(kdim, Kg, x) else _conv_bwd_gemm
-        kernel(x, W2, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, bool(need_dx), dx, dWp,
-               dbp, np.empty((T, G, band, kdim), dtype=x.dtype),
+        own = _own_gemm(kdim, Kg, x)
+        kernel = _conv_bwd_gemm_own if own else _conv_bwd_gemm
+        # dx's product (dy @ W2^T, kdim wide) on the own kernel, where kdim fills its
+        # blocks (sizes.own_gemm_dx), reads W2's transpose with unit stride: laid out here
+        # whatever kernel runs, as the memory plan counts it; np.dot reads W2 as it lies
+        W2T = (np.ascontiguousarray(W2.transpose(0, 2, 1))
+               if need_dx and sizes.own_gemm_dx(kdim, Kg, x.itemsize) else W2)
+        kernel(x, W2, W2T, dy, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nchunk, bool(need_dx), dx,
+               dWp, dbp, np.empty((T, G, band, kdim), dtype=x.dtype),
                np.empty((T, G, band, kdim), dtype=x.dtype),
                np.empty((T, band, Kg), dtype=x.dtype), np.empty((T, kdim, Kg), dtype=x.dtype))
         dW2 = _sum_chunks(dWp)  # [G, (p, q, c), Kg]
@@ -1020,7 +1035,7 @@ def conv2d_forward_planar(x, w, b, pad, dilation, out_hw, relu=False, affine=Non
     Wp, rb, nr, P = sizes.planar_geometry(OH, OW, Fh, Fw, dh, dw, C, x.itemsize)
     T = min(_threads(), N * -(-OH // rb))  # each thread's band, allocated here, not in it
     dt = x.dtype
-    kernel = _conv_fwd_planar_own if _own_gemm(Fh * Fw * C, K, x) else _conv_fwd_planar
+    kernel = _conv_fwd_planar_own if _own_planar(Fh * Fw * C, K, x) else _conv_fwd_planar
     kernel(x, _gemm_weights(w, 1)[0], bb, Fh, Fw, ph, pw, dh, dw, rb,
            np.empty((T, C * nr * Wp), dt), np.empty((T, Fh * Fw * C * P), dt), y,
            *post_ops(K, dt, relu, affine))
@@ -1048,7 +1063,7 @@ def conv2d_backward_planar(x, w, dy, pad, dilation, need_dx=True):
         Wp, rb, nr, P = sizes.planar_geometry(OH, OW, Fh, Fw, dh, dw, C, x.itemsize)
         T = min(_threads(), nchunk)  # each thread's band, allocated here, not in it
         dt = x.dtype
-        kernel = _conv_bwd_planar_own if _own_gemm(kdim, K, x) else _conv_bwd_planar
+        kernel = _conv_bwd_planar_own if _own_planar(kdim, K, x) else _conv_bwd_planar
         kernel(x, _gemm_weights(w, 1)[0], dy, Fh, Fw, ph, pw, dh, dw, rb, nchunk,
                bool(need_dx), dx, dWp, dbp, np.empty((T, C * nr * Wp), dt),
                np.empty((T, kdim * P), dt), np.empty((T, kdim, K), dt))

@@ -119,24 +119,46 @@ def winograd_weights_work(n: int, oh: int, ow: int, c: int, k: int, m: int,
 
 
 # ------------------------------------------------------------------------ the own GEMM
-# The im2col GEMMs (conv.py) run on kernels/microkernel.py instead of OpenBLAS where
-# OpenBLAS runs an older core than numba compiles for (config.blas_narrower_than_jit:
-# OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU) and one group's filter matrix fits in L2.
+# The im2col GEMMs (conv.py) run on kernels/microkernel.py instead of OpenBLAS where one
+# group's filter matrix fits in L2 and either OpenBLAS runs an older core than numba
+# compiles for (config.blas_narrower_than_jit: OPENBLAS_CORETYPE=Haswell on an AVX-512
+# CPU) or numba compiles for AVX-512 and the filters fill the kernel's 16-wide blocks.
 # Measured 2026-11-29 on the 2-core Xeon (AVX-512), one thread, own kernel / np.dot with
 # the Haswell kernel forced: [256 x 144] by [144 x 32] (resnet20's stride-2 conv, a
 # band) 3.3x, 1x1 [256 x 16] by [16 x 32] 3.1x, [512 x 288] by [288 x 64] 1.3x, the
 # planar first layer [1024 x 27] by [27 x 32] 1.8x and its dW 3.1x; a VGG band
 # [784 x 2304] by [2304 x 256] 0.5x (the filter matrix, 2.3 MB, streams from memory
-# for every block of rows: OpenBLAS packs it). With OpenBLAS's own AVX-512 kernel the
-# same GEMMs read 0.8-1.0x in one run and 1.5-2.3x in another (0.4x for the VGG band),
-# and whole steps with them forced onto the own kernel 0.96-1.02x, so there OpenBLAS
-# keeps them until a calmer machine decides (BENCHMARKS.md, "The engine's own GEMM").
+# for every block of rows: OpenBLAS packs it). Against OpenBLAS's own AVX-512 kernel
+# (2026-11-29, the EPYC VM): one thread, the stride-2 GEMMs 1.27-1.65x (forward, dW and
+# dx alike), the 1x1 shortcuts 1.01-1.03x; per call (bench/ab_kernels.py --module conv,
+# 2 threads) resnet20's strided convs forward 1.20-1.36x, backward 1.34-1.37x, a 3-channel
+# im2col layer 1.00-1.05x; a resnet20 step 1.05x (on the Xeon, where dx stayed on np.dot,
+# steps had read 0.96-1.02x). dx's product (dy @ W2^T, kdim wide) joins them where kdim
+# fills the 16-wide blocks: the plain loop for leftover columns read 0.6x at 3 channels.
+# The planar first layers keep the old rule: there the own kernel read 0.59-0.91x forward
+# at 3 channels and 0.16x on LeNet's 1 -> 6 (6 filters: all leftover columns).
 OWN_GEMM_MAX_WEIGHTS = 32 * 1024  # numbers in one group's filter matrix (128 KiB float32)
+OWN_GEMM_BLOCK = 16  # float32 columns of the own kernel's narrowest block
 
 
-def own_gemm(kdim: int, kg: int, itemsize: int, blas_narrower: bool) -> bool:
+def own_gemm(kdim: int, kg: int, itemsize: int, jit_avx512: bool,
+             blas_narrower: bool) -> bool:
     """Whether a conv's im2col GEMMs (kdim x kg filter matrix per group) run on the
     engine's own kernel: float32 only (float64 stays on OpenBLAS), see above."""
+    if itemsize != 4 or kdim * kg > OWN_GEMM_MAX_WEIGHTS:
+        return False
+    return blas_narrower or (jit_avx512 and kg % OWN_GEMM_BLOCK == 0)
+
+
+def own_gemm_dx(kdim: int, kg: int, itemsize: int) -> bool:
+    """Whether an own-kernel conv's dx product runs on it too (kdim fills the blocks), for
+    which the wrapper lays out W2's transpose (the weights' size) before the kernel."""
+    return itemsize == 4 and kdim % OWN_GEMM_BLOCK == 0 and kdim * kg <= OWN_GEMM_MAX_WEIGHTS
+
+
+def own_planar(kdim: int, kg: int, itemsize: int, blas_narrower: bool) -> bool:
+    """Whether a planar first layer's GEMMs run on the engine's own kernel: float32 where
+    OpenBLAS runs an older core, see above."""
     return blas_narrower and itemsize == 4 and kdim * kg <= OWN_GEMM_MAX_WEIGHTS
 
 
