@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cnncli.analysis.memory import FLOAT64, Buf, Heap, PlanLayer
-from cnncli.engine.kernels import sizes
 from cnncli.layers.base import EngineLayer, LayerSpec, ParseContext
 from cnncli.spec.types import Volume
 
@@ -90,38 +89,25 @@ class BatchNormPlan(PlanLayer):
         if not training:
             stats = self.work(0, 5 * c, FLOAT64)
             y = self.out(self.vol)
-            tiles = self.work(0, 3 * sizes.bn_period(c))  # _bn_apply's m, a, b, tiled
-            del stats, vectors, tiles
+            del stats, vectors
             return y
-        # the statistics kernel: [chunks, 2, C] partial sums, the first row as float64 and
-        # tiled to a segment (the shift), and each running chunk's two segments of sums
-        # (norm.py's _bn_stats)
-        chunks = min(sizes.BN_CHUNKS, self.heap.batch * self.vol.h * self.vol.w)
-        seg = sizes.bn_period(c)
-        running = min(self.threads, chunks)
-        partial = self.work(0, chunks * 2 * c + c + seg + 2 * seg * running, FLOAT64)
+        # the statistics kernel: [chunks, 2, C] partial sums, the [C] shift, and each
+        # running chunk's two [C] sums (norm.py's _bn_stats)
+        chunks = min(64, self.heap.batch * self.vol.h * self.vol.w)
+        partial = self.work(0, (chunks * 2 + 1 + 2 * min(self.threads, chunks)) * c, FLOAT64)
         stats = Buf(self.heap, 0, 2 * c, FLOAT64, base="act", owner=self.name,
                     what="mean, inv_std (float64)")
         del partial
         y = self.out(self.vol)
-        tiles = self.work(0, 3 * seg)  # _bn_apply's m, a, b, tiled
-        del tiles
         self.keep(x, stats)
         del stats, vectors
         return y
 
     def backward(self, dy: Buf) -> Buf:
         c = self.c
-        chunks = min(sizes.BN_CHUNKS, self.heap.batch * self.vol.h * self.vol.w)
-        seg = sizes.bn_period(c)
-        running = min(self.threads, chunks)
-        # gamma, the sums and the vectors derived from them; the sums kernel's [chunks, 2, C]
-        # partials, m and s tiled, each running chunk's two segments of sums
-        vectors = self.work(0, 12 * c + chunks * 2 * c + 2 * seg + 2 * seg * running,
-                            FLOAT64)
+        vectors = self.work(0, 12 * c, FLOAT64)  # gamma, partial sums, a, q, r, ...
         dx = self.grad(self.vol)
-        tiles = self.work(0, 4 * seg)  # _bn_bwd_dx's m, a, q, r, tiled
-        del vectors, tiles
+        del vectors
         grads = {f"{self.name}.weight": self.work(0, c), f"{self.name}.bias": self.work(0, c)}
         self.new_grads(grads)
         del grads

@@ -19,8 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from cnncli.config import JIT_OPTIONS, PARALLEL_JIT_OPTIONS
-from cnncli.engine.kernels import sizes  # the segment length, shared with the memory plans
+from cnncli.config import PARALLEL_JIT_OPTIONS
 
 __all__ = [
     "batchnorm_forward_train",
@@ -34,8 +33,7 @@ __all__ = [
 ]
 
 _FLOATS = (np.float32, np.float64)
-_BN_CHUNKS = sizes.BN_CHUNKS  # fixed: partial sums must not depend on the thread count
-_SEGMENT = sizes.BN_SEGMENT  # numbers per segment of the flat kernels (_tiled)
+_BN_CHUNKS = 64  # fixed: partial sums must not depend on the thread count
 
 
 def _as_act(x, name="x"):
@@ -63,54 +61,36 @@ def _channel_vec(v, C, dtype, name):
 # --------------------------------------------------------------------------
 
 
-@njit(**JIT_OPTIONS)
-def _tiled(v, C):
-    """v[C] repeated to L = sizes.bn_period(C) numbers: the value for flat index i of a
-    segment that starts at a multiple of C is at i - start."""
-    L = C * max(1, _SEGMENT // C)
-    t = np.empty(L, dtype=v.dtype)
-    for r in range(0, L, C):
-        for c in range(C):
-            t[r + c] = v[c]
-    return t
-
-
-# The kernels work on the flat activations in segments of L numbers, each starting at a
-# multiple of C, with the per-channel vectors repeated to L numbers (`_tiled`): one
-# vectorised loop of L numbers per segment. A loop per row of C numbers measured 1.3-2.5x
-# slower at 16 channels (LLVM checks the rows for overlap once per row, and a row of 16
-# float32 is one vector), alike at 64 (bench/ab_kernels.py --module norm and the kernels
-# alone, 2026-11-29, the EPYC VM). The sums keep a float64 sum per position of the
-# segment and fold them into the channel's sum at the end of each chunk, in a fixed order.
-
-
 @njit(**PARALLEL_JIT_OPTIONS)
-def _bn_stats(x, C, nchunks, mean, var):
-    # Shifted one-pass sums in float64 (shift Kt = the first row, tiled): stable for data
-    # whose mean is far from zero, and one read of x instead of two. Into mean and var
+def _bn_stats(x2, nchunks, mean, var):
+    # Shifted one-pass sums in float64 (shift = first row): stable for data whose
+    # mean is far from zero, and one read of x instead of two. Into mean and var
     # (float64, [C]): kernels return nothing (a dry run can then stand in for any of them,
     # cnncli/engine/warmup.py).
-    Kt = _tiled(x[:C].astype(np.float64), C)
-    L = Kt.shape[0]
-    M = x.shape[0] // C
+    M, C = x2.shape
+    K = np.empty(C, dtype=np.float64)
+    for c in range(C):
+        K[c] = x2[0, c]
     part = np.zeros((nchunks, 2, C), dtype=np.float64)
     for k in prange(nchunks):
-        lo = (k * M) // nchunks * C
-        hi = ((k + 1) * M) // nchunks * C
-        # the chunk's sums in arrays of its own: as views of `part` LLVM could not tell
-        # them from x and loaded and stored every sum on every segment
-        s1 = np.zeros(L, dtype=np.float64)
-        s2 = np.zeros(L, dtype=np.float64)
-        for o in range(lo, hi, L):
-            xs = x[o:min(hi, o + L)]
-            for j in range(xs.shape[0]):
-                d = np.float64(xs[j]) - Kt[j]
-                s1[j] += d
-                s2[j] += d * d
-        for r in range(0, L, C):
+        lo = (k * M) // nchunks
+        hi = ((k + 1) * M) // nchunks
+        # the chunk's sums in arrays of its own, stored into `part` once at the end: as
+        # views of `part` LLVM could not tell them from x's rows, and loaded and stored
+        # every sum on every row (same additions, same order: bit-identical; 1.04-1.17x per
+        # forward at resnet20's sizes, 2026-11-29, the EPYC VM; the backward's sums pass
+        # the same way measured 0.94-1.04x, so it stays as it was)
+        s1 = np.zeros(C, dtype=np.float64)
+        s2 = np.zeros(C, dtype=np.float64)
+        for i in range(lo, hi):
+            xi = x2[i]
             for c in range(C):
-                part[k, 0, c] += s1[r + c]
-                part[k, 1, c] += s2[r + c]
+                d = np.float64(xi[c]) - K[c]
+                s1[c] += d
+                s2[c] += d * d
+        for c in range(C):
+            part[k, 0, c] = s1[c]
+            part[k, 1, c] = s2[c]
     for c in range(C):
         t1 = 0.0
         t2 = 0.0
@@ -118,66 +98,51 @@ def _bn_stats(x, C, nchunks, mean, var):
             t1 += part[k, 0, c]
             t2 += part[k, 1, c]
         d = t1 / M
-        mean[c] = Kt[c] + d
+        mean[c] = K[c] + d
         var[c] = max(t2 / M - d * d, 0.0)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _bn_apply(x, m, a, b, y, relu, zero):
+def _bn_apply(x2, m, a, b, y2, relu, zero):
     # y = (x - m) * a + b, per channel; with relu, then max(y, 0) as relu_forward computes
     # it (NaN passes through, -0 becomes 0)
-    C = m.shape[0]
-    mt = _tiled(m, C)
-    at = _tiled(a, C)
-    bt = _tiled(b, C)
-    L = mt.shape[0]
-    n = x.shape[0]
-    for s in prange((n + L - 1) // L):
-        o = s * L
-        xs = x[o:min(n, o + L)]
-        ys = y[o:min(n, o + L)]
+    M, C = x2.shape
+    for i in prange(M):
+        xi = x2[i]
+        yi = y2[i]
         if relu:
-            for j in range(xs.shape[0]):
-                t = (xs[j] - mt[j]) * at[j] + bt[j]
-                ys[j] = t if t > zero or t != t else zero
+            for c in range(C):
+                t = (xi[c] - m[c]) * a[c] + b[c]
+                yi[c] = t if t > zero or t != t else zero
         else:
-            for j in range(xs.shape[0]):
-                ys[j] = (xs[j] - mt[j]) * at[j] + bt[j]
+            for c in range(C):
+                yi[c] = (xi[c] - m[c]) * a[c] + b[c]
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _bn_bwd_sums(dy, z, m, s, nchunks, y, relu, zero, dbeta, dgamma):
+def _bn_bwd_sums(dy2, z2, m, s, nchunks, y2, relu, zero, dbeta, dgamma):
     # dbeta = sum(dy), dgamma = sum(dy * xhat) with xhat = (z - m) * s (both float64 [C],
     # zeroed by the caller), from float64 partials. With relu,
-    # dy is first written over by dy * (y > 0) (relu_backward's arithmetic), segment by
-    # segment while it is in cache, and the sums read that
-    C = m.shape[0]
-    mt = _tiled(m, C)
-    st = _tiled(s, C)
-    L = mt.shape[0]
-    M = dy.shape[0] // C
+    # dy is first written over by dy * (y > 0) (relu_backward's arithmetic), row by row
+    # while the row is in cache, and the sums read that
+    M, C = dy2.shape
     part = np.zeros((nchunks, 2, C), dtype=np.float64)
     for k in prange(nchunks):
-        lo = (k * M) // nchunks * C
-        hi = ((k + 1) * M) // nchunks * C
-        s1 = np.zeros(L, dtype=np.float64)
-        s2 = np.zeros(L, dtype=np.float64)
-        for o in range(lo, hi, L):
-            e = min(hi, o + L)
-            gs = dy[o:e]
-            zs = z[o:e]
+        lo = (k * M) // nchunks
+        hi = ((k + 1) * M) // nchunks
+        s1 = part[k, 0]
+        s2 = part[k, 1]
+        for i in range(lo, hi):
+            gi = dy2[i]
+            zi = z2[i]
             if relu:
-                ys = y[o:e]
-                for j in range(gs.shape[0]):  # a select, not a branch: the loop vectorises
-                    gs[j] = gs[j] if ys[j] > zero else gs[j] * zero
-            for j in range(gs.shape[0]):
-                g = np.float64(gs[j])
-                s1[j] += g
-                s2[j] += g * ((np.float64(zs[j]) - mt[j]) * st[j])
-        for r in range(0, L, C):
+                yi = y2[i]
+                for c in range(C):  # a select, not a branch: the loop vectorises
+                    gi[c] = gi[c] if yi[c] > zero else gi[c] * zero
             for c in range(C):
-                part[k, 0, c] += s1[r + c]
-                part[k, 1, c] += s2[r + c]
+                g = np.float64(gi[c])
+                s1[c] += g
+                s2[c] += g * ((np.float64(zi[c]) - m[c]) * s[c])
     for c in range(C):
         for k in range(nchunks):
             dbeta[c] += part[k, 0, c]
@@ -185,23 +150,15 @@ def _bn_bwd_sums(dy, z, m, s, nchunks, y, relu, zero, dbeta, dgamma):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _bn_bwd_dx(dy, z, m, a, q, r, dx):
+def _bn_bwd_dx(dy2, z2, m, a, q, r, dx2):
     # dx = a * dy + q * (z - m) + r, per channel
-    C = m.shape[0]
-    mt = _tiled(m, C)
-    at = _tiled(a, C)
-    qt = _tiled(q, C)
-    rt = _tiled(r, C)
-    L = mt.shape[0]
-    n = dy.shape[0]
-    for s in prange((n + L - 1) // L):
-        o = s * L
-        e = min(n, o + L)
-        gs = dy[o:e]
-        zs = z[o:e]
-        ds = dx[o:e]
-        for j in range(gs.shape[0]):
-            ds[j] = at[j] * gs[j] + qt[j] * (zs[j] - mt[j]) + rt[j]
+    M, C = dy2.shape
+    for i in prange(M):
+        gi = dy2[i]
+        zi = z2[i]
+        di = dx2[i]
+        for c in range(C):
+            di[c] = a[c] * gi[c] + q[c] * (zi[c] - m[c]) + r[c]
 
 
 def batchnorm_forward_train(x, gamma, beta, eps, keep_xhat=False, relu=False):
@@ -231,19 +188,18 @@ def batchnorm_forward_train(x, gamma, beta, eps, keep_xhat=False, relu=False):
     nchunks = min(_BN_CHUNKS, x2.shape[0])
     mean = np.empty(C, dtype=np.float64)
     var = np.empty(C, dtype=np.float64)
-    xf = x.reshape(-1)
-    _bn_stats(xf, C, nchunks, mean, var)
+    _bn_stats(x2, nchunks, mean, var)
     inv_std = 1.0 / np.sqrt(var + float(eps))
     dt = x.dtype
     y = np.empty_like(x)
     zero = dt.type(0)
-    m = mean.astype(dt)
-    _bn_apply(xf, m, (g * inv_std).astype(dt), b.astype(dt), y.reshape(-1), bool(relu), zero)
+    _bn_apply(x2, mean.astype(dt), (g * inv_std).astype(dt), b.astype(dt), _rows(y),
+              bool(relu), zero)
     xhat = None
     if keep_xhat:
         xhat = np.empty_like(x)
         zeros = np.zeros(C, dtype=dt)
-        _bn_apply(xf, m, inv_std.astype(dt), zeros, xhat.reshape(-1), False, zero)
+        _bn_apply(x2, mean.astype(dt), inv_std.astype(dt), zeros, _rows(xhat), False, zero)
     return y, mean, inv_std, xhat
 
 
@@ -272,7 +228,7 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, relu=
     m, a, b = batchnorm_eval_affine(gamma, beta, running_mean, running_var, eps, dt,
                                     channels=x.shape[-1])
     y = np.empty_like(x)
-    _bn_apply(x.reshape(-1), m, a, b, y.reshape(-1), bool(relu), dt.type(0))
+    _bn_apply(_rows(x), m, a, b, _rows(y), bool(relu), dt.type(0))
     return y
 
 
@@ -314,7 +270,9 @@ def batchnorm_backward_sums(dy, x_or_xhat, mean, inv_std, relu_y=None):
     else:
         m = _channel_vec(mean, C, np.float64, "mean")
         s = s_true
-    M = _rows(dy).shape[0]
+    dy2 = _rows(dy)
+    z2 = _rows(z)
+    M = dy2.shape[0]
     if M == 0:
         raise ValueError("batch norm needs at least one sample per channel")
     relu = relu_y is not None
@@ -322,14 +280,13 @@ def batchnorm_backward_sums(dy, x_or_xhat, mean, inv_std, relu_y=None):
         y = _as_act(relu_y, "relu_y")
         if y.shape != dy.shape or y.dtype != dy.dtype:
             raise ValueError("relu_y must match dy in shape and dtype")
-        yf = y.reshape(-1)
+        y2 = _rows(y)
     else:
-        yf = dy.reshape(-1)  # not read
+        y2 = dy2  # not read
     nchunks = min(_BN_CHUNKS, M)
-    dbeta = np.zeros(C, dtype=np.float64)
-    dgamma = np.zeros(C, dtype=np.float64)
-    _bn_bwd_sums(dy.reshape(-1), z.reshape(-1), m, s, nchunks, yf, relu, dy.dtype.type(0),
-                 dbeta, dgamma)
+    dbeta = np.zeros(dy2.shape[1], dtype=np.float64)
+    dgamma = np.zeros(dy2.shape[1], dtype=np.float64)
+    _bn_bwd_sums(dy2, z2, m, s, nchunks, y2, relu, dy.dtype.type(0), dbeta, dgamma)
     return dy, z, m, s, s_true, dbeta, dgamma
 
 
@@ -348,8 +305,8 @@ def batchnorm_backward_dx(sums, gamma):
     r = -a * dbeta / M
     dt = dy.dtype
     dx = np.empty_like(dy)
-    _bn_bwd_dx(dy.reshape(-1), z.reshape(-1), m.astype(dt), a.astype(dt), q.astype(dt),
-               r.astype(dt), dx.reshape(-1))
+    _bn_bwd_dx(_rows(dy), _rows(z), m.astype(dt), a.astype(dt), q.astype(dt), r.astype(dt),
+               _rows(dx))
     return dx, dgamma.astype(gamma_dtype), dbeta.astype(gamma_dtype)
 
 

@@ -180,17 +180,3 @@ def own_winograd(itemsize: int, jit_avx512: bool) -> bool:
     """Whether Winograd's tile products run on the engine's own kernel: float32 where
     numba compiles for AVX-512, see above."""
     return itemsize == 4 and jit_avx512
-
-
-# ----------------------------------------------------------------------------- batchnorm
-# norm.py's batchnorm kernels: statistics over a fixed number of row chunks (partial sums
-# independent of the thread count), and the flat activations in segments of
-# bn_period(C) numbers with the per-channel vectors repeated to that length. 128-512
-# measured alike at 16-64 channels; 2048 was slower (each chunk folds and zeroes its own).
-BN_CHUNKS = 64
-BN_SEGMENT = 256
-
-
-def bn_period(c: int) -> int:
-    """Numbers per segment of the batchnorm kernels: a multiple of c near BN_SEGMENT."""
-    return c * max(1, BN_SEGMENT // c)
