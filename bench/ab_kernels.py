@@ -111,22 +111,30 @@ def wino_backward_weights(mod: Any, shape: tuple[int, ...], rng: np.random.Gener
     return (lambda: ()), (lambda: mod.winograd_conv_backward_params(x, dy, 1, need_db=False))
 
 
+def _conv_shape(shape: tuple[int, ...]) -> tuple[int, int, int, int, int, int, int]:
+    """(n, h, c, k, stride, filter size, pad): 3x3 pad 1 unless a sixth number gives the
+    filter size (then pad size // 2)."""
+    n, h, c, k, s = shape[:5]
+    f = shape[5] if len(shape) > 5 else 3
+    return n, h, c, k, s, f, f // 2
+
+
 def conv_forward(mod: Any, shape: tuple[int, ...], rng: np.random.Generator) -> Any:
-    n, h, c, k, s = shape  # 3x3, pad 1, stride s
+    n, h, c, k, s, f, p = _conv_shape(shape)
     x = _act(rng, (n, h, h, c))
-    w = _act(rng, (k, c, 3, 3)) * np.float32(0.1)
-    o = (h + 2 - 3) // s + 1
-    return (lambda: ()), (lambda: mod.conv2d_forward(x, w, None, (s, s), (1, 1), (1, 1), 1,
+    w = _act(rng, (k, c, f, f)) * np.float32(0.1)
+    o = (h + 2 * p - f) // s + 1
+    return (lambda: ()), (lambda: mod.conv2d_forward(x, w, None, (s, s), (p, p), (1, 1), 1,
                                                      (o, o)))
 
 
 def conv_backward(mod: Any, shape: tuple[int, ...], rng: np.random.Generator) -> Any:
-    n, h, c, k, s = shape
+    n, h, c, k, s, f, p = _conv_shape(shape)
     x = _act(rng, (n, h, h, c))
-    w = _act(rng, (k, c, 3, 3)) * np.float32(0.1)
-    o = (h + 2 - 3) // s + 1
+    w = _act(rng, (k, c, f, f)) * np.float32(0.1)
+    o = (h + 2 * p - f) // s + 1
     dy = _act(rng, (n, o, o, k))
-    return (lambda: ()), (lambda: mod.conv2d_backward(x, w, dy, (s, s), (1, 1), (1, 1), 1))
+    return (lambda: ()), (lambda: mod.conv2d_backward(x, w, dy, (s, s), (p, p), (1, 1), 1))
 
 
 def max_pool(mod: Any, shape: tuple[int, ...], rng: np.random.Generator) -> Any:
@@ -150,7 +158,8 @@ def add_relu(mod: Any, shape: tuple[int, ...], rng: np.random.Generator) -> Any:
 # resnet20's and the batchnorm net's layer sizes at batch 64
 ACT_SHAPES = [(64, 32, 32, 16), (64, 16, 16, 32), (64, 8, 8, 64), (64, 32, 32, 32)]
 WINO_SHAPES = [(64, 32, 16, 16), (64, 16, 32, 32), (64, 8, 64, 64), (64, 32, 32, 32)]
-CONV_SHAPES = [(64, 32, 16, 32, 2), (64, 16, 32, 64, 2), (64, 32, 3, 16, 1)]
+CONV_SHAPES = [(64, 32, 16, 32, 2), (64, 16, 32, 64, 2), (64, 32, 3, 16, 1),
+               (64, 32, 16, 32, 2, 1), (64, 16, 32, 64, 2, 1)]  # + resnet20's 1x1 shortcuts
 CASES: dict[str, list[tuple[str, Case, list[tuple[int, ...]]]]] = {
     "norm": [("batchnorm+relu forward", bn_forward, ACT_SHAPES),
              ("batchnorm+relu backward", bn_backward, ACT_SHAPES)],

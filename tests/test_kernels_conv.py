@@ -489,7 +489,11 @@ def _rel(a, ref):
 
 @pytest.mark.parametrize("case", [c for c in SMALL_CASES if c[3] // c[10] * c[4] // c[10] > 8]
                          + [(2, 9, 9, 16, 32, 3, 3, (2, 2), (1, 1), (1, 1), 1),  # resnet20's
-                            (2, 8, 8, 16, 32, 1, 1, (2, 2), (0, 0), (1, 1), 1)],  # s2, 1x1
+                            (2, 8, 8, 16, 32, 1, 1, (2, 2), (0, 0), (1, 1), 1),  # s2, 1x1
+                            # 1x1 without im2col on the own kernel: odd sizes, stride 1,
+                            # unequal strides, two channel groups of 16
+                            (2, 9, 7, 16, 16, 1, 1, (2, 3), (0, 0), (1, 1), 1),
+                            (1, 5, 6, 32, 48, 1, 1, (1, 1), (0, 0), (1, 1), 1)],
                          ids=lambda c: "x".join(map(str, c[:7])))
 def test_gemm_small_float32_on_own_kernel_vs_float64(case, monkeypatch):
     # which GEMM runs depends on the machine (sizes.own_gemm); forced both ways here. dx's

@@ -231,6 +231,8 @@ VECTOR_CASES = [
     (2, 7, 9, 16, 24, 1),  # 24 filters: vector input transform, phase-layout output
     (2, 7, 9, 12, 32, 1),  # 12 channels: phase-layout input, vector output transform
     (9, 12, 12, 16, 16, 1),  # 27 tile rows: several blocks per thread
+    (2, 3, 3, 16, 16, 0),  # one output pixel: a tile of one row and one column
+    (1, 4, 9, 32, 48, 2),  # pad 2 on a short image, three channel groups out
 ]
 
 

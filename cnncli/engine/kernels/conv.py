@@ -199,6 +199,15 @@ POST_AFFINE = 2
 
 
 @njit(**JIT_OPTIONS)
+def _pointwise(Fh, Fw, ph, pw, G, Cg):
+    """A 1x1 conv without padding, one group, channels in the own kernel's 16s: on the own
+    kernel its GEMMs read x (and write dx) where the pixels lie, strided by the stride,
+    instead of through im2col (resnet20's stride-2 shortcuts: a copy of 16 numbers per
+    pixel had cost more than their products)."""
+    return Fh == 1 and Fw == 1 and ph == 0 and pw == 0 and G == 1 and Cg % OWN_GEMM_BLOCK == 0
+
+
+@njit(**JIT_OPTIONS)
 def _post_rows(out, post_mode, post):
     """out[r, k] after the conv: the layers it absorbed (see POST_RELU, POST_AFFINE)."""
     zero = out.dtype.type(0)
@@ -249,9 +258,17 @@ def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols_
             r1 = min(OH, r0 + rb)
             rows = (r1 - r0) * OW
             base = (n * OH + r0) * OW
-            _im2col_band(x, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw, G, Cg, cols)
             out = y2[base:base + rows]
-            if G == 1 and OWN_GEMM:  # _conv_fwd_gemm_own (sizes.own_gemm decides)
+            if OWN_GEMM and _pointwise(Fh, Fw, ph, pw, G, Cg):
+                for i in range(r0, r1):  # x's pixels as they lie: no im2col
+                    o = (n * OH + i) * OW
+                    gemm_into(x[n, i * sh, :(OW - 1) * sw + 1:sw], W2[0], y2[o:o + OW],
+                              False)
+            else:
+                _im2col_band(x, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw, G, Cg, cols)
+            if OWN_GEMM and _pointwise(Fh, Fw, ph, pw, G, Cg):
+                pass
+            elif G == 1 and OWN_GEMM:  # _conv_fwd_gemm_own (sizes.own_gemm decides)
                 gemm_into(cols[0, :rows], W2[0], out, False)
             elif G == 1:
                 np.dot(cols[0, :rows], W2[0], out)
@@ -333,6 +350,14 @@ def _conv_bwd_gemm_chunk(x, W2, W2T, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nb
                 drow = dyb[r]
                 for k in range(K):
                     dbt[k] += drow[k]
+            if OWN_GEMM and _pointwise(Fh, Fw, ph, pw, G, Cg):
+                for i in range(r0, r1):  # x's and dx's pixels as they lie: no im2col
+                    src = x[n, i * sh, :(OW - 1) * sw + 1:sw]
+                    d = dyb[(i - r0) * OW:(i - r0 + 1) * OW]
+                    gemm_into(src.T, d, dWt[0], True)
+                    if need_dx:
+                        gemm_into(d, W2T[0], dx[n, i * sh, :(OW - 1) * sw + 1:sw], False)
+                continue
             _im2col_band(x, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw, G, Cg, cols)
             for g in range(G):
                 if G == 1:
