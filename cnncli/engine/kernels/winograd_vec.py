@@ -119,35 +119,49 @@ def _store(builder, vec, value, base, offset):
 # ----------------------------------------------------------------------------- intrinsics
 
 
-@intrinsic
-def _in_tile(typingctx, r0, r1, r2, r3, r4, r5, coff, u0, width, stride, dst, estride):
-    """V[a * 6 + b] = (B^T d B)[a, b] of one 6x6 input tile, 16 channels: the six rows'
-    addresses r0 .. r5, the channel group `coff` floats in, the tile's first column u0
-    (columns outside [0, width) read as zero), `stride` floats from one column to the
-    next; the 36 vectors go to dst + e * estride floats."""
-    sig = types.void(*[types.uintp] * 6, types.intp, types.intp, types.intp, types.intp,
-                     types.uintp, types.intp)
+def _tile_intrinsic(n, formula):
+    """An @intrinsic for a separable transform of an n x n tile into 6 x 6, 16 channels:
 
-    def codegen(context, builder, signature, args):
-        coff, u0, width, stride, dst, estride = args[6:]
-        f32, vec, c = _setup(builder)
-        i64 = ir.IntType(64)
-        ptrs = [builder.inttoptr(r, f32.as_pointer()) for r in args[:6]]
-        down = []  # down[j]: B^T d of column j (the rows stage)
-        for j in range(6):
-            inside, col = _column(builder, builder.add(u0, ir.Constant(i64, j)), width)
-            off = builder.add(builder.mul(col, stride), coff)
-            d = [builder.select(inside, _load(builder, vec, p, off), c[0]) for p in ptrs]
-            down.append(_bt(builder, d, c))
-        out = builder.inttoptr(dst, f32.as_pointer())
-        for a in range(6):
-            row = _bt(builder, [down[j][a] for j in range(6)], c)
-            for b in range(6):
-                _store(builder, vec, row[b], out,
-                       builder.mul(ir.Constant(i64, a * 6 + b), estride))
-        return context.get_dummy_value()
+        tile(r0, r1, r2, r3, r4, r5, coff, u0, width, stride, dst, estride)
 
-    return sig, codegen
+    the tile's n rows at addresses r0 .. r(n-1) (the rest unused), its channel group
+    `coff` floats in, its first column u0 (columns outside [0, width) read as zero),
+    `stride` floats from one column to the next; `formula` (n values -> 6) down each
+    column, then along each row; the 36 vectors go to dst + e * estride floats."""
+
+    @intrinsic
+    def tile(typingctx, r0, r1, r2, r3, r4, r5, coff, u0, width, stride, dst, estride):
+        sig = types.void(*[types.uintp] * 6, types.intp, types.intp, types.intp, types.intp,
+                         types.uintp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            coff, u0, width, stride, dst, estride = args[6:]
+            f32, vec, c = _setup(builder)
+            i64 = ir.IntType(64)
+            ptrs = [builder.inttoptr(r, f32.as_pointer()) for r in args[:n]]
+            down = []  # down[j]: the formula down column j (the rows stage)
+            for j in range(n):
+                inside, col = _column(builder, builder.add(u0, ir.Constant(i64, j)), width)
+                off = builder.add(builder.mul(col, stride), coff)
+                d = [builder.select(inside, _load(builder, vec, p, off), c[0]) for p in ptrs]
+                down.append(formula(builder, d, c))
+            out = builder.inttoptr(dst, f32.as_pointer())
+            for a in range(6):
+                row = formula(builder, [down[j][a] for j in range(n)], c)
+                for b in range(6):
+                    _store(builder, vec, row[b], out,
+                           builder.mul(ir.Constant(i64, a * 6 + b), estride))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+# V[a * 6 + b] = (B^T d B)[a, b] of one 6x6 input tile
+_in_tile = _tile_intrinsic(6, _bt)
+# Z[a * 6 + b] = (A dy A^T)[a, b] of one 4x4 tile of dy (its rows r4, r5 go unread)
+_grad_tile = _tile_intrinsic(4, _a)
 
 
 @intrinsic
@@ -184,37 +198,6 @@ def _out_tile(typingctx, src, estride, bias, dst, ldy, stride, nr, nc):
     return sig, codegen
 
 
-@intrinsic
-def _grad_tile(typingctx, r0, r1, r2, r3, coff, u0, width, stride, dst, estride):
-    """Z[a * 6 + b] = (A dy A^T)[a, b] of one 4x4 tile of dy, 16 channels: the four rows'
-    addresses r0 .. r3, the channel group `coff` floats in, the tile's first column u0
-    (columns past `width` read as zero), `stride` floats per column; the 36 vectors go to
-    dst + e * estride floats."""
-    sig = types.void(*[types.uintp] * 4, types.intp, types.intp, types.intp, types.intp,
-                     types.uintp, types.intp)
-
-    def codegen(context, builder, signature, args):
-        coff, u0, width, stride, dst, estride = args[4:]
-        f32, vec, c = _setup(builder)
-        i64 = ir.IntType(64)
-        ptrs = [builder.inttoptr(r, f32.as_pointer()) for r in args[:4]]
-        down = []  # down[j]: A dy of column j (the rows stage)
-        for j in range(4):
-            inside, col = _column(builder, builder.add(u0, ir.Constant(i64, j)), width)
-            off = builder.add(builder.mul(col, stride), coff)
-            y = [builder.select(inside, _load(builder, vec, p, off), c[0]) for p in ptrs]
-            down.append(_a(builder, y, c))
-        out = builder.inttoptr(dst, f32.as_pointer())
-        for a in range(6):
-            row = _a(builder, [down[j][a] for j in range(4)], c)
-            for b in range(6):
-                _store(builder, vec, row[b], out,
-                       builder.mul(ir.Constant(i64, a * 6 + b), estride))
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 # ----------------------------------------------------------------------------- tile rows
 
 
@@ -224,10 +207,11 @@ def _row_address(x2, r, nrows, base, zero):
 
 
 @njit(**JIT_OPTIONS)
-def in_tiles(x2, base, nrows, r0, u0, TW, C, zero, V, t0):
-    """V[e, t0 + t, :] = B^T d B of the TW tiles whose input rows start at image row r0
-    and column u0 + 4 t (x2: image rows base .. base + nrows, each W * C long; rows and
-    columns outside the image read as zero; `zero` a zero row at least W * C long)."""
+def _transform_tiles(x2, base, nrows, r0, u0, TW, C, zero, V, t0, grad):
+    """V[e, t0 + t, :] = the transform of the TW tiles whose rows start at row r0 and
+    columns at u0 + 4 t (x2: rows base .. base + nrows, each W * C long; rows and columns
+    outside read as zero; `zero` a zero row at least W * C long): with grad A dy A^T of
+    4x4 tiles, else B^T d B of 6x6 ones."""
     W = x2.shape[1] // C
     a0 = _row_address(x2, r0, nrows, base, zero)
     a1 = _row_address(x2, r0 + 1, nrows, base, zero)
@@ -239,8 +223,20 @@ def in_tiles(x2, base, nrows, r0, u0, TW, C, zero, V, t0):
     out = V.ctypes.data + 4 * t0 * C
     for c0 in range(0, C, LANES):
         for t in range(TW):
-            _in_tile(a0, a1, a2, a3, a4, a5, c0, u0 + 4 * t, W, C, out + 4 * (t * C + c0),
-                     estride)
+            if grad:
+                _grad_tile(a0, a1, a2, a3, a4, a5, c0, u0 + 4 * t, W, C,
+                           out + 4 * (t * C + c0), estride)
+            else:
+                _in_tile(a0, a1, a2, a3, a4, a5, c0, u0 + 4 * t, W, C,
+                         out + 4 * (t * C + c0), estride)
+
+
+@njit(**JIT_OPTIONS)
+def in_tiles(x2, base, nrows, r0, u0, TW, C, zero, V, t0):
+    """V[e, t0 + t, :] = B^T d B of the TW tiles whose input rows start at image row r0
+    and column u0 + 4 t (x2: image rows base .. base + nrows, each W * C long; rows and
+    columns outside the image read as zero; `zero` a zero row at least W * C long)."""
+    _transform_tiles(x2, base, nrows, r0, u0, TW, C, zero, V, t0, False)
 
 
 @njit(**JIT_OPTIONS)
@@ -262,13 +258,4 @@ def grad_tiles(dy2, base, nrows, r0, TW, K, zero, Z, t0):
     """Z[e, t0 + t, :] = A dy A^T of the TW tiles of dy whose rows start at r0 and columns
     at 4 t (dy2: rows base .. base + nrows, each OW * K long; rows and columns past the
     image read as zero: their gradient is zero; `zero` at least OW * K long)."""
-    OW = dy2.shape[1] // K
-    a0 = _row_address(dy2, r0, nrows, base, zero)
-    a1 = _row_address(dy2, r0 + 1, nrows, base, zero)
-    a2 = _row_address(dy2, r0 + 2, nrows, base, zero)
-    a3 = _row_address(dy2, r0 + 3, nrows, base, zero)
-    estride = Z.shape[1] * K
-    out = Z.ctypes.data + 4 * t0 * K
-    for k0 in range(0, K, LANES):
-        for t in range(TW):
-            _grad_tile(a0, a1, a2, a3, k0, 4 * t, OW, K, out + 4 * (t * K + k0), estride)
+    _transform_tiles(dy2, base, nrows, r0, 0, TW, K, zero, Z, t0, True)
