@@ -41,12 +41,15 @@ Design (measured on the 2-core target, see bench/bench_conv.py):
   A direct loop kernel (an output pixel's K filters as the accumulator, windows read
   from NHWC x) measured 1.5-2.5x slower than im2col: see winograd.py's note on loops.
 * Which GEMM: forward and dW GEMMs run on microkernel.py's `gemm_into` instead of
-  np.dot where OpenBLAS runs an older core than numba compiles for (OPENBLAS_CORETYPE=
-  Haswell on an AVX-512 CPU) and a group's filter matrix fits in L2 (sizes.own_gemm has
-  the measurements); dW then adds into the chunk's partial sums directly. dx
-  (dy @ W2^T, read across W2's rows) stays on np.dot. Each way is its own compiled copy
-  of the kernel (`_conv_fwd_gemm_own`, ...: microkernel.own_gemm_variant), so a run
-  compiles only the copies its layers call.
+  np.dot where a group's filter matrix fits in L2 and either numba compiles for AVX-512
+  and the filters fill the kernel's 16-wide blocks, or OpenBLAS runs an older core than
+  numba compiles for (OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU); sizes.own_gemm has
+  the measurements. dW then adds into the chunk's partial sums directly; dx (dy @ W2^T)
+  joins where kdim fills the blocks, reading W2's transpose the wrapper lays out, and
+  stays on np.dot otherwise. On the own kernel a 1x1 conv without padding skips im2col
+  (`_pointwise`): its GEMMs read x, and write dx, at the stride where the pixels lie.
+  Each way is its own compiled copy of the kernel (`_conv_fwd_gemm_own`, ...:
+  microkernel.own_gemm_variant), so a run compiles only the copies its layers call.
 * Locally connected: forward and dW are one small GEMM per output position over the
   batch (parallel over positions, no reduction needed); dx is parallel over chunks of
   images, each scattering into its own images.
@@ -264,15 +267,14 @@ def _conv_fwd_gemm(x, W2, b, has_bias, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, cols_
                     o = (n * OH + i) * OW
                     gemm_into(x[n, i * sh, :(OW - 1) * sw + 1:sw], W2[0], y2[o:o + OW],
                               False)
+            elif G == 1:
+                _im2col_band(x, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw, G, Cg, cols)
+                if OWN_GEMM:  # _conv_fwd_gemm_own (sizes.own_gemm decides)
+                    gemm_into(cols[0, :rows], W2[0], out, False)
+                else:
+                    np.dot(cols[0, :rows], W2[0], out)
             else:
                 _im2col_band(x, n, r0, r1, OW, Fh, Fw, sh, sw, ph, pw, dh, dw, G, Cg, cols)
-            if OWN_GEMM and _pointwise(Fh, Fw, ph, pw, G, Cg):
-                pass
-            elif G == 1 and OWN_GEMM:  # _conv_fwd_gemm_own (sizes.own_gemm decides)
-                gemm_into(cols[0, :rows], W2[0], out, False)
-            elif G == 1:
-                np.dot(cols[0, :rows], W2[0], out)
-            else:
                 for g in range(G):
                     tg = tmp[:rows]
                     if OWN_GEMM:
