@@ -588,9 +588,9 @@ def _filter_transform(wt, G, u):
 def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, zero_t, rowt_t, orow_t, y, post_mode, post,
               vec_in, vec_out):
     """y[N, OH, OW, K] = Winograd F(m x m, 3 x 3) conv of x with U[alpha^2, C, K] + bias
-    (bias: one tile row of output columns in phase layout, m * TW * K; with vec_out bias[K]),
-    then what the conv
-    absorbed, on each output row as it is written (conv.py's `_post_rows`).
+    (bias: one tile row of output columns in phase layout, m * TW * K; with vec_out
+    bias[K]), then what the conv absorbed, on each output row as it is written (conv.py's
+    `_post_rows`).
 
     Blocks are R consecutive tile rows (over all images); each thread runs a range of
     blocks with its buffers in cache: the `_t` arrays, [T, ...], allocated by the wrapper
@@ -633,7 +633,7 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, zero_t, rowt_t, orow_t, y, post_m
                                     (g - g0) * TW)
             for e in range(A2):
                 if OWN_GEMM and vec_out:  # _wino_fwd_own (sizes.own_winograd decides);
-                    # K and C multiples of 16: the blocks without gemm_into's checks
+                    # K in 16s: the kernel's blocks without gemm_into's checks
                     gemm_rows(V[e].ctypes.data, C, U[e].ctypes.data, M[e].ctypes.data, nt,
                               C, K, False)
                 elif OWN_GEMM:
