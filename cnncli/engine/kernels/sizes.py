@@ -70,7 +70,7 @@ def winograd_vector(itemsize: int, m: int, channels: int) -> bool:
 
 
 def winograd_forward_work(n: int, oh: int, ow: int, cin: int, cout: int, m: int,
-                          threads: int, itemsize: int = 4) -> tuple[int, int]:
+                          threads: int, itemsize: int) -> tuple[int, int]:
     """(threads that run, numbers each allocates) of winograd.py's forward kernel, which
     dx runs too (cin: the channels it reads, cout: those it writes): per thread V and M
     (alpha^2 blocks of tiles), a row of zeros (the rows outside the image), and unless the
@@ -98,7 +98,7 @@ def winograd_weights_chunks(n: int, oh: int, ow: int, m: int, threads: int) -> i
 
 
 def winograd_weights_work(n: int, oh: int, ow: int, c: int, k: int, m: int,
-                          threads: int, itemsize: int = 4) -> tuple[int, int]:
+                          threads: int, itemsize: int) -> tuple[int, int]:
     """(threads that run, numbers each holds) of the backward-weights kernel: V and Z
     blocks, a row of zeros and (unless the vector tiles do it) the input tile row's
     transform, a row of zeros (dy's rows past the image) and (likewise) the transform of a
