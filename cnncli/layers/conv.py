@@ -423,8 +423,8 @@ class ConvPlan(PlanLayer):
 class WinogradPlan(ConvPlan):
     """What kernels/winograd.py allocates (see its wrappers): forward transforms the
     filters (U, through float64 copies), then each thread holds its V/M blocks; dx runs
-    the same forward kernel on dy with the flipped filters' U; dW holds per-chunk [9, C, K]
-    partial sums and per-thread V/Z blocks and alpha^2 [C x K] sums."""
+    the same forward kernel on dy with the flipped filters' U; dW holds per-chunk alpha^2
+    [C x K] sums and per-thread V/Z blocks."""
 
     def __init__(self, heap: Heap, row: Row, threads: int, node: Conv, tile: int):
         super().__init__(heap, row, threads, node)
@@ -473,10 +473,11 @@ class WinogradPlan(ConvPlan):
             u = self._filter_transform()
             dx = self._forward_kernel(self.vin, k, c, dx=True)
             del u
-        ggt = self.work(0, 9 * self.a2)
         oh, ow = self.vout.h, self.vout.w
         nchunk = sizes.winograd_weights_chunks(n, oh, ow, m, self.threads)
-        partials = self.work(0, nchunk * 9 * c * k)
+        # each chunk's alpha^2 [C x K] sums, added up in place into the first; G's
+        # products then make them dW (np.dot's [9, C x K], `summed` below)
+        partials = self.work(0, nchunk * self.a2 * c * k)
         # the bias gradient's float64 partials, summed in the kernel (a bias-free layer's
         # stand-in is one number)
         dbp = self.work(0, nchunk * k if self.bias else 1, FLOAT64)
@@ -484,9 +485,8 @@ class WinogradPlan(ConvPlan):
                                                    self.heap.itemsize)
         blocks = [self.work(0, per) for _ in range(threads)]
         del blocks
-        freed = [partials], [dbp, ggt, x]
-        del partials, dbp, ggt, x
-        # dWp[0].copy() += ... is [9, C, K]: wsize numbers
+        freed = [partials], [dbp, x]
+        del partials, dbp, x
         self._weight_gradients(*freed, db_summed=self.bias)
         return dx if dx is not None else self.work(0, 0)
 

@@ -102,15 +102,15 @@ def winograd_weights_work(n: int, oh: int, ow: int, c: int, k: int, m: int,
     """(threads that run, numbers each holds) of the backward-weights kernel: V and Z
     blocks, a row of zeros and (unless the vector tiles do it) the input tile row's
     transform, a row of zeros (dy's rows past the image) and (likewise) the transform of a
-    tile row of dy, the chunk's alpha^2 [C x K] sums S and one GEMM's result. The wrapper
-    allocates them for every running thread before the parallel loop."""
+    tile row of dy, and one GEMM's result. The wrapper allocates them for every running
+    thread before the parallel loop; the chunks' alpha^2 [C x K] sums are the wrapper's
+    [chunks, alpha^2, C, K] array, not a thread's."""
     alpha = m + 2
     tw = -(-ow // m)
     nrow = n * -(-oh // m)
     r = winograd_rows_per_block(tw, nrow, WINOGRAD_BLOCK_TILES_DW)
     slots = r * tw + 1
-    per = (alpha * alpha * slots * (c + k) + m * (tw + 1) * c + m * tw * k
-           + alpha * alpha * c * k + c * k)
+    per = alpha * alpha * slots * (c + k) + m * (tw + 1) * c + m * tw * k + c * k
     if not winograd_vector(itemsize, m, c):
         per += alpha * m * (tw + 1) * c
     if not winograd_vector(itemsize, m, k):

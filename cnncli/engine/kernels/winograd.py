@@ -49,9 +49,11 @@ Design (measured on the 2-core target, see bench/bench_winograd.py):
   slices would lie exactly 4 KiB apart, and the six stores of a column transform then
   alias in L1 (measured 1.25x slower input transform at 32 channels, no gain elsewhere).
 * dW: fixed chunks of blocks (``min(blocks, max(threads, MIN_CHUNKS))``) each sum their
-  alpha^2 GEMMs into their own S, reduce it to a 3x3 partial with one GEMM, and the
-  partials are summed in chunk order: bit-identical run to run and across thread counts
-  up to MIN_CHUNKS. Forward and dx write disjoint outputs: any split gives the same bits.
+  alpha^2 GEMMs into their own S; the wrapper adds the chunks' S up in chunk order and
+  takes the sum to the 3x3 taps with one GEMM (G's products are linear: once, not once a
+  chunk, which had cost up to 14% of a 64-channel layer's multiply-adds): bit-identical
+  run to run and across thread counts up to MIN_CHUNKS. Forward and dx write disjoint
+  outputs: any split gives the same bits.
 * The tile products: float32 runs them through microkernel.py (the engine's own
   register-blocked kernel, LLVM vector IR) wherever numba compiles for AVX-512
   (sizes.own_winograd has the measurements), as `gemm_rows` / `gemm_cols` when the
@@ -69,6 +71,8 @@ Design (measured on the 2-core target, see bench/bench_winograd.py):
 """
 
 from __future__ import annotations
+
+import functools
 
 import numba
 import numpy as np
@@ -657,10 +661,13 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, zero_t, rowt_t, orow_t, y, post_m
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, zero_t, rowt_t, dzero_t, zrow_t,
-                S_t, tmp_t, dWp, need_db, dbp, vec_in, vec_grad):
-    """dWp[chunk, 9, C, K] (p * 3 + q, c, k) = per-chunk partial dW; GGt[9, alpha^2] holds
-    G[a, p] * G[b, q]. Chunk q owns blocks [q * nblk // nchunk, (q + 1) * nblk // nchunk).
+def _wino_bwd_w(x, dy, m, pad, R, nchunk, V_t, Z_t, zero_t, rowt_t, dzero_t, zrow_t,
+                tmp_t, Sp, need_db, dbp, vec_in, vec_grad):
+    """Sp[chunk, alpha^2, C, K] = the chunk's sums of the tile products V^T Z, one [C x K]
+    per tile position; the wrapper adds the chunks up and takes them back to dW through
+    G's products (linear, so once, not once a chunk: that product cost up to 14% of the
+    layer's multiply-adds at 64 channels). Chunk q owns blocks
+    [q * nblk // nchunk, (q + 1) * nblk // nchunk).
     Each thread's buffers are the `_t` arrays, [T, ...], allocated by the wrapper (zero_t,
     rowt_t, dzero_t and zrow_t zeroed). With need_db, dbp[chunk, K] (float64, zeroed) gets
     the chunk's partial bias gradient, summed from the dy rows the transform has just read
@@ -691,11 +698,11 @@ def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, zero_t, rowt_t, dzero_t
         rowt = rowt_t[p]
         dzero = dzero_t[p]
         zrow = zrow_t[p]
-        S = S_t[p]
-        S2 = S.reshape(A2, C * K)
         tmp = tmp_t[p]
         tmpf = tmp.reshape(C * K)
         for q in range(p * nchunk // T, (p + 1) * nchunk // T):
+            S = Sp[q]
+            S2 = S.reshape(A2, C * K)
             b0 = q * nblk // nchunk
             for blk in range(b0, (q + 1) * nblk // nchunk):
                 g0 = blk * R
@@ -735,7 +742,6 @@ def _wino_bwd_w(x, dy, GGt, m, pad, R, nchunk, V_t, Z_t, zero_t, rowt_t, dzero_t
                     acc = S2[e]
                     for i in range(C * K):
                         acc[i] += tmpf[i]
-            np.dot(GGt, S2, dWp[q].reshape(9, C * K))
 
 
 # The kernels with their products through microkernel.py: a run compiles only the copy it
@@ -822,6 +828,17 @@ def _forward(x, u, b, pad, tile, out_hw, relu=False, affine=None):
     return y
 
 
+@functools.cache
+def _weights_from_positions(tile, dtype):
+    """GGt[9, alpha^2]: G[a, p] * G[b, q] at [p * 3 + q, a * alpha + b], so that dW's taps
+    are GGt @ the tile positions' [C x K] sums (G^T S G, each tap a sum over positions).
+    Read-only: one array per tile size and dtype for every call."""
+    _, G, _ = transform_matrices(tile)
+    ggt = np.ascontiguousarray(np.einsum("ap,bq->pqab", G, G).reshape(9, -1), dtype)
+    ggt.flags.writeable = False
+    return ggt
+
+
 def _out_size(H, W, pad, name):
     OH, OW = H + 2 * pad - 2, W + 2 * pad - 2
     if OH < 1 or OW < 1:
@@ -892,30 +909,29 @@ def winograd_conv_backward_params(x, dy, pad, tile=4, need_db=True):
     if N == 0 or C == 0 or K == 0:
         db = np.zeros(K, dtype=x.dtype) if need_db else None
         return np.zeros((K, C, 3, 3), dtype=x.dtype), db
-    _, G, _ = transform_matrices(tile)
-    GGt = np.ascontiguousarray(np.einsum("ap,bq->pqab", G, G).reshape(9, -1), x.dtype)
     TW = -(-OW // tile)
     nrow = N * -(-OH // tile)
     R = sizes.winograd_rows_per_block(TW, nrow, sizes.WINOGRAD_BLOCK_TILES_DW)
     nchunk = sizes.winograd_weights_chunks(N, OH, OW, tile, _threads())
-    dWp = np.empty((nchunk, 9, C, K), dtype=x.dtype)
-    dbp = np.zeros((nchunk, K) if need_db else (1, 1), dtype=np.float64)
     T = min(_threads(), nchunk)  # each thread's blocks, allocated here, not in it
     alpha, KS, dt = tile + 2, TW + 1, x.dtype
     A2 = alpha * alpha
+    Sp = np.empty((nchunk, A2, C, K), dtype=dt)
+    dbp = np.zeros((nchunk, K) if need_db else (1, 1), dtype=np.float64)
     vec_in, vec_grad = usable(x.itemsize, tile, C), usable(x.itemsize, tile, K)
     kernel = _wino_bwd_w_own if _own_gemm(x) else _wino_bwd_w
     # the phase-layout buffers only where the vector tiles do not replace them
     rowt = np.zeros((T, alpha, 0 if vec_in else tile * KS * C), dt)
     zrow = np.zeros((T, alpha, 0 if vec_grad else tile * TW * K), dt)
-    kernel(x, dy, GGt, tile, pad, R, nchunk, np.empty((T, A2, R * TW + 1, C), dt),
+    kernel(x, dy, tile, pad, R, nchunk, np.empty((T, A2, R * TW + 1, C), dt),
            np.empty((T, A2, R * TW + 1, K), dt), np.zeros((T, tile * KS * C), dt), rowt,
-           np.zeros((T, tile * TW * K), dt), zrow, np.empty((T, A2, C, K), dt),
-           np.empty((T, C, K), dt), dWp, bool(need_db), dbp, vec_in, vec_grad)
-    dW = dWp[0].copy()
+           np.zeros((T, tile * TW * K), dt), zrow, np.empty((T, C, K), dt), Sp,
+           bool(need_db), dbp, vec_in, vec_grad)
+    S = Sp[0].reshape(A2, C * K)
     for q in range(1, nchunk):  # chunk order: deterministic
-        dW += dWp[q]
+        S += Sp[q].reshape(A2, C * K)
+    dW = np.dot(_weights_from_positions(tile, dt), S)  # [(p, q), (c, k)]
     dw = np.ascontiguousarray(dW.reshape(3, 3, C, K).transpose(3, 2, 0, 1))
-    del dW, dWp
+    del dW, S, Sp
     db = dbp.sum(axis=0).astype(x.dtype) if need_db else None
     return dw, db
