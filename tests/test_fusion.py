@@ -98,6 +98,37 @@ def test_fused_net_is_bit_identical_to_the_layers_apart(spec: dict[str, Any], dt
     assert np.array_equal(fused.forward(x), apart.forward(x))  # eval: running statistics
 
 
+def test_identity_shortcut_gradient_is_added_by_the_winograd_dx() -> None:
+    # the identity block's sum dx_body + dy is computed by its first conv's Winograd dx
+    # kernel as it writes dx (fuse=False keeps np.add: the test above compares the two)
+    from cnncli.layers.blocks import ResidualBlock
+
+    fused, apart = _pair(RESNET, np.float32, "winograd")
+    blocks = [item for item in fused.body.items if isinstance(item, ResidualBlock)]
+    identity = [b for b in blocks if not b.shortcut.items]
+    assert len(identity) == 1 and identity[0].fold_identity
+    assert identity[0].body.items[0].adds_into_dx()
+    assert not any(b.fold_identity for b in apart.body.items if isinstance(b, ResidualBlock))
+    calls: list[bool] = []
+    conv = identity[0].body.items[0]
+    run = conv._winograd_backward
+
+    def spy(x: np.ndarray, w: np.ndarray, dy: np.ndarray) -> Any:
+        calls.append(conv.dx_addend is not None)
+        return run(x, w, dy)
+
+    conv._winograd_backward = spy  # type: ignore[method-assign]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 8, 8, 3)).astype(np.float32)
+    y = fused.forward(x, training=True)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = fused.backward(dy, input_grad=True)
+    apart.forward(x, training=True)
+    assert calls == [True] and conv.dx_addend is None
+    assert dx is not None and np.array_equal(dx, apart.backward(dy, input_grad=True))
+    _same(fused.grads, apart.grads)
+
+
 def test_every_conv_algorithm_absorbs_the_relu_after_it() -> None:
     """The notes' conv -> relu: each algorithm's kernel clamps what it writes, and the
     layers that ran say which kernel and which ReLU (bench's algorithm column)."""

@@ -265,6 +265,26 @@ def test_vector_tiles_bit_identical_to_phase_layout_stages(case, relu, monkeypat
     assert _rel_err(vector[0], np.maximum(ref, 0) if relu else ref) < F32_REL
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", VECTOR_CASES[:6], ids=_vector_ids)
+def test_backward_data_adds_an_array_as_numpy_adds_it(case, dtype):
+    # a residual block's identity shortcut: dx + dy in the kernel's output pass, the same
+    # bits as np.add after it (vector and phase-layout output transforms, both dtypes)
+    N, H, W, C, K, pad = case
+    rng = np.random.default_rng(sum(case))
+    _, w, _ = _make(rng, N, H, W, C, K, dtype)
+    dy = rng.standard_normal((N, H + 2 * pad - 2, W + 2 * pad - 2, K)).astype(dtype)
+    addend = rng.standard_normal((N, H, W, C)).astype(dtype)
+    kept = addend.copy()
+    got = wg.winograd_conv_backward_data(dy, w, pad, add=addend)
+    want = np.add(wg.winograd_conv_backward_data(dy, w, pad), addend)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(addend, kept)  # read, not written
+    for bad in (addend[:, :-1], addend.astype(np.float16), np.asfortranarray(addend)):
+        with pytest.raises(ValueError, match="add must be"):
+            wg.winograd_conv_backward_data(dy, w, pad, add=bad)
+
+
 def test_vector_tiles_rule_float32_f4_multiples_of_16_channels():
     assert sizes.winograd_vector(4, 4, 16) and sizes.winograd_vector(4, 4, 64)
     assert not sizes.winograd_vector(4, 4, 24)  # not a whole number of vectors

@@ -51,6 +51,7 @@ class _Builder:
                  conv_algo: str = "gemm", fuse: bool = True):
         self.rows = {r.name: r for r in report.rows}
         self.in_place = in_place_activations(report.spec.layers)
+        self.fuse = fuse  # False: each layer in its own passes (blocks ask too)
         self.fused = fused_activations(report.spec.layers) if fuse else {}
         self.fused_eval = fused_in_evaluation(report.spec.layers) if fuse else {}
         self.rng = rng

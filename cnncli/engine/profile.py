@@ -55,6 +55,17 @@ class _Timed:
     def consumes_dy(self) -> bool:
         return bool(self.item.consumes_dy())
 
+    def adds_into_dx(self) -> bool:
+        return bool(self.item.adds_into_dx())
+
+    @property
+    def dx_addend(self) -> Any:
+        return self.item.dx_addend
+
+    @dx_addend.setter
+    def dx_addend(self, addend: Any) -> None:
+        self.item.dx_addend = addend  # the layer adds it; its time counts the add
+
     def own_ms(self, backward: bool) -> float:
         """Median over passes of this item's time less its children's: a layer's whole
         time, a block's merge. Milliseconds."""

@@ -194,6 +194,7 @@ class EngineLayer:
         self.decays = True  # its `.weight` parameters take weight decay (not batchnorm's)
         self.fused_into: str | None = None  # an activation its producer computes (`absorb`)
         self.fused_with: str | None = None  # a producer: the activation it computes
+        self.dx_addend: Any = None  # added into the next backward's dx (`adds_into_dx`)
 
     # its forward reads statistics of the whole batch (batchnorm): gradient checks need
     # enough images, and data-parallel training decides whose batch that is
@@ -209,6 +210,12 @@ class EngineLayer:
         """Does backward write over the dy it is given, or hand dy itself back? Then
         nothing may read dy afterwards: a block whose branches all read one dy gives such a
         branch a copy (blocks.py), and the network copies a caller's dy (network.py)."""
+        return False
+
+    def adds_into_dx(self) -> bool:
+        """Can backward add an array into the dx it computes, as it writes it (`dx_addend`,
+        set by a residual block for one call: its shortcut's gradient)? Then the block needs
+        no pass of its own for the sum."""
         return False
 
     def absorb(self, activation: Any) -> None:

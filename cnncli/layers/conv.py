@@ -683,6 +683,10 @@ class ConvEngine(_WindowedEngine):
         del relu_y  # before the conv's gradients come, as after the ReLU's backward
         return super().backward(dy)
 
+    def adds_into_dx(self) -> bool:
+        # Winograd's dx kernel adds it to each output row while the row is in cache
+        return self.algo.winograd and self.need_dx
+
     @property
     def algorithm(self) -> str:
         """gemm, winograd, planar, or direct (grouped convs whose per-group GEMM is tiny)."""
@@ -752,7 +756,9 @@ class ConvEngine(_WindowedEngine):
         from cnncli.engine.kernels import winograd as wg
 
         pad, tile = self.pad[0], self.algo.tile
-        dx = wg.winograd_conv_backward_data(dy, w, pad, tile) if self.need_dx else None
+        addend, self.dx_addend = self.dx_addend, None
+        dx = wg.winograd_conv_backward_data(dy, w, pad, tile, add=addend) \
+            if self.need_dx else None
         # the bias gradient (float64 sums, as conv.py's) only where there is a bias: summed
         # apart it cost a bias-free ResNet conv as much as its whole dW
         dw, db = wg.winograd_conv_backward_params(x, dy, pad, tile,

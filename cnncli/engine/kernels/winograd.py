@@ -590,11 +590,12 @@ def _filter_transform(wt, G, u):
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, zero_t, rowt_t, orow_t, y, post_mode, post,
-              vec_in, vec_out):
+              vec_in, vec_out, add, addend):
     """y[N, OH, OW, K] = Winograd F(m x m, 3 x 3) conv of x with U[alpha^2, C, K] + bias
     (bias: one tile row of output columns in phase layout, m * TW * K; with vec_out
-    bias[K]), then what the conv absorbed, on each output row as it is written (conv.py's
-    `_post_rows`).
+    bias[K]); with `add`, + addend[N, OH, OW, K] (a residual block's other gradient, added
+    into dx while its rows are in cache instead of in a pass of its own); then what the
+    conv absorbed, on each output row as it is written (conv.py's `_post_rows`).
 
     Blocks are R consecutive tile rows (over all images); each thread runs a range of
     blocks with its buffers in cache: the `_t` arrays, [T, ...], allocated by the wrapper
@@ -616,6 +617,7 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, zero_t, rowt_t, orow_t, y, post_m
     T = V_t.shape[0]
     x2 = x.reshape(N * H, W * C)
     y2 = y.reshape(N * OH, OW * K)
+    a2 = addend.reshape(addend.shape[0] * addend.shape[1], addend.shape[2] * addend.shape[3])
     for p in prange(T):
         V = V_t[p]  # [A2, R * TW + 1, C]; + 1: see module docstring
         M = M_t[p]
@@ -655,6 +657,12 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, zero_t, rowt_t, orow_t, y, post_m
                     for a in range(alpha):
                         _out_cols(M2, a * alpha, t0 * K, m, TW * K, orow[a])
                     _out_rows(orow, m, bias, TW, K, OW, y2, r0, nr)
+                if add:  # y + addend, as numpy's np.add(y, addend) computes it
+                    for r in range(r0, r0 + nr):
+                        yr = y2[r]
+                        ar = a2[r]
+                        for j in range(OW * K):
+                            yr[j] = yr[j] + ar[j]
                 if post_mode:
                     for r in range(r0, r0 + nr):
                         _post_rows(y[r // OH, r % OH], post_mode, post)
@@ -799,8 +807,9 @@ def winograd_filter_transform(w, tile=4):
     return u
 
 
-def _forward(x, u, b, pad, tile, out_hw, relu=False, affine=None):
-    """The forward kernel on validated arrays; b[K] or None."""
+def _forward(x, u, b, pad, tile, out_hw, relu=False, affine=None, addend=None):
+    """The forward kernel on validated arrays; b[K] or None; addend: None or an array of
+    the output's shape and dtype, added to it."""
     N = x.shape[0]
     K = u.shape[2]
     OH, OW = out_hw
@@ -824,7 +833,8 @@ def _forward(x, u, b, pad, tile, out_hw, relu=False, affine=None):
     orow = np.empty((T, alpha, 0 if vec_out else tile * TW * K), dt)
     kernel(x, u, bias, tile, pad, R, np.empty((T, alpha * alpha, R * TW + 1, C), dt),
            np.empty((T, alpha * alpha, R * TW + 1, K), dt), np.zeros((T, tile * KS * C), dt),
-           rowt, orow, y, *post_ops(K, dt, relu, affine), vec_in, vec_out)
+           rowt, orow, y, *post_ops(K, dt, relu, affine), vec_in, vec_out,
+           addend is not None, y if addend is None else addend)
     return y
 
 
@@ -873,9 +883,13 @@ def winograd_conv_forward(x, w, b, pad, tile=4, u=None, relu=False, affine=None)
     return _forward(x, u, b, pad, tile, (OH, OW), relu, affine)
 
 
-def winograd_conv_backward_data(dy, w, pad, tile=4):
+def winograd_conv_backward_data(dy, w, pad, tile=4, add=None):
     """dx[N, H, W, C] of winograd_conv_forward: the 3x3 stride-1 convolution of dy, padded
-    by 2 - pad, with the flipped filter and input/output channels swapped."""
+    by 2 - pad, with the flipped filter and input/output channels swapped.
+
+    ``add``: an array of dx's shape and dtype added to dx as its rows are written (a
+    residual block's shortcut gradient): the same numbers as ``np.add(dx, add)``, without a
+    pass of their own."""
     ensure_configured()
     pad, tile = _check_pad_tile(pad, tile)
     dy = _check_x(dy, "dy")
@@ -886,7 +900,13 @@ def winograd_conv_backward_data(dy, w, pad, tile=4):
     wflip = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # [C, K, 3, 3]
     u = winograd_filter_transform(wflip, tile)
     H, W = _out_size(OH, OW, 2 - pad, "dy")
-    return _forward(dy, u, None, 2 - pad, tile, (H, W))
+    C = w.shape[1]
+    if add is not None:
+        if not isinstance(add, np.ndarray) or add.shape != (N, H, W, C) \
+                or add.dtype != dy.dtype or not add.flags.c_contiguous:
+            raise ValueError(f"add must be a C-contiguous {dy.dtype} array of shape "
+                             f"{(N, H, W, C)}, got {getattr(add, 'shape', type(add))}")
+    return _forward(dy, u, None, 2 - pad, tile, (H, W), addend=add)
 
 
 def winograd_conv_backward_weights(x, dy, pad, tile=4):
