@@ -98,33 +98,44 @@ def test_fused_net_is_bit_identical_to_the_layers_apart(spec: dict[str, Any], dt
     assert np.array_equal(fused.forward(x), apart.forward(x))  # eval: running statistics
 
 
-def test_identity_shortcut_gradient_is_added_by_the_winograd_dx() -> None:
-    # the identity block's sum dx_body + dy is computed by its first conv's Winograd dx
-    # kernel as it writes dx (fuse=False keeps np.add: the test above compares the two)
+def test_residual_blocks_passes_are_done_by_the_first_and_last_layers_of_the_body() -> None:
+    # an identity block's sum dx_body + dy is computed by its first conv's Winograd dx
+    # kernel as it writes dx, and every block's ReLU mask by its last batchnorm's sums
+    # pass (fuse=False keeps the block's own passes: the test above compares the two)
     from cnncli.layers.blocks import ResidualBlock
 
     fused, apart = _pair(RESNET, np.float32, "winograd")
     blocks = [item for item in fused.body.items if isinstance(item, ResidualBlock)]
     identity = [b for b in blocks if not b.shortcut.items]
-    assert len(identity) == 1 and identity[0].fold_identity
+    assert len(blocks) == 2 and len(identity) == 1 and all(b.fuse for b in blocks)
     assert identity[0].body.items[0].adds_into_dx()
-    assert not any(b.fold_identity for b in apart.body.items if isinstance(b, ResidualBlock))
-    calls: list[bool] = []
-    conv = identity[0].body.items[0]
-    run = conv._winograd_backward
+    assert all(b.body.items[-1].masks_dy() for b in blocks)
+    assert not any(b.fuse for b in apart.body.items if isinstance(b, ResidualBlock))
+    seen: list[str] = []
 
-    def spy(x: np.ndarray, w: np.ndarray, dy: np.ndarray) -> Any:
-        calls.append(conv.dx_addend is not None)
-        return run(x, w, dy)
+    def spy(layer: Any, method: str, what: str) -> None:
+        run = getattr(layer, method)
 
-    conv._winograd_backward = spy  # type: ignore[method-assign]
+        def wrapped(*args: Any) -> Any:
+            if getattr(layer, what) is not None:
+                seen.append(f"{layer.name}.{what}")
+            return run(*args)
+
+        setattr(layer, method, wrapped)
+
+    spy(identity[0].body.items[0], "_winograd_backward", "dx_addend")
+    for b in blocks:
+        spy(b.body.items[-1], "backward", "dy_mask")
     rng = np.random.default_rng(1)
     x = rng.standard_normal((4, 8, 8, 3)).astype(np.float32)
     y = fused.forward(x, training=True)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx = fused.backward(dy, input_grad=True)
     apart.forward(x, training=True)
-    assert calls == [True] and conv.dx_addend is None
+    assert sorted(seen) == sorted([f"{blocks[1].body.items[-1].name}.dy_mask",
+                                   f"{blocks[0].body.items[-1].name}.dy_mask",
+                                   f"{identity[0].body.items[0].name}.dx_addend"])
+    assert all(layer.dx_addend is None and layer.dy_mask is None for layer in fused.layers)
     assert dx is not None and np.array_equal(dx, apart.backward(dy, input_grad=True))
     _same(fused.grads, apart.grads)
 

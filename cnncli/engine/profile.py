@@ -58,6 +58,17 @@ class _Timed:
     def adds_into_dx(self) -> bool:
         return bool(self.item.adds_into_dx())
 
+    def masks_dy(self) -> bool:
+        return bool(self.item.masks_dy())
+
+    @property
+    def dy_mask(self) -> Any:
+        return self.item.dy_mask
+
+    @dy_mask.setter
+    def dy_mask(self, mask: Any) -> None:
+        self.item.dy_mask = mask  # the layer applies it; its time counts the mask
+
     @property
     def dx_addend(self) -> Any:
         return self.item.dx_addend

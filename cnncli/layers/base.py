@@ -195,6 +195,7 @@ class EngineLayer:
         self.fused_into: str | None = None  # an activation its producer computes (`absorb`)
         self.fused_with: str | None = None  # a producer: the activation it computes
         self.dx_addend: Any = None  # added into the next backward's dx (`adds_into_dx`)
+        self.dy_mask: Any = None  # a ReLU's output, its mask for the next dy (`masks_dy`)
 
     # its forward reads statistics of the whole batch (batchnorm): gradient checks need
     # enough images, and data-parallel training decides whose batch that is
@@ -210,6 +211,13 @@ class EngineLayer:
         """Does backward write over the dy it is given, or hand dy itself back? Then
         nothing may read dy afterwards: a block whose branches all read one dy gives such a
         branch a copy (blocks.py), and the network copies a caller's dy (network.py)."""
+        return False
+
+    def masks_dy(self) -> bool:
+        """Can backward apply a ReLU's mask to dy in its own first pass over it (`dy_mask`:
+        the ReLU's output, set by a residual block for one call, whose ReLU after the sum
+        it is)? dy is written over with the masked values, as the ReLU's backward would,
+        so the block's shortcut reads them after the body."""
         return False
 
     def adds_into_dx(self) -> bool:

@@ -191,6 +191,11 @@ class BatchNormEngine(EngineLayer):
     def absorb(self, activation: EngineLayer) -> None:
         self._relu = activation
 
+    def masks_dy(self) -> bool:
+        # its sums pass masks dy as it reads it (as for a ReLU it absorbed); a subclass
+        # with backward passes of its own (training/distributed.py) does not
+        return self._relu is None and type(self).backward is BatchNormEngine.backward
+
     def update_running(self, mean: np.ndarray, var: np.ndarray, m: float) -> None:
         """Move the running statistics towards this batch's (`m` numbers per channel): by
         `momentum`, the variance unbiased, as PyTorch does."""
@@ -208,6 +213,8 @@ class BatchNormEngine(EngineLayer):
         assert self._saved is not None, f"{self.name}: backward without a training forward"
         x, mean, inv_std = self._saved
         relu_y, self._saved, self._saved_relu_y = self._saved_relu_y, None, None
+        if self.dy_mask is not None:  # a residual block's ReLU (`masks_dy`)
+            relu_y, self.dy_mask = self.dy_mask, None
         sums = norm_k.batchnorm_backward_sums(dy, x, mean, inv_std, relu_y)
         del relu_y  # the ReLU's output goes before dx comes, as it would after its backward
         dx, dgamma, dbeta = norm_k.batchnorm_backward_dx(sums, self.params[f"{self.name}.weight"])

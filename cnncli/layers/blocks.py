@@ -14,7 +14,10 @@ their own slice. The gradients the branches return are theirs, so they are summe
 
 A residual block absorbs the in-place ReLU after it (ResNet's; engine/network.py decides):
 the sum is clamped as it is written, and backward applies the ReLU's mask over dy, as the
-ReLU would have, before the body and the shortcut read it.
+ReLU would have, before the body and the shortcut read it. Where the body's layers can,
+they do the block's passes in their own: the last (ResNet's second batchnorm) masks dy in
+its first pass over it, and the first (a Winograd conv) adds an identity shortcut's dy
+into the dx it writes; the same numbers, bit for bit, and nothing allocated differently.
 """
 
 from __future__ import annotations
@@ -159,7 +162,7 @@ class Residual(LayerSpec):
 
     def engine(self, row: Row, ctx: Any) -> Any:
         return ResidualBlock(ctx.sequence(self.body), ctx.sequence(self.shortcut), self.name,
-                             fold_identity=ctx.fuse)
+                             fuse=ctx.fuse)
 
 
 @dataclass(frozen=True)
@@ -358,12 +361,13 @@ class ResidualBlock:
     """out = body(x) + shortcut(x): the gradient flows to both and adds up at x."""
 
     def __init__(self, body: Sequence, shortcut: Sequence, name: str = "residual",
-                 fold_identity: bool = True):
+                 fuse: bool = True):
         self.body, self.shortcut = body, shortcut
-        # an identity shortcut's dy added by the body's first layer as it writes its dx,
-        # where that layer can (`adds_into_dx`); False: the sum in a pass of its own (the
+        # the body's layers do the block's passes where they can: the last one masks dy
+        # with the ReLU after the sum (`masks_dy`), the first adds an identity shortcut's
+        # dy into the dx it writes (`adds_into_dx`); False: passes of the block's own (the
         # engine's fuse=False, which tests compare with, bit for bit)
-        self.fold_identity = fold_identity
+        self.fuse = fuse
         self.name = name  # the spec's block name: its add is the report's row `name.add`
         self.output_row = f"{name}.add"
         self.fused_with: str | None = None  # the ReLU after it, computed with the sum
@@ -391,12 +395,20 @@ class ResidualBlock:
         import numpy as np
 
         relu_y, self._saved_relu_y = self._saved_relu_y, None
-        absorbed_relu_backward(dy, relu_y)
+        copies = self.body.consumes_dy()
+        last = self.body.items[-1] if self.body.items else None
+        if (relu_y is not None and self.fuse and not copies and last is not None
+                and last.masks_dy()):
+            # the body's last layer (ResNet's second batchnorm) masks dy in its first pass
+            # over it, written over dy before the shortcut reads it: one pass fewer
+            last.dy_mask = relu_y
+        else:
+            absorbed_relu_backward(dy, relu_y)
         del relu_y  # the output goes, as after the ReLU's backward
         # the shortcut reads dy after the body: a body that writes over dy gets a copy
-        body_dy = dy.copy() if self.body.consumes_dy() else dy
+        body_dy = dy.copy() if copies else dy
         first = self.body.items[0] if self.body.items else None
-        if (self.fold_identity and not self.shortcut.items and first is not None
+        if (self.fuse and not self.shortcut.items and first is not None
                 and first.adds_into_dx()):
             # identity shortcut: the body's first layer adds dy into its dx as it writes
             # it (the same numbers as np.add below, without a pass over both arrays)
@@ -408,6 +420,9 @@ class ResidualBlock:
 
     def consumes_dy(self) -> bool:
         return bool(self.shortcut.items) and self.shortcut.consumes_dy()
+
+    def masks_dy(self) -> bool:
+        return False
 
     def adds_into_dx(self) -> bool:
         return False
@@ -451,6 +466,9 @@ class ConcatBlock:
         return dx
 
     def consumes_dy(self) -> bool:
+        return False
+
+    def masks_dy(self) -> bool:
         return False
 
     def adds_into_dx(self) -> bool:
