@@ -99,9 +99,10 @@ def test_fused_net_is_bit_identical_to_the_layers_apart(spec: dict[str, Any], dt
 
 
 def test_residual_blocks_passes_are_done_by_the_first_and_last_layers_of_the_body() -> None:
-    # an identity block's sum dx_body + dy is computed by its first conv's Winograd dx
-    # kernel as it writes dx, and every block's ReLU mask by its last batchnorm's sums
-    # pass (fuse=False keeps the block's own passes: the test above compares the two)
+    # every block's sum (and the ReLU after it) is written by its last batchnorm, which
+    # also masks dy with that ReLU in its sums pass, and an identity block's dx_body + dy
+    # is computed by its first conv's Winograd dx kernel as it writes dx (fuse=False
+    # keeps the block's own passes: the test above compares the two)
     from cnncli.layers.blocks import ResidualBlock
 
     fused, apart = _pair(RESNET, np.float32, "winograd")
@@ -109,7 +110,7 @@ def test_residual_blocks_passes_are_done_by_the_first_and_last_layers_of_the_bod
     identity = [b for b in blocks if not b.shortcut.items]
     assert len(blocks) == 2 and len(identity) == 1 and all(b.fuse for b in blocks)
     assert identity[0].body.items[0].adds_into_dx()
-    assert all(b.body.items[-1].masks_dy() for b in blocks)
+    assert all(b.body.items[-1].masks_dy() and b.body.items[-1].adds_sum() for b in blocks)
     assert not any(b.fuse for b in apart.body.items if isinstance(b, ResidualBlock))
     seen: list[str] = []
 
@@ -126,16 +127,18 @@ def test_residual_blocks_passes_are_done_by_the_first_and_last_layers_of_the_bod
     spy(identity[0].body.items[0], "_winograd_backward", "dx_addend")
     for b in blocks:
         spy(b.body.items[-1], "backward", "dy_mask")
+        spy(b.body.items[-1], "forward", "sum_addend")
     rng = np.random.default_rng(1)
     x = rng.standard_normal((4, 8, 8, 3)).astype(np.float32)
     y = fused.forward(x, training=True)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx = fused.backward(dy, input_grad=True)
     apart.forward(x, training=True)
-    assert sorted(seen) == sorted([f"{blocks[1].body.items[-1].name}.dy_mask",
-                                   f"{blocks[0].body.items[-1].name}.dy_mask",
-                                   f"{identity[0].body.items[0].name}.dx_addend"])
-    assert all(layer.dx_addend is None and layer.dy_mask is None for layer in fused.layers)
+    assert sorted(seen) == sorted(
+        [f"{b.body.items[-1].name}.{what}" for b in blocks for what in ("dy_mask", "sum_addend")]
+        + [f"{identity[0].body.items[0].name}.dx_addend"])
+    assert all(layer.dx_addend is None and layer.dy_mask is None
+               and layer.sum_addend is None for layer in fused.layers)
     assert dx is not None and np.array_equal(dx, apart.backward(dy, input_grad=True))
     _same(fused.grads, apart.grads)
 

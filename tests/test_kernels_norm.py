@@ -257,6 +257,29 @@ def test_batchnorm_relu_is_batchnorm_then_relu_bit_for_bit(shape, dtype):
                           relu_forward(e))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_batchnorm_add_is_batchnorm_then_a_residual_sum_bit_for_bit(shape, dtype):
+    """add=: ResNet's second batchnorm writes the block's sum, then its ReLU: the numbers
+    of batchnorm, then numpy's `out + short` (and add_relu's max(out + short, 0))."""
+    from cnncli.engine.kernels.elementwise import add_relu
+
+    x, gamma, beta, _ = _bn_data(shape, seed=5)
+    x = x.astype(dtype)
+    short = np.random.default_rng(6).standard_normal(shape).astype(dtype)
+    kept = short.copy()
+    y, mean, inv_std, _ = norm.batchnorm_forward_train(x, gamma, beta, EPS)
+    for relu, want in ((False, y + short), (True, add_relu(y, short))):
+        got, mean_f, inv_f, _ = norm.batchnorm_forward_train(x, gamma, beta, EPS, relu=relu,
+                                                             add=short)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+        assert np.array_equal(mean_f, mean) and np.array_equal(inv_f, inv_std)
+    assert np.array_equal(short, kept)  # read, not written
+    for bad in (short[:1], short.astype(np.float16), np.asfortranarray(short), short.tolist()):
+        with pytest.raises(ValueError, match="add must be"):
+            norm.batchnorm_forward_train(x, gamma, beta, EPS, add=bad)
+
+
 def test_small_batchnorm_relu_wants_a_contiguous_dy():
     x, gamma, beta, dy = _bn_data((3, 4, 5, 3))
     y, mean, inv_std, _ = norm.batchnorm_forward_train(x, gamma, beta, EPS, relu=True)

@@ -195,6 +195,9 @@ class PlanLayer:
         self.heap, self.row, self.name, self.threads = heap, row, row.name, threads
         self.saved: list[Buf] = []
         self.need_dx = True
+        # the residual block whose sum this layer's training forward writes in place of
+        # its own output (`adds_sum`, the engine layer's rule; blocks.py sets it)
+        self.sum_owner: str | None = None
         self.params: dict[str, Buf] = {}
         self.grads: dict[str, Buf] = {}
         for key, shape in row.params.items():
@@ -213,6 +216,11 @@ class PlanLayer:
         for b in self.saved:
             b.unsave()
         self.saved = []
+
+    def adds_sum(self) -> bool:
+        """The engine layer's `adds_sum`: can its training forward write a residual block's
+        sum (and the ReLU after it) instead of its own output?"""
+        return False
 
     def out(self, vol: Volume, what: str = "output") -> Buf:
         return Buf(self.heap, vol.size, base="act", owner=self.name, what=what)

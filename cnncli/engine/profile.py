@@ -61,6 +61,17 @@ class _Timed:
     def masks_dy(self) -> bool:
         return bool(self.item.masks_dy())
 
+    def adds_sum(self) -> bool:
+        return bool(self.item.adds_sum())
+
+    @property
+    def sum_addend(self) -> Any:
+        return self.item.sum_addend
+
+    @sum_addend.setter
+    def sum_addend(self, addend: Any) -> None:
+        self.item.sum_addend = addend  # the layer adds it; its time counts the sum
+
     @property
     def dy_mask(self) -> Any:
         return self.item.dy_mask

@@ -196,6 +196,7 @@ class EngineLayer:
         self.fused_with: str | None = None  # a producer: the activation it computes
         self.dx_addend: Any = None  # added into the next backward's dx (`adds_into_dx`)
         self.dy_mask: Any = None  # a ReLU's output, its mask for the next dy (`masks_dy`)
+        self.sum_addend: Any = None  # (array, relu) for the next forward (`adds_sum`)
 
     # its forward reads statistics of the whole batch (batchnorm): gradient checks need
     # enough images, and data-parallel training decides whose batch that is
@@ -211,6 +212,13 @@ class EngineLayer:
         """Does backward write over the dy it is given, or hand dy itself back? Then
         nothing may read dy afterwards: a block whose branches all read one dy gives such a
         branch a copy (blocks.py), and the network copies a caller's dy (network.py)."""
+        return False
+
+    def adds_sum(self) -> bool:
+        """Can a training forward add an array to its output and apply a ReLU, as it writes
+        it (`sum_addend`: (the array, whether to clamp), set by a residual block for one
+        call: its shortcut's output and the ReLU after the block)? Then the block's sum is
+        this layer's output, and its own output is never written apart."""
         return False
 
     def masks_dy(self) -> bool:

@@ -98,10 +98,15 @@ class BatchNormPlan(PlanLayer):
         stats = Buf(self.heap, 0, 2 * c, FLOAT64, base="act", owner=self.name,
                     what="mean, inv_std (float64)")
         del partial
-        y = self.out(self.vol)
+        # a residual block's sum in place of its own output (`adds_sum`)
+        y = self.out(self.vol) if self.sum_owner is None else \
+            Buf(self.heap, self.vol.size, base="act", owner=self.sum_owner, what="sum")
         self.keep(x, stats)
         del stats, vectors
         return y
+
+    def adds_sum(self) -> bool:
+        return True  # last in a residual body, it has no ReLU of its own after it
 
     def backward(self, dy: Buf) -> Buf:
         c = self.c
@@ -174,13 +179,16 @@ class BatchNormEngine(EngineLayer):
         rv = self.buffers[f"{self.name}.running_var"]
         relu = self._relu is not None
         handed, self._handed = self._handed, None
+        addend, self.sum_addend = self.sum_addend, None
         if not training and x is handed:  # the conv before wrote (x - m) * a + b (and ReLU)
             y = x
         elif not training:
             y = norm_k.batchnorm_forward_eval(x, gamma, beta, rm, rv, self.eps, relu=relu)
         else:
+            # with `addend`, a residual block's sum and the ReLU after it (`adds_sum`)
+            short, clamp = addend if addend is not None else (None, relu)
             y, mean, inv_std, _ = norm_k.batchnorm_forward_train(x, gamma, beta, self.eps,
-                                                                  relu=relu)
+                                                                  relu=clamp, add=short)
             self.update_running(mean, inv_std ** -2 - self.eps, x.size // x.shape[-1])
             self._saved = (x, mean, inv_std)
             self._saved_relu_y = y if relu else None
@@ -190,6 +198,10 @@ class BatchNormEngine(EngineLayer):
 
     def absorb(self, activation: EngineLayer) -> None:
         self._relu = activation
+
+    def adds_sum(self) -> bool:
+        # the apply pass adds the shortcut and clamps (a ReLU it absorbed would come first)
+        return self._relu is None
 
     def masks_dy(self) -> bool:
         # its sums pass masks dy as it reads it (as for a ReLU it absorbed); a subclass

@@ -15,9 +15,11 @@ their own slice. The gradients the branches return are theirs, so they are summe
 A residual block absorbs the in-place ReLU after it (ResNet's; engine/network.py decides):
 the sum is clamped as it is written, and backward applies the ReLU's mask over dy, as the
 ReLU would have, before the body and the shortcut read it. Where the body's layers can,
-they do the block's passes in their own: the last (ResNet's second batchnorm) masks dy in
-its first pass over it, and the first (a Winograd conv) adds an identity shortcut's dy
-into the dx it writes; the same numbers, bit for bit, and nothing allocated differently.
+they do the block's passes in their own: the last (ResNet's second batchnorm) writes the
+sum and its ReLU in training instead of its own output (`adds_sum`; the memory plan
+counts the sum in its place) and masks dy in its first pass over it (`masks_dy`), and the
+first (a Winograd conv) adds an identity shortcut's dy into the dx it writes
+(`adds_into_dx`); the same numbers, bit for bit.
 """
 
 from __future__ import annotations
@@ -271,9 +273,21 @@ class ResidualPlan:
         self.body, self.shortcut = body, shortcut
 
     def forward(self, x: Buf, training: bool) -> Buf:
+        assert self.vol is not None
+        last = self.body.items[-1] if self.body.items else None
+        if training and isinstance(last, PlanLayer) and last.adds_sum():
+            # the engine's rule (ResidualBlock.forward): the body's last layer writes the
+            # sum in place of its own output
+            h = x
+            for item in self.body.items[:-1]:
+                h = run_planned(item, "forward", h, training)
+            short = self.shortcut.forward(x, training) if self.shortcut.items else x
+            last.sum_owner = self.name
+            total = run_planned(last, "forward", h, training)
+            del h, short
+            return total
         out = self.body.forward(x, training)
         short = self.shortcut.forward(x, training) if self.shortcut.items else x
-        assert self.vol is not None
         total = Buf(self.heap, self.vol.size, base="act", owner=self.name, what="sum")
         del out, short
         return total
@@ -380,13 +394,28 @@ class ResidualBlock:
         self._relu = activation
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        out = self.body.forward(x, training)
-        short = self.shortcut.forward(x, training) if self.shortcut.items else x
-        if self._relu is None:
-            return out + short
-        from cnncli.engine.kernels.elementwise import add_relu
+        last = self.body.items[-1] if self.body.items else None
+        if training and self.fuse and last is not None and last.adds_sum():
+            # the body's last layer (ResNet's second batchnorm) writes the sum, and the
+            # ReLU after it, in its own pass: its output alone is never written
+            h = x
+            for item in self.body.items[:-1]:
+                h = item.forward(h, training)
+            short = self.shortcut.forward(x, training) if self.shortcut.items else x
+            last.sum_addend = (short, self._relu is not None)
+            y = last.forward(h, training)
+            del h, short
+            if self._relu is None:
+                return y
+        else:
+            out = self.body.forward(x, training)
+            short = self.shortcut.forward(x, training) if self.shortcut.items else x
+            if self._relu is None:
+                return out + short
+            from cnncli.engine.kernels.elementwise import add_relu
 
-        y = add_relu(out, short)
+            y = add_relu(out, short)
+            del out, short
         self._saved_relu_y = y if training else None  # the ReLU's own output (in place)
         self._relu.producer_ran(y)
         return y
@@ -420,6 +449,9 @@ class ResidualBlock:
 
     def consumes_dy(self) -> bool:
         return bool(self.shortcut.items) and self.shortcut.consumes_dy()
+
+    def adds_sum(self) -> bool:
+        return False
 
     def masks_dy(self) -> bool:
         return False
@@ -466,6 +498,9 @@ class ConcatBlock:
         return dx
 
     def consumes_dy(self) -> bool:
+        return False
+
+    def adds_sum(self) -> bool:
         return False
 
     def masks_dy(self) -> bool:

@@ -596,6 +596,15 @@ def _batchnorm_classes() -> tuple[type, type]:
 
         comm: MpiComm
 
+        # Its forward and backward are its own, so a residual block adds and masks in its
+        # own passes. (The memory plan counts the engine's batchnorm, which writes the sum:
+        # while this one's output and the sum are both alive, one activation more is.)
+        def adds_sum(self) -> bool:
+            return False
+
+        def masks_dy(self) -> bool:
+            return False
+
         def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
             if not training:
                 return super().forward(x, training)

@@ -103,14 +103,24 @@ def _bn_stats(x2, nchunks, mean, var):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _bn_apply(x2, m, a, b, y2, relu, zero):
-    # y = (x - m) * a + b, per channel; with relu, then max(y, 0) as relu_forward computes
-    # it (NaN passes through, -0 becomes 0)
+def _bn_apply(x2, m, a, b, y2, relu, zero, add, s2):
+    # y = (x - m) * a + b, per channel; with add, then y + s (a residual block's sum, as
+    # numpy's out + short adds it); with relu, then max(y, 0) as relu_forward computes it
+    # (NaN passes through, -0 becomes 0)
     M, C = x2.shape
     for i in prange(M):
         xi = x2[i]
         yi = y2[i]
-        if relu:
+        if add:
+            si = s2[i]
+            if relu:
+                for c in range(C):
+                    t = (xi[c] - m[c]) * a[c] + b[c] + si[c]
+                    yi[c] = t if t > zero or t != t else zero
+            else:
+                for c in range(C):
+                    yi[c] = (xi[c] - m[c]) * a[c] + b[c] + si[c]
+        elif relu:
             for c in range(C):
                 t = (xi[c] - m[c]) * a[c] + b[c]
                 yi[c] = t if t > zero or t != t else zero
@@ -161,7 +171,7 @@ def _bn_bwd_dx(dy2, z2, m, a, q, r, dx2):
             di[c] = a[c] * gi[c] + q[c] * (zi[c] - m[c]) + r[c]
 
 
-def batchnorm_forward_train(x, gamma, beta, eps, keep_xhat=False, relu=False):
+def batchnorm_forward_train(x, gamma, beta, eps, keep_xhat=False, relu=False, add=None):
     """Training-mode batch norm over every axis but the last (channels).
 
     Returns ``(y, mean, inv_std, xhat_or_None)``:
@@ -176,13 +186,19 @@ def batchnorm_forward_train(x, gamma, beta, eps, keep_xhat=False, relu=False):
       (backward then recomputes it from ``x``, saving one activation-sized
       buffer).
 
-    With ``relu``, ``y`` is ``max(y, 0)`` (a ReLU fused in the same pass).
+    With ``add`` (an array like ``x``), ``y`` is ``y + add`` (a residual block's sum, its
+    shortcut's output added in the same pass, as ``np.add`` would), then with ``relu``
+    ``max(y, 0)`` (a ReLU fused in the same pass).
     """
     x = _as_act(x)
     C = x.shape[-1]
     x2 = _rows(x)
     if x2.shape[0] == 0:
         raise ValueError("batch norm needs at least one sample per channel")
+    if add is not None and (not isinstance(add, np.ndarray) or add.shape != x.shape
+                            or add.dtype != x.dtype or not add.flags.c_contiguous):
+        raise ValueError(f"add must be a C-contiguous {x.dtype} array of shape {x.shape}, "
+                         f"got {getattr(add, 'shape', type(add))}")
     g = _channel_vec(gamma, C, np.float64, "gamma")
     b = _channel_vec(beta, C, np.float64, "beta")
     nchunks = min(_BN_CHUNKS, x2.shape[0])
@@ -194,12 +210,13 @@ def batchnorm_forward_train(x, gamma, beta, eps, keep_xhat=False, relu=False):
     y = np.empty_like(x)
     zero = dt.type(0)
     _bn_apply(x2, mean.astype(dt), (g * inv_std).astype(dt), b.astype(dt), _rows(y),
-              bool(relu), zero)
+              bool(relu), zero, add is not None, x2 if add is None else _rows(add))
     xhat = None
     if keep_xhat:
         xhat = np.empty_like(x)
         zeros = np.zeros(C, dtype=dt)
-        _bn_apply(x2, mean.astype(dt), inv_std.astype(dt), zeros, _rows(xhat), False, zero)
+        _bn_apply(x2, mean.astype(dt), inv_std.astype(dt), zeros, _rows(xhat), False, zero,
+                  False, x2)
     return y, mean, inv_std, xhat
 
 
@@ -228,7 +245,8 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, relu=
     m, a, b = batchnorm_eval_affine(gamma, beta, running_mean, running_var, eps, dt,
                                     channels=x.shape[-1])
     y = np.empty_like(x)
-    _bn_apply(_rows(x), m, a, b, _rows(y), bool(relu), dt.type(0))
+    x2 = _rows(x)
+    _bn_apply(x2, m, a, b, _rows(y), bool(relu), dt.type(0), False, x2)
     return y
 
 
