@@ -326,17 +326,18 @@ def test_dry_run_runs_no_kernel_and_puts_every_kernel_back() -> None:
 
 
 def test_queue_hands_out_the_dearest_kernels_first() -> None:
-    conv, wino, elem = ("cnncli.engine.kernels.conv", "cnncli.engine.kernels.winograd",
-                        "cnncli.engine.kernels.elementwise")
+    conv, wino, elem, micro = ("cnncli.engine.kernels.conv", "cnncli.engine.kernels.winograd",
+                               "cnncli.engine.kernels.elementwise",
+                               "cnncli.engine.kernels.microkernel")
     kernels: dict[Any, list[Any]] = {
-        (wino, "_filter_transform"): ["f64"], (wino, "_wino_fwd"): ["f32"],
+        (micro, "gemm_into"): ["f64"], (wino, "_wino_fwd"): ["f32"],
         (conv, "_conv_fwd_planar"): ["f32", "f64"], (elem, "_relu_bwd"): ["f32"]}
     # parallel kernels weigh PARALLEL_COST a signature (their parfor passes), serial ones 1
     assert warmup._cost((conv, "_conv_fwd_planar"), ["f32", "f64"]) == 2 * warmup.PARALLEL_COST
-    assert warmup._cost((wino, "_filter_transform"), ["f64"]) == 1
+    assert warmup._cost((micro, "gemm_into"), ["f64"]) == 1
     order = warmup._queue(kernels)
     assert sorted(order) == sorted(kernels)
-    assert order[0] == (conv, "_conv_fwd_planar") and order[-1] == (wino, "_filter_transform")
+    assert order[0] == (conv, "_conv_fwd_planar") and order[-1] == (micro, "gemm_into")
 
 
 def test_cached_is_false_for_what_no_cache_holds() -> None:
