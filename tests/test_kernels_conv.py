@@ -65,6 +65,12 @@ def test_conv_small_vs_naive(case, bias):
     assert dx2 is None
     np.testing.assert_array_equal(dw2, dw)
     np.testing.assert_array_equal(db2, db)
+    # a bias-free layer's backward: no db, the same dx and dW (the GEMM kernel skips its
+    # sums over dy; the direct kernel sums them anyway)
+    dx3, dw3, db3 = conv.conv2d_backward(x, w, dy, s, p, d, g, need_db=False)
+    assert db3 is None
+    np.testing.assert_array_equal(dx3, dx)
+    np.testing.assert_array_equal(dw3, dw)
 
 
 def test_conv_small_rounded_up_output():
@@ -400,6 +406,10 @@ def test_planar_small_vs_naive(case, bias):
     assert dx2 is None
     np.testing.assert_array_equal(dw2, dw)
     np.testing.assert_array_equal(db2, db)
+    dx3, dw3, db3 = conv.conv2d_backward_planar(x, w, dy, p, d, need_db=False)
+    assert db3 is None  # a bias-free first layer: no sums over dy
+    np.testing.assert_array_equal(dx3, dx)
+    np.testing.assert_array_equal(dw3, dw)
 
 
 def test_planar_small_one_output_row_per_band(monkeypatch):

@@ -377,7 +377,9 @@ class ConvPlan(PlanLayer):
         x = self.saved[0]
         dx = self.grad(self.vin) if self.need_dx else self.work(0, 1)
         nchunk = chunks(n, self.threads)
-        dbp = self.work(0, nchunk * self.k, FLOAT64)
+        # db's float64 partials: a bias-free layer's GEMM kernel sums none
+        summed = self.bias or self.direct
+        dbp = self.work(0, nchunk * self.k if summed else 0, FLOAT64)
         wcopy = self.work(0, self.wsize)
         partials = self.work(0, nchunk * self.wsize)
         # W2's transpose, for dx's product on the own kernel (kernels/sizes.own_gemm_dx)
@@ -394,17 +396,17 @@ class ConvPlan(PlanLayer):
         del chunk
         freed = [partials, wcopy, transposed], [dbp, x]
         del partials, wcopy, transposed, dbp, x
-        self._weight_gradients(*freed)
+        self._weight_gradients(*freed, db_summed=summed)
         return dx
 
     def _weight_gradients(self, after_dw: list[Buf], after_db: list[Buf],
                           db_summed: bool = True) -> None:
         """How every conv algorithm's backward ends (kernels/conv.py and winograd.py): the
         chunks' partial dW summed (a copy of the first, added to) and transposed back to
-        OIHW, then db summed in float64 and cast (`db_summed`: Winograd skips it for a
-        bias-free layer); the step's gradients replace the last's. The lists hold the
-        caller's last references: `after_dw` are freed once dW exists, `after_db` once db
-        does (emptied here, so the timeline is the kernels')."""
+        OIHW, then db summed in float64 and cast (`db_summed`: a bias-free layer skips it,
+        except on the direct kernel); the step's gradients replace the last's. The lists
+        hold the caller's last references: `after_dw` are freed once dW exists, `after_db`
+        once db does (emptied here, so the timeline is the kernels')."""
         summed = self.work(0, self.wsize)
         dw = self.work(0, self.wsize)
         del summed
@@ -526,7 +528,7 @@ class PlanarPlan(ConvPlan):
         x = self.saved[0]
         dx = self.grad(self.vin) if self.need_dx else self.work(0, 1)
         nchunk = chunks(n, self.threads)
-        dbp = self.work(0, nchunk * self.k, FLOAT64)
+        dbp = self.work(0, nchunk * self.k if self.bias else 0, FLOAT64)  # db's partials
         partials = self.work(0, nchunk * self.wsize)
         wcopy = self.work(0, self.wsize)
         per = self.per + self.k * self.kdim  # + tw, one band's dW
@@ -534,7 +536,7 @@ class PlanarPlan(ConvPlan):
         del chunk, wcopy
         freed = [partials], [dbp, x]
         del partials, dbp, x
-        self._weight_gradients(*freed)
+        self._weight_gradients(*freed, db_summed=self.bias)
         return dx
 
 
@@ -747,11 +749,13 @@ class ConvEngine(_WindowedEngine):
             return self._winograd_backward(x, w, dy)
         from cnncli.engine.kernels import conv as conv_k
 
+        # the bias gradient's float64 sums over dy only where there is a bias
+        need_db = self.bias_key is not None
         if self.algo.planar:
             return conv_k.conv2d_backward_planar(x, w, dy, self.pad, self.dilation,
-                                                 need_dx=self.need_dx)
+                                                 need_dx=self.need_dx, need_db=need_db)
         return conv_k.conv2d_backward(x, w, dy, self.stride, self.pad, self.dilation,
-                                      self.groups, need_dx=self.need_dx)
+                                      self.groups, need_dx=self.need_dx, need_db=need_db)
 
     def _winograd_backward(self, x: np.ndarray, w: np.ndarray,
                            dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

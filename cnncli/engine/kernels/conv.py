@@ -348,10 +348,11 @@ def _conv_bwd_gemm_chunk(x, W2, W2T, dy2, Fh, Fw, sh, sw, ph, pw, dh, dw, rb, nb
             rows = (r1 - r0) * OW
             base = (n * OH + r0) * OW
             dyb = dy2[base:base + rows]
-            for r in range(rows):
-                drow = dyb[r]
-                for k in range(K):
-                    dbt[k] += drow[k]
+            if dbt.shape[0]:  # [0]-long: no bias, no sums (the wrapper's need_db)
+                for r in range(rows):
+                    drow = dyb[r]
+                    for k in range(K):
+                        dbt[k] += drow[k]
             if OWN_GEMM and _pointwise(Fh, Fw, ph, pw, G, Cg):
                 for i in range(r0, r1):  # x's and dx's pixels as they lie: no im2col
                     src = x[n, i * sh, :(OW - 1) * sw + 1:sw]
@@ -660,10 +661,11 @@ def _conv_bwd_planar(x, W2, dy, Fh, Fw, ph, pw, dh, dw, rb, nchunk, need_dx, dx,
                     cols = cols_t[slot, :kdim * P].reshape(kdim, P)
                     base = (n * OH + r0) * OW
                     d = dy2[base:base + P]
-                    for r in range(P):
-                        drow = d[r]
-                        for k in range(K):
-                            dbt[k] += drow[k]
+                    if dbt.shape[0]:  # [0]-long: no bias, no sums (need_db)
+                        for r in range(P):
+                            drow = d[r]
+                            for k in range(K):
+                                dbt[k] += drow[k]
                     _planar_band(x, n, r0, nr, ph, pw, xp)
                     _planar_cols(xp, Fh, Fw, dh, dw, rows, OW, cols)
                     if OWN_GEMM:  # _conv_bwd_planar_own
@@ -988,8 +990,11 @@ def conv2d_forward(x, w, b, stride, pad, dilation, groups, out_hw, relu=False, a
     return y
 
 
-def conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True):
-    """Gradients of conv2d_forward: (dx[N,H,W,C] or None, dw[K,C//g,Fh,Fw], db[K])."""
+def conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True, need_db=True):
+    """Gradients of conv2d_forward: (dx[N,H,W,C] or None, dw[K,C//g,Fh,Fw], db[K] or None).
+
+    need_db=False (a bias-free layer): db is None, and the GEMM path skips its float64
+    sums over dy."""
     ensure_configured()
     x = _check_x(x)
     w, G = _check_conv_w(x, w, groups)
@@ -1007,7 +1012,8 @@ def conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True):
     else:  # the GEMM kernel zeroes each image of dx itself, just before it scatters into it
         dx = np.empty_like(x) if gemm else np.zeros_like(x)
     nchunk = _nchunk(N)
-    dbp = np.zeros((nchunk, K), dtype=np.float64)
+    # the direct kernel always sums db; the GEMM kernel only into a K-long dbp
+    dbp = np.zeros((nchunk, K if need_db or not gemm else 0), dtype=np.float64)
     if N == 0 or OH == 0 or OW == 0:
         dwt = np.zeros_like(w)
     elif _use_direct(Cg, Kg, G):
@@ -1040,7 +1046,7 @@ def conv2d_backward(x, w, dy, stride, pad, dilation, groups, need_dx=True):
         dwt = np.ascontiguousarray(
             dW2.reshape(G, Fh, Fw, Cg, Kg).transpose(0, 4, 3, 1, 2).reshape(K, Cg, Fh, Fw)
         )
-    db = dbp.sum(axis=0).astype(x.dtype)
+    db = dbp.sum(axis=0).astype(x.dtype) if need_db else None
     return (dx if need_dx else None), dwt, db
 
 
@@ -1069,8 +1075,9 @@ def conv2d_forward_planar(x, w, b, pad, dilation, out_hw, relu=False, affine=Non
     return y
 
 
-def conv2d_backward_planar(x, w, dy, pad, dilation, need_dx=True):
-    """Gradients of conv2d_forward_planar, as conv2d_backward returns them."""
+def conv2d_backward_planar(x, w, dy, pad, dilation, need_dx=True, need_db=True):
+    """Gradients of conv2d_forward_planar, as conv2d_backward returns them (db None, and
+    no sums over dy, with need_db=False)."""
     ensure_configured()
     x = _check_x(x)
     w, _ = _check_conv_w(x, w, 1)
@@ -1083,7 +1090,7 @@ def conv2d_backward_planar(x, w, dy, pad, dilation, need_dx=True):
     OH, OW = dy.shape[1], dy.shape[2]
     dx = np.zeros_like(x) if need_dx else np.zeros((1, 1, 1, 1), x.dtype)
     nchunk = _nchunk(N)
-    dbp = np.zeros((nchunk, K), dtype=np.float64)
+    dbp = np.zeros((nchunk, K if need_db else 0), dtype=np.float64)
     kdim = Fh * Fw * C
     dWp = np.zeros((nchunk, kdim, K), dtype=x.dtype)
     if N and OH and OW and K:
@@ -1096,7 +1103,7 @@ def conv2d_backward_planar(x, w, dy, pad, dilation, need_dx=True):
                np.empty((T, kdim * P), dt), np.empty((T, kdim, K), dt))
     dW2 = _sum_chunks(dWp)  # [(p, q, c), K]
     dwt = np.ascontiguousarray(dW2.reshape(Fh, Fw, C, K).transpose(3, 2, 0, 1))
-    db = dbp.sum(axis=0).astype(x.dtype)
+    db = dbp.sum(axis=0).astype(x.dtype) if need_db else None
     return (dx if need_dx else None), dwt, db
 
 def _sum_chunks(parts):
