@@ -441,9 +441,7 @@ class WinogradPlan(ConvPlan):
     def _filter_transform(self) -> Buf:
         u = self.work(0, self.a2 * self.c * self.k)
         wt = self.work(0, 9 * self.c * self.k)  # w transposed to [3, 3, C x K]
-        # G g for one row of G, float64: each running thread holds one
-        rows64 = [self.work(0, 3 * self.c * self.k, FLOAT64)
-                  for _ in range(min(self.threads, self.m + 2))]
+        rows64 = self.work(0, 3 * self.c * self.k, FLOAT64)  # G g, one row of G at a time
         del wt, rows64
         return u
 

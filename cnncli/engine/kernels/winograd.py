@@ -557,7 +557,7 @@ def _input_tile_row(x2, n, H, r0, m, pad, KS, C, TW, zero, rowt, V2, t0):
 # ----------------------------------------------------------------------------------
 
 
-@njit(**PARALLEL_JIT_OPTIONS)
+@njit(**JIT_OPTIONS)
 def _filter_transform(wf, G, u):
     """u[a * alpha + b, c, k] = sum_pq G[a, p] * wf[p, q, c, k] * G[b, q], float64 sums.
 
@@ -565,14 +565,15 @@ def _filter_transform(wf, G, u):
     every (c, k) at once: t[q] = sum_p G[a, p] wf[p, q] (float64), then each u[a * alpha +
     b] = sum_q t[q] G[b, q], written whole. numpy's einsum and stacked matmuls over the
     K * C tiny filters took ~20 ms for 128 -> 128, as long as that layer's whole forward
-    pass. The threads take rows a of G (t is each one's own): 2.0x at 64 -> 64 on two
-    threads, 0.8x at 16 -> 16 (3.6 -> 4.5 us), where the pool's wake-up is most of it.
+    pass. Serial: across the threads (each a row a of G) it ran 2.0x at 64 -> 64 but 0.8x
+    at 16 -> 16, and its parallel loop compiled 1.2 s longer, which a user's first minute
+    pays.
     """
     CK = wf.shape[2]
     alpha = G.shape[0]
     uf = u.reshape(alpha * alpha, CK)
-    for a in prange(alpha):
-        t = np.empty((3, CK))  # row a of G g, every (c, k)
+    t = np.empty((3, CK))  # row a of G g, every (c, k)
+    for a in range(alpha):
         g0 = G[a, 0]
         g1 = G[a, 1]
         g2 = G[a, 2]
@@ -601,7 +602,7 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, zero_t, rowt_t, orow_t, y, post_m
               vec_in, vec_out, add, addend):
     """y[N, OH, OW, K] = Winograd F(m x m, 3 x 3) conv of x with U[alpha^2, C, K] + bias
     (bias: one tile row of output columns in phase layout, m * TW * K; with vec_out
-    bias[K]); with `add`, + addend[N, OH, OW, K] (a residual block's other gradient, added
+    bias[K]); with `add`, + addend (y's shape, flat: a residual block's other gradient, added
     into dx while its rows are in cache instead of in a pass of its own); then what the
     conv absorbed, on each output row as it is written (conv.py's `_post_rows`).
 
@@ -625,7 +626,7 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, zero_t, rowt_t, orow_t, y, post_m
     T = V_t.shape[0]
     x2 = x.reshape(N * H, W * C)
     y2 = y.reshape(N * OH, OW * K)
-    a2 = addend.reshape(addend.shape[0] * addend.shape[1], addend.shape[2] * addend.shape[3])
+    yf = y.reshape(N * OH * OW * K)
     for p in prange(T):
         V = V_t[p]  # [A2, R * TW + 1, C]; + 1: see module docstring
         M = M_t[p]
@@ -666,11 +667,8 @@ def _wino_fwd(x, U, bias, m, pad, R, V_t, M_t, zero_t, rowt_t, orow_t, y, post_m
                         _out_cols(M2, a * alpha, t0 * K, m, TW * K, orow[a])
                     _out_rows(orow, m, bias, TW, K, OW, y2, r0, nr)
                 if add:  # y + addend, as numpy's np.add(y, addend) computes it
-                    for r in range(r0, r0 + nr):
-                        yr = y2[r]
-                        ar = a2[r]
-                        for j in range(OW * K):
-                            yr[j] = yr[j] + ar[j]
+                    for j in range(r0 * OW * K, (r0 + nr) * OW * K):
+                        yf[j] = yf[j] + addend[j]
                 if post_mode:
                     for r in range(r0, r0 + nr):
                         _post_rows(y[r // OH, r % OH], post_mode, post)
@@ -843,7 +841,7 @@ def _forward(x, u, b, pad, tile, out_hw, relu=False, affine=None, addend=None):
     kernel(x, u, bias, tile, pad, R, np.empty((T, alpha * alpha, R * TW + 1, C), dt),
            np.empty((T, alpha * alpha, R * TW + 1, K), dt), np.zeros((T, tile * KS * C), dt),
            rowt, orow, y, *post_ops(K, dt, relu, affine), vec_in, vec_out,
-           addend is not None, y if addend is None else addend)
+           addend is not None, (y if addend is None else addend).reshape(-1))
     return y
 
 
