@@ -143,6 +143,23 @@ def test_residual_blocks_passes_are_done_by_the_first_and_last_layers_of_the_bod
     _same(fused.grads, apart.grads)
 
 
+def test_what_a_block_hands_a_layer_is_taken_back_when_the_call_fails() -> None:
+    # a backward that fails inside the body leaves no mask or addend behind for a later
+    # call to apply to other arrays
+    from cnncli.layers.blocks import ResidualBlock
+
+    net = Network.from_spec(RESNET, dtype=np.float32, seed=3, conv_algo="winograd")
+    block = next(b for b in net.body.items if isinstance(b, ResidualBlock)
+                 and not b.shortcut.items)
+    first, last = block.body.items[0], block.body.items[-1]
+    x = np.random.default_rng(2).standard_normal((4, 8, 8, 3)).astype(np.float32)
+    y = net.forward(x, training=True)
+    first._saved_x = None  # its backward now fails, after the mask was applied
+    with pytest.raises(AssertionError, match="backward without a training forward"):
+        net.backward(np.ones_like(y))
+    assert first.dx_addend is None and last.dy_mask is None and last.sum_addend is None
+
+
 def test_every_conv_algorithm_absorbs_the_relu_after_it() -> None:
     """The notes' conv -> relu: each algorithm's kernel clamps what it writes, and the
     layers that ran say which kernel and which ReLU (bench's algorithm column)."""

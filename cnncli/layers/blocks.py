@@ -377,10 +377,12 @@ class ResidualBlock:
     def __init__(self, body: Sequence, shortcut: Sequence, name: str = "residual",
                  fuse: bool = True):
         self.body, self.shortcut = body, shortcut
-        # the body's layers do the block's passes where they can: the last one masks dy
-        # with the ReLU after the sum (`masks_dy`), the first adds an identity shortcut's
-        # dy into the dx it writes (`adds_into_dx`); False: passes of the block's own (the
-        # engine's fuse=False, which tests compare with, bit for bit)
+        # the body's layers do the block's passes where they can: the last one writes the
+        # sum and the ReLU after it (`adds_sum`) and masks dy with that ReLU (`masks_dy`),
+        # the first adds an identity shortcut's dy into the dx it writes (`adds_into_dx`);
+        # False: passes of the block's own (the engine's fuse=False, which tests compare
+        # with, bit for bit). What the block hands a layer is for one call: it is taken
+        # back if the call fails before the layer took it.
         self.fuse = fuse
         self.name = name  # the spec's block name: its add is the report's row `name.add`
         self.output_row = f"{name}.add"
@@ -403,7 +405,10 @@ class ResidualBlock:
                 h = item.forward(h, training)
             short = self.shortcut.forward(x, training) if self.shortcut.items else x
             last.sum_addend = (short, self._relu is not None)
-            y = last.forward(h, training)
+            try:
+                y = last.forward(h, training)
+            finally:
+                last.sum_addend = None
             del h, short
             if self._relu is None:
                 return y
@@ -426,24 +431,32 @@ class ResidualBlock:
         relu_y, self._saved_relu_y = self._saved_relu_y, None
         copies = self.body.consumes_dy()
         last = self.body.items[-1] if self.body.items else None
+        masked_by = None
         if (relu_y is not None and self.fuse and not copies and last is not None
                 and last.masks_dy()):
             # the body's last layer (ResNet's second batchnorm) masks dy in its first pass
             # over it, written over dy before the shortcut reads it: one pass fewer
-            last.dy_mask = relu_y
+            masked_by, last.dy_mask = last, relu_y
         else:
             absorbed_relu_backward(dy, relu_y)
         del relu_y  # the output goes, as after the ReLU's backward
         # the shortcut reads dy after the body: a body that writes over dy gets a copy
         body_dy = dy.copy() if copies else dy
         first = self.body.items[0] if self.body.items else None
-        if (self.fuse and not self.shortcut.items and first is not None
-                and first.adds_into_dx()):
-            # identity shortcut: the body's first layer adds dy into its dx as it writes
-            # it (the same numbers as np.add below, without a pass over both arrays)
-            first.dx_addend = dy
-            return self.body.backward(body_dy)
-        dx = self.body.backward(body_dy)
+        try:
+            if (self.fuse and not self.shortcut.items and first is not None
+                    and first.adds_into_dx()):
+                # identity shortcut: the body's first layer adds dy into its dx as it writes
+                # it (the same numbers as np.add below, without a pass over both arrays)
+                first.dx_addend = dy
+                try:
+                    return self.body.backward(body_dy)
+                finally:
+                    first.dx_addend = None
+            dx = self.body.backward(body_dy)
+        finally:
+            if masked_by is not None:
+                masked_by.dy_mask = None
         short = self.shortcut.backward(dy) if self.shortcut.items else dy
         return np.add(dx, short, out=dx)  # dx is the body's own array: summed in place
 
