@@ -29,6 +29,12 @@ from cnncli.layers.blocks import Sequence
 from cnncli.spec.parse import Spec, Volume
 
 
+def _handed(name: str) -> Any:
+    """An attribute of the wrapped item, read and written through the wrapper."""
+    return property(lambda self: getattr(self.item, name),
+                    lambda self, value: setattr(self.item, name, value))
+
+
 class _Timed:
     """Stands in for one item of a sequence: runs it and keeps how long each forward and
     backward took, everything nested in it included."""
@@ -55,38 +61,20 @@ class _Timed:
     def consumes_dy(self) -> bool:
         return bool(self.item.consumes_dy())
 
-    def adds_into_dx(self) -> bool:
-        return bool(self.item.adds_into_dx())
+    # What a residual block asks of its body's layers, and hands them for one call: the
+    # item's own (its time then counts the work it does for the block).
+    def adds_sum(self) -> bool:
+        return bool(self.item.adds_sum())
 
     def masks_dy(self) -> bool:
         return bool(self.item.masks_dy())
 
-    def adds_sum(self) -> bool:
-        return bool(self.item.adds_sum())
+    def adds_into_dx(self) -> bool:
+        return bool(self.item.adds_into_dx())
 
-    @property
-    def sum_addend(self) -> Any:
-        return self.item.sum_addend
-
-    @sum_addend.setter
-    def sum_addend(self, addend: Any) -> None:
-        self.item.sum_addend = addend  # the layer adds it; its time counts the sum
-
-    @property
-    def dy_mask(self) -> Any:
-        return self.item.dy_mask
-
-    @dy_mask.setter
-    def dy_mask(self, mask: Any) -> None:
-        self.item.dy_mask = mask  # the layer applies it; its time counts the mask
-
-    @property
-    def dx_addend(self) -> Any:
-        return self.item.dx_addend
-
-    @dx_addend.setter
-    def dx_addend(self, addend: Any) -> None:
-        self.item.dx_addend = addend  # the layer adds it; its time counts the add
+    sum_addend = _handed("sum_addend")
+    dy_mask = _handed("dy_mask")
+    dx_addend = _handed("dx_addend")
 
     def own_ms(self, backward: bool) -> float:
         """Median over passes of this item's time less its children's: a layer's whole

@@ -371,7 +371,21 @@ class Sequence:
                 yield from item.leaves()
 
 
-class ResidualBlock:
+class _BlockEngine:
+    """What a residual block asks of the first and last items of its body (layers/base.py's
+    EngineLayer has the same questions): a block does none of it for another block."""
+
+    def adds_sum(self) -> bool:
+        return False
+
+    def masks_dy(self) -> bool:
+        return False
+
+    def adds_into_dx(self) -> bool:
+        return False
+
+
+class ResidualBlock(_BlockEngine):
     """out = body(x) + shortcut(x): the gradient flows to both and adds up at x."""
 
     def __init__(self, body: Sequence, shortcut: Sequence, name: str = "residual",
@@ -463,15 +477,6 @@ class ResidualBlock:
     def consumes_dy(self) -> bool:
         return bool(self.shortcut.items) and self.shortcut.consumes_dy()
 
-    def adds_sum(self) -> bool:
-        return False
-
-    def masks_dy(self) -> bool:
-        return False
-
-    def adds_into_dx(self) -> bool:
-        return False
-
     def sequences(self) -> list[Sequence]:
         return [self.body, self.shortcut]
 
@@ -480,7 +485,7 @@ class ResidualBlock:
         yield from self.shortcut.leaves()
 
 
-class ConcatBlock:
+class ConcatBlock(_BlockEngine):
     """Depth concatenation: each branch's gradient is its slice of the output's."""
 
     def __init__(self, branches: list[Sequence], name: str = "concat"):
@@ -511,15 +516,6 @@ class ConcatBlock:
         return dx
 
     def consumes_dy(self) -> bool:
-        return False
-
-    def adds_sum(self) -> bool:
-        return False
-
-    def masks_dy(self) -> bool:
-        return False
-
-    def adds_into_dx(self) -> bool:
         return False
 
     def sequences(self) -> list[Sequence]:
