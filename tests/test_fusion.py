@@ -282,13 +282,17 @@ def test_bench_shows_the_fused_relu_in_its_producers_row() -> None:
     assert rows["relu1"]["algorithm"] == "fused into bn1"
     assert rows["bn1"]["algorithm"] == "+ relu1"
     assert rows["relu2"]["algorithm"] == "fused into res1.add"
-    assert rows["res1.add"]["algorithm"] == "+ relu2"
+    # the block's sum is written by its last batchnorm, whose row says so
+    assert rows["res1.add"]["algorithm"] == "in res1.bn2 + relu2"
+    assert rows["res1.bn2"]["algorithm"] == "+ res1.add"
     # the fused ReLU keeps its own (hand-over) time, so the rows still add up
     assert result["total_ms"] == pytest.approx(
         sum(r["forward_ms"] + r["backward_ms"] for r in rows.values() if not r["block"]))
     apart = profile_layers(parse_spec(RESNET), None, 2, 1, None, fuse=False)
     assert all(r["algorithm"] in (None, "gemm") or "fused" not in r["algorithm"]
                for r in apart["layers"]) and not apart["fused"]
+    assert {r["algorithm"] for r in apart["layers"] if r["name"].endswith((".add", ".bn2"))} \
+        == {None}
 
 
 @pytest.mark.parametrize("name", ["cifar_vgg_bn", "resnet20"])

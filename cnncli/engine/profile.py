@@ -11,7 +11,10 @@ of layers and merges add up to the step, and the block headings carry no time of
 A ReLU fused into the layer before it (batchnorm, a residual add: engine/network.py) is
 computed in that layer's passes: its work is in the producer's row, whose algorithm column
 says "+ relu3", and its own row (algorithm "fused into bn3") keeps the little time its
-hand-over takes, so the rows still add up to the step.
+hand-over takes, so the rows still add up to the step. Likewise a residual block whose
+body's last batchnorm writes the sum (layers/blocks.py): that batchnorm's row says
+"+ res1.add" and carries the add's time, and the add's row says where it ran ("in
+res1.bn2") and keeps what is left of the block's own work.
 """
 
 from __future__ import annotations
@@ -132,6 +135,14 @@ def profile_layers(spec: Spec, volume: Volume | None, batch: int, iterations: in
             continue
         steps.append((middle - start) + (time.perf_counter() - resumed))
     by_key = {t.key: t for t in timed}
+    # the residual sums a body's last layer writes: {that layer's row: the add's row}
+    sums: dict[str, str] = {}
+    for t in timed:
+        block = t.item
+        if getattr(block, "fuse", False) and block.body.items \
+                and block.body.items[-1].adds_sum():
+            sums[block.body.items[-1].key] = block.output_row
+    summed_in = {add: layer for layer, add in sums.items()}
     rows = []
     for row in net.report.rows:
         entry: dict[str, Any] = {"name": row.name, "kind": row.kind, "depth": row.depth,
@@ -148,6 +159,12 @@ def profile_layers(spec: Spec, volume: Volume | None, batch: int, iterations: in
             entry.update(algorithm=f"{ran}+ {item.fused_with}")
         if item is not None and getattr(item, "fused_into", None):
             entry.update(algorithm=f"fused into {item.fused_into}")
+        if row.name in sums:  # writes the block's sum: "+ res1.add"
+            ran = f"{entry['algorithm']} " if entry["algorithm"] else ""
+            entry.update(algorithm=f"{ran}+ {sums[row.name]}")
+        if row.name in summed_in:  # "in res1.bn2 + relu2"
+            ran = f" {entry['algorithm']}" if entry["algorithm"] else ""
+            entry.update(algorithm=f"in {summed_in[row.name]}{ran}")
         if row.is_block:
             entry.update(forward_ms=None, backward_ms=None, gflops_forward=None,
                          gflops_total=None)
