@@ -160,6 +160,24 @@ def test_what_a_block_hands_a_layer_is_taken_back_when_the_call_fails() -> None:
     assert first.dx_addend is None and last.dy_mask is None and last.sum_addend is None
 
 
+def test_only_the_synchronised_batchnorm_leaves_the_blocks_passes_to_the_block() -> None:
+    # distributed training swaps the engine's batchnorm class (training/distributed.py's
+    # attach): per-rank statistics run the engine's passes, synchronised ones their own
+    from cnncli.layers.batchnorm import BatchNormEngine
+    from cnncli.layers.blocks import ResidualBlock
+    from cnncli.training.distributed import _batchnorm_classes
+
+    rank_bn, sync_bn = _batchnorm_classes()
+    net = Network.from_spec(RESNET, dtype=np.float32, seed=3, conv_algo="winograd")
+    block = next(b for b in net.body.items if isinstance(b, ResidualBlock))
+    last = block.body.items[-1]
+    assert isinstance(last, BatchNormEngine) and block.sum_writer() is last
+    last.__class__ = rank_bn
+    assert last.adds_sum() and last.masks_dy() and block.sum_writer() is last
+    last.__class__ = sync_bn
+    assert not last.adds_sum() and not last.masks_dy() and block.sum_writer() is None
+
+
 def test_every_conv_algorithm_absorbs_the_relu_after_it() -> None:
     """The notes' conv -> relu: each algorithm's kernel clamps what it writes, and the
     layers that ran say which kernel and which ReLU (bench's algorithm column)."""

@@ -138,10 +138,9 @@ def profile_layers(spec: Spec, volume: Volume | None, batch: int, iterations: in
     # the residual sums a body's last layer writes: {that layer's row: the add's row}
     sums: dict[str, str] = {}
     for t in timed:
-        block = t.item
-        if getattr(block, "fuse", False) and block.body.items \
-                and block.body.items[-1].adds_sum():
-            sums[block.body.items[-1].key] = block.output_row
+        writer = t.item.sum_writer() if hasattr(t.item, "sum_writer") else None
+        if writer is not None:
+            sums[writer.key] = t.item.output_row
     summed_in = {add: layer for layer, add in sums.items()}
     rows = []
     for row in net.report.rows:

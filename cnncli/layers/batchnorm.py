@@ -204,9 +204,9 @@ class BatchNormEngine(EngineLayer):
         return self._relu is None
 
     def masks_dy(self) -> bool:
-        # its sums pass masks dy as it reads it (as for a ReLU it absorbed); a subclass
-        # with backward passes of its own (training/distributed.py) does not
-        return self._relu is None and type(self).backward is BatchNormEngine.backward
+        # its sums pass masks dy as it reads it (as for a ReLU it absorbed); the
+        # synchronised batchnorm (training/distributed.py), whose passes are its own, says no
+        return self._relu is None
 
     def update_running(self, mean: np.ndarray, var: np.ndarray, m: float) -> None:
         """Move the running statistics towards this batch's (`m` numbers per channel): by

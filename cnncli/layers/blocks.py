@@ -409,9 +409,16 @@ class ResidualBlock(_BlockEngine):
         mask applied to dy here, once, before the body and the shortcut read it."""
         self._relu = activation
 
-    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+    def sum_writer(self) -> Any:
+        """The body's last layer where a training forward has it write the block's sum and
+        the ReLU after it (`adds_sum`), else None: the one rule, which `cnncli bench`
+        reads too."""
         last = self.body.items[-1] if self.body.items else None
-        if training and self.fuse and last is not None and last.adds_sum():
+        return last if self.fuse and last is not None and last.adds_sum() else None
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        last = self.sum_writer() if training else None
+        if last is not None:
             # the body's last layer (ResNet's second batchnorm) writes the sum, and the
             # ReLU after it, in its own pass: its output alone is never written
             h = x
